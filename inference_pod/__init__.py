@@ -1,0 +1,1 @@
+"""loraplex data plane: the diffusion worker and the router sidecar of an inference pod."""
