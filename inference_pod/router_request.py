@@ -28,9 +28,11 @@ def validate_generation(payload: Any) -> tuple[str, list[str]]:
     if adapters is None:
         return model, names
     if not isinstance(adapters, list):
-        raise ApiError(400, "'adapters' must be a list of {\"name\", \"scale\"} objects.", param="adapters",
+        raise ApiError(400, "'adapters' must be a list of {\"name\", \"scale\"} objects or names.", param="adapters",
                        code="invalid_type")
     for i, item in enumerate(adapters):
+        if isinstance(item, str):  # shorthand the worker accepts too: "name" for {"name": "name"}
+            item = {"name": item}
         if not isinstance(item, dict):
             raise ApiError(400, f"'adapters[{i}]' must be an object with a 'name'.", param=f"adapters[{i}]",
                            code="invalid_type")

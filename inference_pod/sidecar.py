@@ -434,6 +434,14 @@ class Sidecar:
             headers[ATTEMPTS_HEADER] = str(attempts)
         return web.Response(status=up.status, body=up.body, headers=headers)
 
+    def _route_for(self, body: bytes) -> str | None:
+        table = self.view.table if self.view else None
+        try:
+            model, extra = validate_generation(json.loads(body))
+            return route_header(table, resolve_request(table, model, extra)) if table else None
+        except (ValueError, ApiError):
+            return None
+
     async def _serve_hop(self, request: web.Request, body: bytes, t0: float) -> web.Response:
         """A request another router already placed here: local worker only, never forwarded again."""
         hop = request.headers[HOP_HEADER]
@@ -443,7 +451,8 @@ class Sidecar:
                            code="loop_detected")
         headers = self._forward_headers(request)
         headers[HOP_HEADER] = hop
-        route = request.headers.get(ROUTE_HEADER)
+        # A router sent its route along; a hand-made hop request gets ours, if the model resolves here.
+        route = request.headers.get(ROUTE_HEADER) or self._route_for(body)
         if route:
             headers[ROUTE_HEADER] = route
         pool = "unknown"

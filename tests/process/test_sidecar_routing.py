@@ -173,6 +173,8 @@ def test_base_model_and_multi_adapter_placement(stack: Stack) -> None:
     assert route == {"pool": "tiny", "model": None, "adapters": {}, "names": {}}
     r = gen(stack.url("pod-1"), "tiny", adapters=[{"name": "a7"}, {"name": "alias-a0", "scale": 1}])
     assert served_by(r) == home("a7")  # first adapter is the key
+    r = gen(stack.url("pod-1"), "tiny", adapters=["a9", "a7"])  # the name-only shorthand
+    assert served_by(r) == home("a9")
 
 
 @pytest.mark.parametrize(
@@ -218,7 +220,9 @@ def test_hop_header_is_served_locally_never_forwarded(stack: Stack) -> None:
     assert served_by(r) == home(a)
     r = post(stack.url("pod-0") + "/v1/generate", {"model": a}, headers={"X-Loraplex-Hop": "pod-9"})
     assert served_by(r) == "pod-0"
-    assert {k.lower(): v for k, v in r.json()["headers"].items()}["x-loraplex-hop"] == "pod-9"
+    seen = {k.lower(): v for k, v in r.json()["headers"].items()}
+    assert seen["x-loraplex-hop"] == "pod-9"
+    assert json.loads(seen["x-loraplex-route"])["model"] == a  # filled in from pod-0's own table
     # A gateway has no local worker: a routed request stops there.
     r = post(stack.url("gateway") + "/v1/generate", {"model": a}, headers={"X-Loraplex-Hop": "pod-9"})
     assert r.status == 502 and r.json()["error"]["code"] == "loop_detected"
