@@ -133,7 +133,8 @@ class Worker:
             name = self.aliases.get(use.name, use.name)
             entry = self.tiers.catalog.get(name)
             if entry is None:
-                raise ApiError(404, f"adapter {use.name!r} is not served here", param=f"adapters[{i}].name")
+                raise ApiError(404, f"adapters[{i}]: adapter {use.name!r} is not served here",
+                               param=f"adapters[{i}].name")
             uses.append((name, entry.scale if use.scale is None else use.scale))
         names = [n for n, _ in uses]
         if len(set(names)) != len(names):
