@@ -1,0 +1,1 @@
+"""loraplex control plane: the kopf operator for BaseModelPool and LoraAdapter."""

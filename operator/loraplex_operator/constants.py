@@ -1,0 +1,56 @@
+"""Names shared by the operator, its manifests, the chart and the tests.
+
+One place for the API group, resource names, labels and annotation keys so
+that a rename cannot leave a manifest builder and a watcher disagreeing.
+"""
+
+from __future__ import annotations
+
+GROUP = "loraplex.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+POOL_KIND = "BaseModelPool"
+POOL_PLURAL = "basemodelpools"
+ADAPTER_KIND = "LoraAdapter"
+ADAPTER_PLURAL = "loraadapters"
+
+DEFAULT_INFERENCE_IMAGE = "ghcr.io/loraplex/inference:0.1.0"
+DEFAULT_OPERATOR_IMAGE = "ghcr.io/loraplex/operator:0.1.0"
+
+# The field manager for server-side apply: the operator owns exactly the fields
+# it writes, so a user's extra labels or an HPA's replicas are not fought over.
+FIELD_MANAGER = "loraplex-operator"
+
+# kopf keeps its handler progress and diff base in annotations under this
+# prefix (never in .status, which belongs to the operator's own contract).
+KOPF_ANNOTATION_PREFIX = "operator.loraplex.io"
+
+# Labels on everything the operator creates.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "loraplex-operator"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_POOL = "loraplex.io/pool"
+# Pods whose sidecar serves /v1/stats for the autoscaler (pool pods, gateway).
+LABEL_STATS = "loraplex.io/stats"
+
+# Routing table shards.
+LABEL_ROUTING_TABLE = "loraplex.io/routing-table"
+LABEL_SHARD = "loraplex.io/shard"
+ANNOTATION_SHARDS = "loraplex.io/shards"
+ANNOTATION_TABLE_HASH = "loraplex.io/table-sha256"
+ANNOTATION_SHARD_HASH = "loraplex.io/shard-sha256"
+TABLE_CONFIGMAP_PREFIX = "loraplex-routes"
+TABLE_DATA_KEY = "table.json"
+
+# Ports and paths of the inference pod (sidecar is the only exposed port).
+SIDECAR_PORT = 8080
+WORKER_PORT = 8081
+STATS_PATH = "/v1/stats"
+MODEL_CACHE_DIR = "/models"
+DISK_CACHE_DIR = "/var/cache/loraplex"
+
+# Non-root identity baked into both images (docker/).
+RUN_AS_USER = 10001

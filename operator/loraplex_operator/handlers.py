@@ -1,0 +1,146 @@
+"""kopf wiring: settings, indexes and handlers. Every handler only delegates.
+
+Triggers map onto the one reconcile per kind:
+- BaseModelPool create/update/resume -> PoolController.reconcile
+- pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
+- LoraAdapter create/update -> AdapterController.reconcile (retried with backoff)
+- any pool, adapter or pod event -> TableWriter.mark(namespace)
+
+No handler needs a finalizer (owner references and the level-triggered
+table cover deletion), so deleting a pool or adapter never waits for the
+operator to be running.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from . import constants as c
+from .adapter_controller import Retry
+from .resolution import PoolInfo
+from .routes import pool_info
+from .specs import SpecError, parse_pool_spec
+
+if TYPE_CHECKING:
+    from .app import Operator
+
+log = logging.getLogger(__name__)
+OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
+_OWNED_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
+
+
+def build_settings() -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
+    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
+    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
+    s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"
+    # One k8s Event per handler success would be thousands in a burst; keep warnings and errors.
+    s.posting.level = logging.WARNING
+    # Leader election (leader.py) decides who runs; kopf's own peering is off.
+    s.peering.standalone = True
+    # Least privilege: no need to list CRDs or namespaces (the CRDs are installed first).
+    s.scanning.disabled = True
+    # Only our pods and Deployments, filtered by the apiserver rather than after the fact.
+    s.watching.label_selectors["v1", "pods"] = _OWNED_SELECTOR
+    s.watching.label_selectors["apps", "v1", "deployments"] = _OWNED_SELECTOR
+    s.watching.server_timeout = 300
+    s.networking.request_timeout = 60
+    return s
+
+
+def build_registry(op: Operator) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    pools = (c.GROUP, c.VERSION, c.POOL_PLURAL)
+    adapters = (c.GROUP, c.VERSION, c.ADAPTER_PLURAL)
+
+    # -- indexes (kopf keeps them current from its watch streams) ------------
+
+    @kopf.index(*pools, registry=registry)
+    def pool_infos(namespace: str, name: str, spec: Any, **_: Any) -> dict[str, PoolInfo]:
+        try:
+            return {namespace: pool_info(name, parse_pool_spec(dict(spec)))}
+        except SpecError:
+            return {}
+
+    @kopf.index(*adapters, registry=registry)
+    def adapter_claims(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
+        claims: dict[tuple[str, str], tuple[str, str]] = {}
+        for alias in (spec.get("aliases") or []):
+            if isinstance(alias, str):
+                claims[(namespace, alias)] = (name, "alias")
+        claims[(namespace, name)] = (name, "primary")
+        return claims
+
+    # -- pools ---------------------------------------------------------------
+
+    @kopf.on.resume(*pools, registry=registry, backoff=5)
+    @kopf.on.create(*pools, registry=registry, backoff=5)
+    @kopf.on.update(*pools, registry=registry, backoff=5)
+    async def pool_changed(namespace: str, name: str, reason: str, **_: Any) -> None:
+        await op.pools.reconcile(namespace, name)
+        if reason in ("create", "update"):
+            await op.nudge_pending_adapters(namespace)
+
+    @kopf.on.event(*pools, registry=registry)
+    async def pool_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            op.autoscaler.forget(namespace, name)
+            op.pools.invalidate(namespace, name)
+        op.writer.mark(namespace)
+
+    @kopf.on.event("v1", "pods", labels=OWNED, registry=registry)
+    async def pod_event(namespace: str, labels: Any, **_: Any) -> None:
+        pool = labels.get(c.LABEL_POOL)
+        if pool:
+            op.pools.poke(namespace, pool)
+            op.writer.mark(namespace)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry)
+    async def deployment_event(namespace: str, labels: Any, type: str | None, **_: Any) -> None:
+        pool = labels.get(c.LABEL_POOL)
+        if pool:
+            if type == "DELETED":
+                op.pools.invalidate(namespace, pool)  # deleted by hand: re-create it
+            op.pools.poke(namespace, pool)
+
+    # -- adapters ------------------------------------------------------------
+
+    @kopf.on.create(*adapters, registry=registry, backoff=5)
+    @kopf.on.update(*adapters, registry=registry, backoff=5)
+    async def adapter_changed(body: Any, namespace: str, retry: int, pool_infos: kopf.Index,
+                              adapter_claims: kopf.Index, **_: Any) -> None:
+        claims = _NamespaceClaims(adapter_claims, namespace)
+        try:
+            await op.adapters.reconcile(_plain(body), retry, list(pool_infos.get(namespace, [])), claims)
+        except Retry as e:
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+
+    @kopf.on.event(*adapters, registry=registry)
+    async def adapter_event(namespace: str, **_: Any) -> None:
+        op.writer.mark(namespace)
+
+    return registry
+
+
+class _NamespaceClaims:
+    """`{name: [(adapter, kind), ...]}` view of the claims index for one namespace."""
+
+    def __init__(self, index: kopf.Index, namespace: str) -> None:
+        self.index, self.namespace = index, namespace
+
+    def get(self, name: str, default: Any = ()) -> Any:
+        store = self.index.get((self.namespace, name))
+        return list(store) if store is not None else default
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """kopf's Body is a read-only mapping view; the controllers want plain dicts."""
+    import copy
+
+    return copy.deepcopy(dict(body))
+
