@@ -72,14 +72,15 @@ def build_tiny_tokenizer(directory: Path | None = None):
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="loraplex-tiny-tok-"))
     vocab_path, merges_path = write_tokenizer_files(directory)
-    return CLIPTokenizer(
-        vocab_file=str(vocab_path),
-        merges_file=str(merges_path),
+    # from_pretrained reads vocab.json/merges.txt the same way across transformers versions.
+    return CLIPTokenizer.from_pretrained(
+        str(directory),
         bos_token="<|startoftext|>",
         eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         pad_token="<|endoftext|>",
         model_max_length=77,
+        local_files_only=True,
     )
 
 
