@@ -36,7 +36,7 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", 
         from diffusers import DiffusionPipeline
 
         local = Path(model)
-        kwargs = {"torch_dtype": dt}
+        kwargs = {"dtype": dt}
         if not local.exists():
             kwargs["revision"] = revision or "main"
             if dt == torch.float16:
