@@ -2,6 +2,7 @@
 
     python -m loraplex_operator [--namespace NS ...] [--health-port 8080]
         [--no-leader-election | --lease-namespace NS --lease-name NAME --identity ID]
+    python -m loraplex_operator --check [--lease-namespace NS --lease-name NAME]
 
 Environment defaults (the chart sets these): LORAPLEX_WATCH_NAMESPACES
 (comma-separated; empty = cluster-wide), LORAPLEX_LEASE_NAMESPACE (else
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce", type=float, default=0.5, help="routing table: quiet time before a write")
     p.add_argument("--max-delay", type=float, default=3.0, help="routing table: longest wait before a write")
     p.add_argument("--log-level", default=env("LORAPLEX_LOG_LEVEL", "INFO"))
+    p.add_argument("--check", action="store_true",
+                   help="do not run: check that the CRDs are served and a leader holds the lease (helm test)")
     return p
 
 
@@ -51,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf logs every handler run at INFO; with thousands of adapters that drowns the useful lines.
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.check:
+        import time
+
+        from .check import run_check
+        from .kube import Kube
+
+        return run_check(Kube(workers=1), args.lease_namespace, args.lease_name, args.leader_election, time.time())
     namespaces = args.namespaces
     if namespaces is None:
         namespaces = [n.strip() for n in os.environ.get("LORAPLEX_WATCH_NAMESPACES", "").split(",") if n.strip()]
