@@ -70,7 +70,8 @@ class Operator:
             log.warning("cannot list adapters in %s: %s", namespace, e)
             return
         for body in adapters:
-            if (body.get("status") or {}).get("phase") == "Ready":
+            # Only adapters already handled and waiting (no status yet: kopf's create handler is coming anyway).
+            if (body.get("status") or {}).get("phase") not in ("Pending", "Failed"):
                 continue
             # An annotation change is an update to kopf: the adapter's handler runs again at once.
             stamp = str(len(adapters)) + ":" + str(asyncio.get_running_loop().time())
