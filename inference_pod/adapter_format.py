@@ -15,6 +15,7 @@ alpha). Only safetensors are read; pickle-based files never are.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,53 @@ _UNSUPPORTED_MARKERS = {
 }
 
 
+# The down (A) weight of one LoRA layer, in every accepted key format.
+_DOWN_KEY = re.compile(r"(?:lora_down|lora_A|lora\.down|lora_linear_layer\.down)(?:\.[^.]+)?\.weight$")
+_SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
+
+
+def _split_sgm(state_dict: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Separate SGM-named kohya UNet keys from diffusers-named ones when a file mixes both.
+
+    diffusers' SGM remapping drops every SGM key of a file that also has
+    diffusers block names, silently losing those layers; converting the two
+    groups on their own keeps them.
+    """
+    sgm = {k: v for k, v in state_dict.items() if k.startswith("lora_unet_") and any(b in k for b in _SGM_BLOCKS)}
+    if not sgm or not any(k.startswith("lora_unet_") and k not in sgm for k in state_dict):
+        return [state_dict]
+    return [{k: v for k, v in state_dict.items() if k not in sgm}, sgm]
+
+
 def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> CanonicalLora:
-    """Map any accepted key format to canonical module paths via diffusers' converters."""
+    """Map any accepted key format to canonical module paths via diffusers' converters.
+
+    Every LoRA layer of the file must come out the other side: a layer that
+    diffusers' converters would skip is an error, not a silently weaker adapter.
+    """
+    keys = list(state_dict)
+    for marker, why in _UNSUPPORTED_MARKERS.items():
+        if any(marker in k for k in keys):
+            raise AdapterFormatError(why)
+    fmt = _detect_format(keys)
+    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    modules: dict[str, LoraPair] = {}
+    for group in _split_sgm(state_dict):
+        for name, pair in _canonical_modules(group, unet_config).items():
+            if name in modules:
+                raise AdapterFormatError(f"LoRA layer {name} appears twice (under two key naming schemes)")
+            modules[name] = pair
+    expected = sum(1 for k in keys if _DOWN_KEY.search(k))
+    if len(modules) != expected:
+        raise AdapterFormatError(
+            f"only {len(modules)} of the file's {expected} LoRA layers map to modules of this base model "
+            "(keys for another architecture, or an unsupported naming scheme)")
+    if not modules:
+        raise AdapterFormatError("no LoRA layers for unet or text encoders found")
+    return CanonicalLora(modules=modules, source_format=fmt, nbytes=nbytes)
+
+
+def _canonical_modules(state_dict: dict[str, torch.Tensor], unet_config=None) -> dict[str, LoraPair]:
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import (
         convert_state_dict_to_diffusers,
@@ -133,12 +179,6 @@ def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> Canon
     )
     from diffusers.utils.state_dict_utils import StateDictType
 
-    keys = list(state_dict)
-    for marker, why in _UNSUPPORTED_MARKERS.items():
-        if any(marker in k for k in keys):
-            raise AdapterFormatError(why)
-    fmt = _detect_format(keys)
-    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     try:
         sd, alphas = StableDiffusionXLPipeline.lora_state_dict(dict(state_dict), unet_config=unet_config)
     except Exception as e:
@@ -190,9 +230,7 @@ def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> Canon
             if up.shape[1] != down.shape[0]:
                 raise AdapterFormatError(f"{comp}.{mod}: up {tuple(up.shape)} does not match down {tuple(down.shape)}")
             modules[f"{comp}.{mod}"] = LoraPair(down=down, up=up, alpha=alpha_by_module.get(mod))
-    if not modules:
-        raise AdapterFormatError("no LoRA layers for unet or text encoders found")
-    return CanonicalLora(modules=modules, source_format=fmt, nbytes=nbytes)
+    return modules
 
 
 def load_adapter_file(path: Path, unet_config=None) -> CanonicalLora:
