@@ -61,9 +61,12 @@ def test_slot_lru_eviction_keeps_pinned_and_in_use(pipe, tmp_path):
 
 
 def test_ram_budget_evicts_lru(pipe, tmp_path):
-    tiers = make_tiers(pipe, tmp_path, slots=1, ram_adapters=2)
+    tiers = make_tiers(pipe, tmp_path, slots=1)
     for i, n in enumerate("abc"):
         register(tiers, tmp_path, pipe.unet, n, seed=i)
+    tiers.prefetch("a").result()
+    tiers.ram.budget = 2 * tiers.ram.used  # room for two adapters of this size
+    for n in "bc":
         tiers.prefetch(n).result()
     assert len(tiers.ram) == 2 and "a" not in tiers.ram
     assert tiers.tier_of("a") == "disk"
