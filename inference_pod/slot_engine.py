@@ -2,13 +2,25 @@
 
 Every Linear module a pool's adapters may target is wrapped once by a
 `SlotLoraLinear` that reads its low-rank factors from preallocated slot
-storage: one flat tensor per slot holding every module's A and B at the
-pool's max rank (smaller ranks are zero-padded; alpha/rank is folded into B).
-So:
-- activating a resident adapter writes a few numbers into a shared state
-  tensor (no per-module Python work, no recompilation under torch.compile);
-- loading an adapter into a slot is one contiguous copy of a prepared flat
-  buffer, which the RAM tier keeps in exactly the slot's layout and dtype.
+storage shared by all wrapped layers.
+
+Layout: one slot is a rank-major matrix [max_rank, D], D = sum over modules
+of (in_features + out_features). Row j holds rank row j of every module's
+A (down, [r, in]) followed by the same row of its B transposed ([r, out],
+alpha/rank folded in). A rank-r adapter is therefore exactly the first r
+rows of a slot: one contiguous block of r*D elements. So
+- the RAM tier keeps an adapter compact (its own rank, slot dtype), and
+  loading it into a slot of any max rank is ONE contiguous copy (plus one
+  memset when it replaces a higher-rank adapter);
+- activating resident adapters writes a few scalars and two tiny index/scale
+  tensors in place (no per-module Python work, no tensor shape change for
+  the same number of adapters, hence no recompilation under torch.compile);
+- in eager mode each layer only reads the active rows (a rank-8 adapter in
+  rank-64 slots costs rank-8 compute), via views, without gathering.
+
+Several adapters per request are applied as one concatenated low-rank pair
+(K*r rows, per-row scales), and a per-sample mode lets one batch carry
+requests for different adapters (see slot_batching.py).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +36,9 @@ from torch import nn
 from .adapter_format import CanonicalLora
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+# ActiveState.mode values.
+OFF, SHARED, PER_SAMPLE = 0, 1, 2
 
 
 class AdapterMismatchError(ValueError):
@@ -34,13 +50,17 @@ class ModuleLayout:
     name: str  # canonical path: "<component>.<module path>"
     in_features: int
     out_features: int
-    a_offset: int  # element offsets inside one slot's flat storage
+    a_offset: int  # column offsets inside one slot's [max_rank, D] matrix
     b_offset: int
 
 
 @dataclass
 class PreparedAdapter:
-    """An adapter in the exact layout and dtype of one slot (see SlotEngine.prepare)."""
+    """An adapter laid out as the first `rank` rows of a slot, in the slot's dtype.
+
+    `flat` is [rank, D], contiguous (pinned when the engine's device is CUDA),
+    so loading it is a single copy whatever the slots' max rank.
+    """
 
     flat: torch.Tensor
     rank: int
@@ -51,43 +71,111 @@ class PreparedAdapter:
         return self.flat.numel() * self.flat.element_size()
 
 
-class ActiveState(nn.Module):
-    """Which slots are active and with what scale; shared by every wrapped layer.
+class ActiveState:
+    """Which slots are active and with what scales; shared by the wrapped layers of a component.
 
-    `rank_scale` holds one scale per (adapter, rank row) so the layer applies
-    several adapters with one matmul pair; its values change in place on a
-    switch, its shape only when the number of active adapters does.
+    Eager layers read the Python scalars (`k`, `slot`, `scale`, `rank`) and,
+    for several adapters, `index` and `rows` (per-row scales for `rank` rows
+    per adapter, in the slots' dtype). Compiled graphs read only `mode`,
+    `index` and `rows_full` (float32, max_rank rows per adapter), whose
+    shapes depend on the number of active adapters alone; their values change
+    in place, in tensors preallocated for each K, so a switch never allocates.
     """
 
-    def __init__(self, max_rank: int) -> None:
-        super().__init__()
+    def __init__(self, max_rank: int, max_active: int, dtype: torch.dtype, device: torch.device) -> None:
         self.max_rank = max_rank
-        self.enabled = False
-        self.register_buffer("slot_index", torch.zeros(1, dtype=torch.long), persistent=False)
-        self.register_buffer("rank_scale", torch.zeros(max_rank), persistent=False)
+        self.mode = OFF
+        self.k = 0
+        self.slot = 0
+        self.scale = 0.0
+        self.rank = 1  # rows eager layers read: the largest rank among the active slots
+        ks = range(max_active + 1)
+        self.index_by_k = [torch.zeros(k, dtype=torch.long, device=device) for k in ks]
+        self.rows_by_k = [torch.zeros(k * max_rank, dtype=dtype, device=device) for k in ks]
+        self.rows_full_by_k = [torch.zeros(k * max_rank, device=device) for k in ks]
+        self.index = self.index_by_k[0]
+        self.rows = self.rows_by_k[0]
+        self.rows_full = self.rows_full_by_k[0]
 
 
-class SlotLoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, a: torch.Tensor, b: torch.Tensor, state: ActiveState) -> None:
-        super().__init__()
-        self.base = base
-        self.lora_a = a  # view [slots, R, in] into the slot storage
-        self.lora_b = b  # view [slots, out, R]
+class SlotLoraLinear(nn.Linear):
+    """An nn.Linear (the very same weight and bias Parameters) plus the active slots' low-rank update.
+
+    Being a Linear with the original parameters keeps state_dict() keys,
+    isinstance checks and the no-adapter forward exactly those of the base
+    layer; the base weights are never modified.
+    """
+
+    def __init__(self, base: nn.Linear, a: torch.Tensor, bt: torch.Tensor, state: ActiveState) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__: share the parameters, allocate nothing
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)
+        # Plain attributes, not buffers, so state_dict() stays the base model's.
+        self.lora_a = a  # [slots, max_rank, in] strided view into the slot storage
+        self.lora_bt = bt  # [slots, max_rank, out]
         self.state = state
 
-    # Registered as plain attributes (not buffers) so state_dict() stays the base model's.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = F.linear(x, self.weight, self.bias)
         st = self.state
-        if not st.enabled:
+        mode = st.mode
+        if mode == OFF:
             return y
-        idx = st.slot_index
-        k = idx.shape[0]
-        a = self.lora_a.index_select(0, idx).reshape(k * st.max_rank, -1)
-        b = self.lora_b.index_select(0, idx)
-        b = b[0] if k == 1 else b.permute(1, 0, 2).reshape(b.shape[1], k * st.max_rank)
-        h = F.linear(x.to(a.dtype), a) * st.rank_scale.to(a.dtype)
-        return y + F.linear(h, b).to(y.dtype)
+        if torch.compiler.is_compiling():
+            # Full max-rank rows and tensor indices only: nothing here depends on
+            # which slots are active, so a switch never invalidates the graph.
+            return _add_gathered(x, y, self.lora_a, self.lora_bt, st.index, st.rows_full, mode == PER_SAMPLE)
+        r = st.rank
+        if mode == SHARED and st.k == 1:
+            # The common case: views of the active rows, no gather, scale as addmm's alpha.
+            a = self.lora_a[st.slot, :r]
+            bt = self.lora_bt[st.slot, :r]
+            h = F.linear(x.to(a.dtype), a)
+            out = _contiguous(y)
+            out.view(-1, out.shape[-1]).addmm_(h.view(-1, r).to(out.dtype), bt.to(out.dtype), alpha=st.scale)
+            return out
+        return _add_gathered(x, y, self.lora_a[:, :r], self.lora_bt[:, :r], st.index, st.rows, mode == PER_SAMPLE)
+
+
+def _contiguous(y: torch.Tensor) -> torch.Tensor:
+    return y if y.is_contiguous() else y.contiguous()
+
+
+def _add_gathered(x: torch.Tensor, y: torch.Tensor, a_all: torch.Tensor, bt_all: torch.Tensor,
+                  index: torch.Tensor, rows: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    """y + (x A^T * rows) B for the gathered slots.
+
+    Shared: index [K], rows [K*r]; the K adapters' rows are concatenated into
+    one [K*r] low-rank pair. Per sample: index [N*K], rows [N, K*r] for N
+    samples; a batch of m*N rows repeats them m times (classifier-free
+    guidance runs [uncond..., cond...] through the UNet).
+    """
+    r = a_all.shape[1]
+    n_in, n_out = a_all.shape[2], bt_all.shape[2]
+    out = _contiguous(y)
+    if not per_sample:
+        kr = index.shape[0] * r
+        a = a_all.index_select(0, index).view(kr, n_in)
+        bt = bt_all.index_select(0, index).view(kr, n_out)
+        h = F.linear(x.to(a.dtype), a) * rows.to(a.dtype)
+        out.view(-1, n_out).addmm_(h.view(-1, kr).to(out.dtype), bt.to(out.dtype))
+        return out
+    n = rows.shape[0]
+    kr = rows.shape[1]
+    batch = x.shape[0]
+    if batch % n:
+        raise RuntimeError(f"per-sample adapters were set for {n} samples, but a layer got a batch of {batch}")
+    rep = batch // n
+    if rep > 1:
+        index = index.repeat(rep)
+        rows = rows.repeat(rep, 1)
+    a = a_all.index_select(0, index).view(batch, kr, n_in)
+    bt = bt_all.index_select(0, index).view(batch, kr, n_out)
+    h = torch.bmm(x.reshape(batch, -1, n_in).to(a.dtype), a.transpose(1, 2)) * rows.to(a.dtype).unsqueeze(1)
+    out.view(batch, -1, n_out).baddbmm_(h.to(out.dtype), bt.to(out.dtype))
+    return out
 
 
 class SlotEngine:
@@ -95,37 +183,51 @@ class SlotEngine:
 
     def __init__(self, pipe, n_slots: int, max_rank: int, target_suffixes: tuple[str, ...] = DEFAULT_TARGETS,
                  components: tuple[str, ...] = ("unet",), max_active: int = 4) -> None:
-        if n_slots < 1 or max_rank < 1:
-            raise ValueError("n_slots and max_rank must be >= 1")
+        if n_slots < 1 or max_rank < 1 or max_active < 1:
+            raise ValueError("n_slots, max_rank and max_active must be >= 1")
         self.n_slots = n_slots
         self.max_rank = max_rank
         self.max_active = max_active
-        self.components = components
+        self.components = tuple(c for c in components if getattr(pipe, c, None) is not None)
+        self._pipe = pipe
         self._lock = threading.Lock()
-        first = getattr(pipe, components[0])
+        first = getattr(pipe, self.components[0])
         self.device = next(first.parameters()).device
         self.dtype = next(first.parameters()).dtype
-        self.state = ActiveState(max_rank).to(self.device)
         targets = self._find_targets(pipe, target_suffixes)
         if not targets:
             raise ValueError(f"no Linear modules match the target suffixes {target_suffixes}")
         layouts: list[ModuleLayout] = []
         off = 0
         for name, mod in targets:
-            a_off = off
-            off += max_rank * mod.in_features
-            b_off = off
-            off += mod.out_features * max_rank
-            layouts.append(ModuleLayout(name, mod.in_features, mod.out_features, a_off, b_off))
-        self.slot_numel = off
+            layouts.append(ModuleLayout(name, mod.in_features, mod.out_features, off, off + mod.in_features))
+            off += mod.in_features + mod.out_features
+        self.width = off  # D: elements per rank row
+        self.slot_numel = max_rank * off
         self.layouts = {lay.name: lay for lay in layouts}
-        self.storage = torch.zeros(n_slots, off, dtype=self.dtype, device=self.device)
+        self.storage = torch.zeros(n_slots, max_rank, off, dtype=self.dtype, device=self.device)
+        self.slot_rank = [0] * n_slots  # rows of each slot that may be non-zero
+        # One state per component: the per-sample mode gives the UNet and the
+        # text encoders different batch layouts; activate() sets them all.
+        self.states = {c: ActiveState(max_rank, max_active, self.dtype, self.device) for c in self.components}
+        st0 = self.state
+        # Host-side arrays activate() writes into: on CPU they are the state
+        # tensors' own memory (a switch is a few numpy stores), on CUDA a
+        # staging copy uploaded once per switch.
+        on_cpu = self.device.type == "cpu"
+        self._host_index = [t.numpy() if on_cpu else np.zeros(t.shape, np.int64) for t in st0.index_by_k]
+        self._host_rows_full = [t.numpy() if on_cpu else np.zeros(t.shape, np.float32) for t in st0.rows_full_by_k]
+        self._host_rows = torch.zeros(max_active * max_rank)
+        self._originals: list[tuple[str, nn.Linear]] = targets
         for (name, mod), lay in zip(targets, layouts, strict=True):
-            a = self.storage[:, lay.a_offset:lay.a_offset + max_rank * lay.in_features].view(
-                n_slots, max_rank, lay.in_features)
-            b = self.storage[:, lay.b_offset:lay.b_offset + lay.out_features * max_rank].view(
-                n_slots, lay.out_features, max_rank)
-            self._replace(pipe, name, SlotLoraLinear(mod, a, b, self.state))
+            a = self.storage[:, :, lay.a_offset:lay.a_offset + lay.in_features]
+            bt = self.storage[:, :, lay.b_offset:lay.b_offset + lay.out_features]
+            self._replace(pipe, name, SlotLoraLinear(mod, a, bt, self.states[name.split(".", 1)[0]]))
+
+    @property
+    def state(self) -> ActiveState:
+        """The first component's state (the UNet's)."""
+        return self.states[self.components[0]]
 
     @property
     def slot_nbytes(self) -> int:
@@ -134,11 +236,15 @@ class SlotEngine:
     def _find_targets(self, pipe, suffixes: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
         found = []
         for comp in self.components:
-            model = getattr(pipe, comp, None)
-            if model is None:
-                continue
+            model = getattr(pipe, comp)
             for path, mod in model.named_modules():
+                if isinstance(mod, SlotLoraLinear):
+                    raise ValueError(f"{comp} already has slot LoRA layers installed")
                 if isinstance(mod, nn.Linear) and any(path == s or path.endswith("." + s) for s in suffixes):
+                    if type(mod) is not nn.Linear:
+                        # A subclass (quantised, ...) computes differently from F.linear on its weight.
+                        raise ValueError(f"{comp}.{path} is a {type(mod).__name__}; slot LoRA wraps plain "
+                                         "nn.Linear layers only")
                     found.append((f"{comp}.{path}", mod))
         return found
 
@@ -148,6 +254,12 @@ class SlotEngine:
         parent_path, _, attr = path.rpartition(".")
         parent = getattr(pipe, comp).get_submodule(parent_path) if parent_path else getattr(pipe, comp)
         setattr(parent, attr, new)
+
+    def uninstall(self) -> None:
+        """Put the original Linear modules back (the engine is unusable afterwards)."""
+        for name, mod in self._originals:
+            self._replace(self._pipe, name, mod)
+        self.storage = torch.empty(0, dtype=self.dtype, device=self.device)
 
     # -- validation and preparation (CPU, any thread) ---------------------------------------------
 
@@ -161,7 +273,8 @@ class SlotEngine:
             if lay is None:
                 if comp not in self.components:
                     raise AdapterMismatchError(
-                        f"adapter has {comp} LoRA layers; this pool applies LoRA to {', '.join(self.components)} only")
+                        f"adapter has {comp} LoRA layers; this pool applies LoRA to {', '.join(self.components)} "
+                        "only (text-encoder LoRA needs a pool started with --text-encoder-lora)")
                 raise AdapterMismatchError(f"module {name} is not a LoRA target of this base model")
             if pair.down.shape[1] != lay.in_features or pair.up.shape[0] != lay.out_features:
                 raise AdapterMismatchError(
@@ -169,47 +282,135 @@ class SlotEngine:
                     f"match the base model's {lay.out_features}x{lay.in_features} (adapter for another base model?)")
 
     def prepare(self, lora: CanonicalLora, pin_memory: bool | None = None) -> PreparedAdapter:
-        """Lay the adapter out as one slot's flat buffer (zero-padded, alpha/rank folded in)."""
+        """Lay the adapter out as the first `rank` rows of a slot (zero-padded, alpha/rank folded into B)."""
         self.check(lora)
-        R = self.max_rank
-        flat = torch.zeros(self.slot_numel, dtype=self.dtype)
+        r = max(lora.rank, 1)
+        flat = torch.zeros(r, self.width, dtype=self.dtype)
         for name, pair in lora.modules.items():
             lay = self.layouts[name]
-            r = pair.rank
-            a = flat[lay.a_offset:lay.a_offset + R * lay.in_features].view(R, lay.in_features)
-            b = flat[lay.b_offset:lay.b_offset + lay.out_features * R].view(lay.out_features, R)
-            a[:r].copy_(pair.down)
-            b[:, :r].copy_(pair.up.float() * pair.scale)
+            pr = pair.rank
+            flat[:pr, lay.a_offset:lay.a_offset + lay.in_features].copy_(pair.down)
+            flat[:pr, lay.b_offset:lay.b_offset + lay.out_features].copy_((pair.up.float() * pair.scale).t())
+        if not bool(torch.isfinite(flat).all()):
+            # One NaN would turn every image of every request using this slot black.
+            raise AdapterMismatchError("adapter weights contain NaN or infinity (or overflow the pool's dtype)")
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
         if pin_memory:
             flat = flat.pin_memory()
-        return PreparedAdapter(flat=flat, rank=lora.rank, modules=len(lora.modules))
+        return PreparedAdapter(flat=flat, rank=r, modules=len(lora.modules))
+
+    def adopt(self, flat: torch.Tensor, modules: int = 0) -> PreparedAdapter:
+        """Wrap an already prepared [rank, D] buffer (read back from a prepared file)."""
+        if flat.dim() != 2 or flat.shape[1] != self.width or flat.dtype != self.dtype:
+            raise AdapterMismatchError(f"prepared buffer {tuple(flat.shape)} {flat.dtype} does not match this "
+                                       f"engine's [rank, {self.width}] {self.dtype}")
+        if not 1 <= flat.shape[0] <= self.max_rank:
+            raise AdapterMismatchError(f"rank {flat.shape[0]} exceeds the pool's max rank {self.max_rank}")
+        return PreparedAdapter(flat=flat.contiguous(), rank=int(flat.shape[0]), modules=modules)
 
     # -- slot operations (the GPU job thread) -------------------------------------------------------
 
+    def slot_rows(self, slot: int, rank: int) -> torch.Tensor:
+        """The first `rank` rows of a slot: a contiguous [rank, D] block to copy into."""
+        return self.storage[slot, :rank]
+
     def load(self, slot: int, prepared: PreparedAdapter) -> None:
-        self.storage[slot].copy_(prepared.flat, non_blocking=prepared.flat.is_pinned())
+        """Copy a prepared adapter into a slot: one contiguous copy, plus one memset of stale rows."""
+        r = prepared.rank
+        self.storage[slot, :r].copy_(prepared.flat, non_blocking=prepared.flat.is_pinned())
+        self.mark_loaded(slot, r)
+
+    def mark_loaded(self, slot: int, rank: int) -> None:
+        """Record that rows [:rank] of the slot were just written; zero what a bigger adapter left behind."""
+        old = self.slot_rank[slot]
+        if old > rank:
+            # Compiled graphs read all max_rank rows, and a stale row times a
+            # zero scale can still be NaN in fp16 (inf * 0), so clear them.
+            self.storage[slot, rank:old].zero_()
+        self.slot_rank[slot] = rank
 
     def clear(self, slot: int) -> None:
         self.storage[slot].zero_()
+        self.slot_rank[slot] = 0
+
+    def _check_slots(self, slots: list[int]) -> None:
+        for s in slots:
+            if not 0 <= s < self.n_slots:
+                raise AdapterMismatchError(f"slot {s} does not exist (the engine has {self.n_slots})")
 
     def activate(self, slots_and_scales: list[tuple[int, float]]) -> None:
-        """Make these slots active with these scales; an empty list means the base model alone."""
-        if not slots_and_scales:
-            self.state.enabled = False
-            return
-        if len(slots_and_scales) > self.max_active:
-            raise AdapterMismatchError(f"at most {self.max_active} adapters per request")
-        st = self.state
+        """Make these slots active with these scales for every sample; an empty list means the base model alone."""
         k = len(slots_and_scales)
-        idx = torch.tensor([s for s, _ in slots_and_scales], dtype=torch.long)
-        scale = torch.tensor([w for _, w in slots_and_scales], dtype=st.rank_scale.dtype).repeat_interleave(
-            self.max_rank)
-        if st.slot_index.shape[0] == k:
-            st.slot_index.copy_(idx)
-            st.rank_scale.copy_(scale)
+        if k == 0:
+            for st in self.states.values():
+                st.mode = OFF
+            return
+        if k > self.max_active:
+            raise AdapterMismatchError(f"at most {self.max_active} adapters per request")
+        R = self.max_rank
+        st0 = self.state
+        hi, hf = self._host_index[k], self._host_rows_full[k]
+        rows = st0.rows_by_k[k]
+        if k == 1:
+            slot, scale = slots_and_scales[0]
+            if not 0 <= slot < self.n_slots:
+                self._check_slots([slot])
+            r = self.slot_rank[slot] or 1
+            hi[0] = slot
+            hf[:] = scale
+            # The k == 1 eager path passes the scale as addmm's alpha and needs no rows.
         else:
-            st.slot_index = idx.to(self.device)
-            st.rank_scale = scale.to(self.device)
-        st.enabled = True
+            self._check_slots([s for s, _ in slots_and_scales])
+            r = max(self.slot_rank[s] for s, _ in slots_and_scales) or 1
+            hr = self._host_rows
+            for i, (s, w) in enumerate(slots_and_scales):
+                hi[i] = s
+                hf[i * R:(i + 1) * R] = w
+                hr[i * r:(i + 1) * r] = w
+            rows = rows[:k * r]
+            rows.copy_(hr[:k * r])
+        index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
+        if self.device.type != "cpu":
+            index.copy_(torch.from_numpy(hi))
+            rows_full.copy_(torch.from_numpy(hf))
+        slot, scale = slots_and_scales[0]
+        for st in self.states.values():
+            # Every component reads the first state's tensors: one upload per switch.
+            st.index, st.rows, st.rows_full = index, rows, rows_full
+            st.k, st.slot, st.scale, st.rank = k, slot, float(scale), r
+            st.mode = SHARED
+
+    def activate_per_sample(self, samples: list[list[tuple[int, float]]],
+                            components: tuple[str, ...] | None = None) -> None:
+        """Give each sample of the next batch its own adapters (an empty list: none for that sample).
+
+        `samples[i]` is sample i's (slot, scale) list. A layer seeing a batch of
+        m * len(samples) rows applies the list m times over, which is how the
+        UNet's classifier-free guidance batch [uncond..., cond...] lines up.
+        Allocates small tensors: this is a per-batch call, not the switch path.
+        """
+        if not samples:
+            raise ValueError("no samples")
+        k = max(1, max(len(s) for s in samples))
+        if k > self.max_active:
+            raise AdapterMismatchError(f"at most {self.max_active} adapters per request")
+        flat = [s for sample in samples for s, _ in sample]
+        self._check_slots(flat)
+        R = self.max_rank
+        r = max([self.slot_rank[s] for s in flat] + [1])
+        n = len(samples)
+        index = torch.zeros(n, k, dtype=torch.long)
+        scales = torch.zeros(n, k)
+        for i, sample in enumerate(samples):
+            for j, (s, w) in enumerate(sample):
+                index[i, j] = s
+                scales[i, j] = w  # padding entries keep scale 0 (slot 0 times zero)
+        index = index.view(-1).to(self.device)
+        rows = scales.repeat_interleave(r, dim=1).to(self.device, self.dtype)
+        rows_full = scales.repeat_interleave(R, dim=1).to(self.device)
+        for comp in components or self.components:
+            st = self.states[comp]
+            st.index, st.rows, st.rows_full = index, rows, rows_full
+            st.k, st.rank = k, r
+            st.mode = PER_SAMPLE
