@@ -107,10 +107,11 @@ class Worker:
 
     # -- request handling ---------------------------------------------------------------------------
 
-    def _apply_route_header(self, request: web.Request) -> None:
+    def _apply_route_header(self, request: web.Request) -> bool:
+        """Register the adapters the sidecar resolved; True when it resolved the model to the base model."""
         raw = request.headers.get(ROUTE_HEADER)
         if not raw:
-            return
+            return False
         try:
             route = json.loads(raw)
             for name, entry in route.get("adapters", {}).items():
@@ -119,13 +120,16 @@ class Worker:
                 self.base_names.add(route["pool"])
         except (ValueError, TypeError, AttributeError) as e:
             raise ApiError(400, f"malformed {ROUTE_HEADER} header: {e}", param=ROUTE_HEADER) from e
+        return "model" in route and route["model"] is None
 
-    def _resolve(self, req: GenerationRequest) -> list[tuple[str, float]]:
+    def _resolve(self, req: GenerationRequest, routed_to_base: bool = False) -> list[tuple[str, float]]:
         """The adapters a request uses, as (name, scale); empty for the base model alone."""
         assert self.tiers is not None
         uses: list[tuple[str, float]] = []
         model = self.aliases.get(req.model, req.model)
-        if model in self.tiers.catalog:
+        if routed_to_base:
+            pass  # the router resolved the name (a pool alias, say) to the base model
+        elif model in self.tiers.catalog:
             uses.append((model, self.tiers.catalog[model].scale))
         elif req.model not in self.base_names:
             raise ApiError(404, f"model {req.model!r} is not served here", param="model")
@@ -195,9 +199,9 @@ class Worker:
                             default_size=self.native_size)
         if not openai and req.n != 1:
             raise ApiError(400, "n must be 1 for /v1/generate (use /v1/images/generations for several)", param="n")
-        self._apply_route_header(request)
+        routed_to_base = self._apply_route_header(request)
         self.reload_table()
-        uses = self._resolve(req)
+        uses = self._resolve(req, routed_to_base)
         assert self.tiers is not None
         for name, _ in uses:
             self.tiers.prefetch(name)  # overlap the fetch with whatever runs now
