@@ -26,7 +26,6 @@ STAMPS="$BIN/.stamps"
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[k8s-build] ERROR: %s\n' "$*" >&2; exit 1; }
 
-command -v go >/dev/null 2>&1 || die "go is not on PATH (need go >= 1.26.0)"
 
 # Never let go silently download another toolchain; fail clearly instead.
 export GOTOOLCHAIN=local
@@ -45,7 +44,7 @@ probe() {
     etcd)
       "$b" --version 2>/dev/null | awk '/etcd Version/{print "v"$3}' ;;
     kwok)
-      go version -m "$b" 2>/dev/null | awk '$1=="mod"{print $3}' ;;
+      "$b" --version 2>/dev/null | awk '{print $3}' ;;
     helm)
       "$b" version --template '{{.Version}}' 2>/dev/null ;;
   esac
@@ -87,6 +86,7 @@ case "${1:-}" in
   *) die "unknown argument: $1 (use --check or --print-bin)" ;;
 esac
 
+command -v go >/dev/null 2>&1 || die "go is not on PATH (need go >= 1.26.0)"
 mkdir -p "$BIN" "$SRC"
 T0=$(date +%s)
 
