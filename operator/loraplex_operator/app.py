@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -62,19 +63,29 @@ class Operator:
 
     # -- helpers used by handlers -------------------------------------------
 
-    async def nudge_pending_adapters(self, namespace: str) -> None:
-        """A pool appeared or changed: wake adapters that wait (backoff) for one, now."""
+    async def nudge_adapters(self, namespace: str, pool_gone: str | None = None) -> None:
+        """Re-run adapters' handlers now rather than after their backoff.
+
+        After a pool appears or changes: adapters waiting for one (Pending,
+        Failed). After a pool is deleted (`pool_gone`): the adapters it served,
+        so their status stops saying Ready.
+        """
         try:
             adapters = await self.kube.run(self.kube.list, c.API_VERSION, c.ADAPTER_PLURAL, namespace, None, True)
         except KubeError as e:
             log.warning("cannot list adapters in %s: %s", namespace, e)
             return
+        stamp = f"{pool_gone or 'pool'}@{asyncio.get_running_loop().time():.3f}"
         for body in adapters:
-            # Only adapters already handled and waiting (no status yet: kopf's create handler is coming anyway).
-            if (body.get("status") or {}).get("phase") not in ("Pending", "Failed"):
+            status = body.get("status") or {}
+            if pool_gone is not None:
+                wanted = status.get("pool") == pool_gone
+            else:
+                # No status yet: kopf's create handler is coming anyway.
+                wanted = status.get("phase") in ("Pending", "Failed")
+            if not wanted:
                 continue
             # An annotation change is an update to kopf: the adapter's handler runs again at once.
-            stamp = str(len(adapters)) + ":" + str(asyncio.get_running_loop().time())
             try:
                 await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.ADAPTER_PLURAL, namespace,
                                     body["metadata"]["name"],
@@ -91,19 +102,21 @@ class Operator:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def wait_for_crds(self) -> None:
+    async def wait_for_crds(self) -> bool:
         """kopf's resource scanning is off (least privilege): make sure our kinds are served first."""
-        while True:
+        while not self._stop.is_set():
             try:
                 doc = await self.kube.run(self.kube.request, "GET", f"/apis/{c.API_VERSION}")
                 served = {r.get("name") for r in (doc or {}).get("resources", [])}
                 if {c.POOL_PLURAL, c.ADAPTER_PLURAL} <= served:
-                    return
+                    return True
             except KubeError as e:
                 if e.status != 404:
                     log.warning("checking for the loraplex.io CRDs: %s", e)
             log.info("waiting for the loraplex.io/%s CRDs to be installed", c.VERSION)
-            await asyncio.sleep(5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 5)
+        return False
 
     async def resync(self) -> None:
         """Periodic full pass: re-check every pool and rewrite any table someone edited."""
@@ -111,7 +124,7 @@ class Operator:
             await asyncio.sleep(self.cfg.resync_s)
             for ns in self.writer.namespaces():
                 self.writer.mark(ns)
-            for ns, name in list(self.autoscaler._pools):
+            for ns, name in self.autoscaler.tracked():
                 self.pools.poke(ns, name)
 
     async def run(self) -> int:
@@ -133,7 +146,8 @@ class Operator:
                     waiter.cancel()
                     return 0
                 background.append(asyncio.create_task(self.elector.keep(lost.set)))
-            await self.wait_for_crds()
+            if not await self.wait_for_crds():
+                return 0
             # kopf takes over SIGTERM/SIGINT from here on; our stop flag covers lease loss.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

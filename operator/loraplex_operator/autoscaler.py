@@ -72,6 +72,9 @@ class Autoscaler:
     def forget(self, namespace: str, name: str) -> None:
         self._pools.pop((namespace, name), None)
 
+    def tracked(self) -> list[tuple[str, str]]:
+        return list(self._pools)
+
     def pool_load(self, namespace: str, name: str) -> PoolLoad | None:
         t = self._pools.get((namespace, name))
         return t.load if t else None

@@ -54,20 +54,28 @@ def build_settings() -> kopf.OperatorSettings:
 
 
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
+    # Explicit ids: they name kopf's annotations and the kwargs indexes arrive as
+    # (the default id of a nested function would be "build_registry.<locals>.fn").
     registry = kopf.OperatorRegistry()
     pools = (c.GROUP, c.VERSION, c.POOL_PLURAL)
     adapters = (c.GROUP, c.VERSION, c.ADAPTER_PLURAL)
 
+    # -- credentials: the same ones as our own client (kube.load_configuration) --
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info()
+
     # -- indexes (kopf keeps them current from its watch streams) ------------
 
-    @kopf.index(*pools, registry=registry)
+    @kopf.index(*pools, registry=registry, id="pool_infos")
     def pool_infos(namespace: str, name: str, spec: Any, **_: Any) -> dict[str, PoolInfo]:
         try:
             return {namespace: pool_info(name, parse_pool_spec(dict(spec)))}
         except SpecError:
             return {}
 
-    @kopf.index(*adapters, registry=registry)
+    @kopf.index(*adapters, registry=registry, id="adapter_claims")
     def adapter_claims(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
         claims: dict[tuple[str, str], tuple[str, str]] = {}
         for alias in (spec.get("aliases") or []):
@@ -78,29 +86,30 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # -- pools ---------------------------------------------------------------
 
-    @kopf.on.resume(*pools, registry=registry, backoff=5)
-    @kopf.on.create(*pools, registry=registry, backoff=5)
-    @kopf.on.update(*pools, registry=registry, backoff=5)
+    @kopf.on.resume(*pools, registry=registry, backoff=5, id="pool_changed")
+    @kopf.on.create(*pools, registry=registry, backoff=5, id="pool_changed")
+    @kopf.on.update(*pools, registry=registry, backoff=5, id="pool_changed")
     async def pool_changed(namespace: str, name: str, reason: str, **_: Any) -> None:
         await op.pools.reconcile(namespace, name)
         if reason in ("create", "update"):
-            await op.nudge_pending_adapters(namespace)
+            await op.nudge_adapters(namespace)
 
-    @kopf.on.event(*pools, registry=registry)
+    @kopf.on.event(*pools, registry=registry, id="pool_event")
     async def pool_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+        op.writer.mark(namespace)
         if type == "DELETED":
             op.autoscaler.forget(namespace, name)
             op.pools.invalidate(namespace, name)
-        op.writer.mark(namespace)
+            await op.nudge_adapters(namespace, pool_gone=name)
 
-    @kopf.on.event("v1", "pods", labels=OWNED, registry=registry)
+    @kopf.on.event("v1", "pods", labels=OWNED, registry=registry, id="pod_event")
     async def pod_event(namespace: str, labels: Any, **_: Any) -> None:
         pool = labels.get(c.LABEL_POOL)
         if pool:
             op.pools.poke(namespace, pool)
             op.writer.mark(namespace)
 
-    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry, id="deployment_event")
     async def deployment_event(namespace: str, labels: Any, type: str | None, **_: Any) -> None:
         pool = labels.get(c.LABEL_POOL)
         if pool:
@@ -110,8 +119,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # -- adapters ------------------------------------------------------------
 
-    @kopf.on.create(*adapters, registry=registry, backoff=5)
-    @kopf.on.update(*adapters, registry=registry, backoff=5)
+    @kopf.on.create(*adapters, registry=registry, backoff=5, id="adapter_changed")
+    @kopf.on.update(*adapters, registry=registry, backoff=5, id="adapter_changed")
     async def adapter_changed(body: Any, namespace: str, retry: int, pool_infos: kopf.Index,
                               adapter_claims: kopf.Index, **_: Any) -> None:
         claims = _NamespaceClaims(adapter_claims, namespace)
@@ -120,11 +129,36 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         except Retry as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
-    @kopf.on.event(*adapters, registry=registry)
+    @kopf.on.event(*adapters, registry=registry, id="adapter_event")
     async def adapter_event(namespace: str, **_: Any) -> None:
         op.writer.mark(namespace)
 
     return registry
+
+
+def connection_info() -> kopf.ConnectionInfo:
+    """kopf's credentials, from the configuration our REST client uses (in-cluster, else $KUBECONFIG).
+
+    A registry of our own has no default login handler, and kopf's would
+    read the kubeconfig path the client library fixed at import time.
+    """
+    from .kube import load_configuration
+
+    config = load_configuration()
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
 
 
 class _NamespaceClaims:

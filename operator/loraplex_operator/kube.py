@@ -163,7 +163,9 @@ def load_configuration() -> client.Configuration:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config(client_configuration=configuration)
     else:
-        config.load_kube_config(client_configuration=configuration)
+        # Read $KUBECONFIG now: the client library resolves its default path at import time.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                client_configuration=configuration)
     return configuration
 
 
