@@ -47,7 +47,7 @@ class _NamespaceDemand:
 class Autoscaler:
     def __init__(self, kube: Kube, poke_pool: Callable[[str, str], None], mark_table: Callable[[str], None],
                  tick_s: float = 5.0, stats_timeout_s: float = 2.0, clock: Callable[[], float] = time.time,
-                 patch_adapter_status: bool = True) -> None:
+                 patch_adapter_status: bool = True, stats_port: int = c.SIDECAR_PORT) -> None:
         self.kube = kube
         self.poke_pool = poke_pool
         self.mark_table = mark_table
@@ -55,6 +55,7 @@ class Autoscaler:
         self.stats_timeout_s = stats_timeout_s
         self.clock = clock
         self.patch_adapter_status = patch_adapter_status
+        self.stats_port = stats_port
         self._pools: dict[tuple[str, str], _PoolTrack] = {}
         self._demand: dict[str, _NamespaceDemand] = {}
         self.polls = 0
@@ -114,7 +115,7 @@ class Autoscaler:
         except KubeError as e:
             log.warning("autoscaler: cannot list pods in %s: %s", ns, e)
             return
-        urls = [endpoint_url(p["status"]["podIP"]) + c.STATS_PATH for p in pods if is_pod_ready(p)]
+        urls = [endpoint_url(p["status"]["podIP"], self.stats_port) + c.STATS_PATH for p in pods if is_pod_ready(p)]
         results = await asyncio.gather(*(fetch_stats(session, u, self.stats_timeout_s) for u in urls))
         answered = [r for r in results if r is not None]
         self.polls += len(urls)

@@ -79,9 +79,9 @@ def _source(spec: AdapterSpec, body: dict[str, Any], pool_spec: PoolSpec) -> tup
                      token_env=token_env), commit
 
 
-def endpoint_url(ip: str) -> str:
+def endpoint_url(ip: str, port: int = c.SIDECAR_PORT) -> str:
     host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{c.SIDECAR_PORT}"
+    return f"http://{host}:{port}"
 
 
 def build_table(pools: Sequence[dict[str, Any]], adapters: Sequence[dict[str, Any]],

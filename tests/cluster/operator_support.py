@@ -122,22 +122,25 @@ def service_account_kubeconfig(admin_kubeconfig: str, namespace: str, sa: str, p
 class OperatorProcess:
     """`python -m loraplex_operator` run as the chart's ServiceAccount; restartable."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: str, log_dir: Path, identity: str = "cluster-tests") -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.identity = identity
         self.handle: ProcHandle | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, lead: bool = True) -> None:
+        """Start; with `lead`, wait until it holds the lease and kopf runs (else: until it is up)."""
         port = free_port()
         cmd = [PYTHON, "-m", "loraplex_operator", "--health-host", "127.0.0.1", "--health-port", str(port),
                "--lease-namespace", SYSTEM_NS, "--lease-name", LEASE_NAME,
                # A fixed identity: a restarted process takes its lease back at once, like a restarted container.
-               "--identity", "cluster-tests", "--resync-seconds", "30"]
+               "--identity", self.identity, "--resync-seconds", "30"]
         env = {"KUBECONFIG": self.kubeconfig, "HF_ENDPOINT": "http://127.0.0.1:9", "LORAPLEX_LOG_LEVEL": "INFO"}
         self.handle = start_process(cmd, port, ready_path="/healthz", timeout=60, env=env, log_dir=self.log_dir)
         self.starts += 1
-        wait_until("the operator to lead and run kopf", self._running, timeout=60)
+        if lead:
+            wait_until("the operator to lead and run kopf", self._running, timeout=60)
 
     def _running(self) -> bool:
         assert self.handle is not None

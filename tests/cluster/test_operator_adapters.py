@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from loraplex_operator import constants as c
 from loraplex_operator.kube import Kube
 
 from tests.cluster.operator_support import (
+    PYTHON_EXE,
+    ControlPlane,
     OperatorProcess,
     adapter_manifest,
     condition,
+    free_port,
+    http_get,
     pool_manifest,
     routing_table,
+    service_account_kubeconfig,
+    start_process,
     wait_until,
 )
 
@@ -103,3 +110,31 @@ def test_base_model_mismatch_is_a_clear_failure(kube: Kube, operator: OperatorPr
                     and condition(a, "Degraded").get("reason") == "BaseModelMismatch" and a)
     assert ad["status"]["phase"] == "Failed"
     assert "tiny" in condition(ad, "Degraded")["message"]
+
+
+def test_a_sidecar_routes_from_the_operators_table(kube: Kube, operator: OperatorProcess, namespace: str,
+                                                   control_plane: ControlPlane, tmp_path: Path) -> None:
+    """Operator -> ConfigMaps -> a real sidecar (gateway mode), authenticated as the pool's own ServiceAccount."""
+    kube.create(no_pods_pool("tiny", namespace, routing={"aliases": ["tiny-sdxl"]}))
+    kube.create(adapter_manifest("pixel", namespace, aliases=["px"]))
+    wait_until("the pool's inference ServiceAccount",
+               lambda: kube.get("v1", "serviceaccounts", namespace, "tiny-inference"))
+    kubeconfig = service_account_kubeconfig(control_plane.kubeconfig, namespace, "tiny-inference",
+                                            tmp_path / "kubeconfig")
+    port = free_port()
+    sidecar = start_process([PYTHON_EXE, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(port),
+                             "--table-configmaps", namespace], port, ready_path="/healthz", timeout=60,
+                            env={"KUBECONFIG": kubeconfig}, log_dir=tmp_path)
+    try:
+        def models() -> set[str]:
+            return {m["id"] for m in json.loads(http_get(sidecar.url + "/v1/models")[1])["data"]}
+
+        wait_until("the sidecar serves the operator's table", lambda: {"tiny", "tiny-sdxl", "pixel", "px"} <= models())
+        kube.create(adapter_manifest("later", namespace))
+        wait_until("a new adapter reaches the sidecar", lambda: "later" in models(), timeout=30)
+        shard0 = kube.get("v1", "configmaps", namespace, "loraplex-routes-0")
+        generation = json.loads(shard0["data"][c.TABLE_DATA_KEY])["generation"]
+        wait_until("the sidecar reports the table's generation", lambda: json.loads(
+            http_get(sidecar.url + "/v1/stats")[1])["table"]["generation"] == generation)
+    finally:
+        sidecar.terminate()

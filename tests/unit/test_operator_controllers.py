@@ -286,3 +286,65 @@ async def test_adapter_failures_have_reasons() -> None:
         assert status["phase"] == phase, (name, status)
         assert {x["type"]: x["reason"] for x in status["conditions"]}["Ready"] == reason
     assert json.dumps(status)  # plain JSON, nothing of kopf in it
+
+
+async def test_autoscaler_polls_sidecars_sizes_the_pool_and_tolerates_dead_ones() -> None:
+    """Real HTTP: a sidecar-like /v1/stats on loopback, plus a pod whose sidecar does not answer."""
+    from aiohttp import web
+    from loraplex_operator.specs import parse_pool_spec
+
+    doc = {"pools": {"sdxl": {"requestRate": 1.0, "meanServiceSeconds": 2.0, "inFlight": 1,
+                              "lastRequestTime": 1000.0}},
+           "adapters": {"pixel": {"pool": "sdxl", "requestRate": 0.9, "lastRequestTime": 999.0}}}
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_get("/v1/stats", stats)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        kube = FakeKube()
+        kube.put("basemodelpools", pool_obj(replicas=1, maxReplicas=8))
+        kube.put("loraadapters", adapter_obj("pixel"))
+        kube.put("pods", ready_pod("sdxl-1", "127.0.0.1"))
+        kube.put("pods", ready_pod("sdxl-2", "127.0.0.2"))  # nothing listens there: no data, no crash
+        pokes: list[tuple[str, str]] = []
+        marks: list[str] = []
+        scaler = Autoscaler(kube, poke_pool=lambda ns, n: pokes.append((ns, n)), mark_table=marks.append,  # type: ignore[arg-type]
+                            stats_timeout_s=1.0, clock=lambda: 1001.0, stats_port=port)
+        scaler.track("ns", "sdxl", parse_pool_spec(pool_obj(replicas=1, maxReplicas=8)["spec"]), 1)
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            await scaler.tick(session)
+        # 1 req/s x 2 s = 2 busy at 0.7 target -> 3 replicas, through the scale subresource.
+        assert kube.get(c.API_VERSION, c.POOL_PLURAL, "ns", "sdxl")["spec"]["replicas"] == 3
+        assert ("patch", "basemodelpools/scale") in kube.calls
+        assert scaler.pool_load("ns", "sdxl").request_rate == 1.0
+        assert pokes == [("ns", "sdxl")] and marks == ["ns"]
+        assert scaler.adapter_needs("ns") == {"pixel": 3}   # 0.9 x 2 / 0.7
+        assert scaler.polls == 2 and scaler.failed_polls == 1
+        await asyncio.sleep(0.05)  # the adapter status patch task
+        assert kube.get(c.API_VERSION, "loraadapters", "ns", "pixel")["status"]["requestRate"] == 0.9
+    finally:
+        await runner.cleanup()
+
+
+async def test_autoscaler_without_any_stats_changes_nothing() -> None:
+    from loraplex_operator.specs import parse_pool_spec
+
+    kube = FakeKube()
+    kube.put("basemodelpools", pool_obj(replicas=2))
+    kube.put("pods", ready_pod("sdxl-1", "127.0.0.1"))
+    scaler = Autoscaler(kube, poke_pool=lambda ns, n: None, mark_table=lambda ns: None,  # type: ignore[arg-type]
+                        stats_timeout_s=0.5, stats_port=9)  # port 9: refused
+    scaler.track("ns", "sdxl", parse_pool_spec(pool_obj(replicas=2)["spec"]), 2)
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        await scaler.tick(session)
+    assert kube.calls == [] and scaler.pool_load("ns", "sdxl") is None
