@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapter_format import CanonicalLora
+from .slot_layers import OFF, PER_SAMPLE, SHARED, ActiveState, SlotLoraLinear
+
+__all__ = ["AdapterMismatchError", "ModuleLayout", "PreparedAdapter", "SlotEngine", "SlotLoraLinear"]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-# ActiveState.mode values.
-OFF, SHARED, PER_SAMPLE = 0, 1, 2
 
 
 class AdapterMismatchError(ValueError):
@@ -71,124 +71,34 @@ class PreparedAdapter:
         return self.flat.numel() * self.flat.element_size()
 
 
-class ActiveState:
-    """Which slots are active and with what scales; shared by the wrapped layers of a component.
-
-    Eager layers read the Python scalars (`k`, `slot`, `scale`, `rank`) and,
-    for several adapters, `index` and `rows` (per-row scales for `rank` rows
-    per adapter, in the slots' dtype). Compiled graphs read only `mode`,
-    `index` and `rows_full` (float32, max_rank rows per adapter), whose
-    shapes depend on the number of active adapters alone; their values change
-    in place, in tensors preallocated for each K, so a switch never allocates.
-    """
-
-    def __init__(self, max_rank: int, max_active: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.max_rank = max_rank
-        self.mode = OFF
-        self.k = 0
-        self.slot = 0
-        self.scale = 0.0
-        self.rank = 1  # rows eager layers read: the largest rank among the active slots
-        ks = range(max_active + 1)
-        self.index_by_k = [torch.zeros(k, dtype=torch.long, device=device) for k in ks]
-        self.rows_by_k = [torch.zeros(k * max_rank, dtype=dtype, device=device) for k in ks]
-        self.rows_full_by_k = [torch.zeros(k * max_rank, device=device) for k in ks]
-        self.index = self.index_by_k[0]
-        self.rows = self.rows_by_k[0]
-        self.rows_full = self.rows_full_by_k[0]
-
-
-class SlotLoraLinear(nn.Linear):
-    """An nn.Linear (the very same weight and bias Parameters) plus the active slots' low-rank update.
-
-    Being a Linear with the original parameters keeps state_dict() keys,
-    isinstance checks and the no-adapter forward exactly those of the base
-    layer; the base weights are never modified.
-    """
-
-    def __init__(self, base: nn.Linear, a: torch.Tensor, bt: torch.Tensor, state: ActiveState) -> None:
-        nn.Module.__init__(self)  # not nn.Linear.__init__: share the parameters, allocate nothing
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        # Plain attributes, not buffers, so state_dict() stays the base model's.
-        self.lora_a = a  # [slots, max_rank, in] strided view into the slot storage
-        self.lora_bt = bt  # [slots, max_rank, out]
-        self.state = state
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        st = self.state
-        mode = st.mode
-        if mode == OFF:
-            return y
-        if torch.compiler.is_compiling():
-            # Full max-rank rows and tensor indices only: nothing here depends on
-            # which slots are active, so a switch never invalidates the graph.
-            return _add_gathered(x, y, self.lora_a, self.lora_bt, st.index, st.rows_full, mode == PER_SAMPLE)
-        r = st.rank
-        if mode == SHARED and st.k == 1:
-            # The common case: views of the active rows, no gather, scale as addmm's alpha.
-            a = self.lora_a[st.slot, :r]
-            bt = self.lora_bt[st.slot, :r]
-            h = F.linear(x.to(a.dtype), a)
-            out = _contiguous(y)
-            out.view(-1, out.shape[-1]).addmm_(h.view(-1, r).to(out.dtype), bt.to(out.dtype), alpha=st.scale)
-            return out
-        return _add_gathered(x, y, self.lora_a[:, :r], self.lora_bt[:, :r], st.index, st.rows, mode == PER_SAMPLE)
-
-
-def _contiguous(y: torch.Tensor) -> torch.Tensor:
-    return y if y.is_contiguous() else y.contiguous()
-
-
-def _add_gathered(x: torch.Tensor, y: torch.Tensor, a_all: torch.Tensor, bt_all: torch.Tensor,
-                  index: torch.Tensor, rows: torch.Tensor, per_sample: bool) -> torch.Tensor:
-    """y + (x A^T * rows) B for the gathered slots.
-
-    Shared: index [K], rows [K*r]; the K adapters' rows are concatenated into
-    one [K*r] low-rank pair. Per sample: index [N*K], rows [N, K*r] for N
-    samples; a batch of m*N rows repeats them m times (classifier-free
-    guidance runs [uncond..., cond...] through the UNet).
-    """
-    r = a_all.shape[1]
-    n_in, n_out = a_all.shape[2], bt_all.shape[2]
-    out = _contiguous(y)
-    if not per_sample:
-        kr = index.shape[0] * r
-        a = a_all.index_select(0, index).view(kr, n_in)
-        bt = bt_all.index_select(0, index).view(kr, n_out)
-        h = F.linear(x.to(a.dtype), a) * rows.to(a.dtype)
-        out.view(-1, n_out).addmm_(h.view(-1, kr).to(out.dtype), bt.to(out.dtype))
-        return out
-    n = rows.shape[0]
-    kr = rows.shape[1]
-    batch = x.shape[0]
-    if batch % n:
-        raise RuntimeError(f"per-sample adapters were set for {n} samples, but a layer got a batch of {batch}")
-    rep = batch // n
-    if rep > 1:
-        index = index.repeat(rep)
-        rows = rows.repeat(rep, 1)
-    a = a_all.index_select(0, index).view(batch, kr, n_in)
-    bt = bt_all.index_select(0, index).view(batch, kr, n_out)
-    h = torch.bmm(x.reshape(batch, -1, n_in).to(a.dtype), a.transpose(1, 2)) * rows.to(a.dtype).unsqueeze(1)
-    out.view(batch, -1, n_out).baddbmm_(h.to(out.dtype), bt.to(out.dtype))
-    return out
+def _fast_on_cpu(dtype: torch.dtype) -> bool:
+    """Whether this CPU has fast matmul kernels for a 16-bit dtype (AVX512-BF16/AMX, AVX512-FP16)."""
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if dtype == torch.float16:
+            return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 class SlotEngine:
     """Owns the slot storage and the wrapped layers of one pipeline."""
 
     def __init__(self, pipe, n_slots: int, max_rank: int, target_suffixes: tuple[str, ...] = DEFAULT_TARGETS,
-                 components: tuple[str, ...] = ("unet",), max_active: int = 4) -> None:
+                 components: tuple[str, ...] = ("unet",), max_active: int = 4,
+                 compute_dtype: torch.dtype | None | str = "auto") -> None:
+        """compute_dtype: dtype of the low-rank matmuls; None: the slots' (= the model's) dtype; "auto":
+        float32 for bf16/fp16 models on a CPU without native 16-bit matmul kernels, else None."""
         if n_slots < 1 or max_rank < 1 or max_active < 1:
             raise ValueError("n_slots, max_rank and max_active must be >= 1")
         self.n_slots = n_slots
         self.max_rank = max_rank
         self.max_active = max_active
         self.components = tuple(c for c in components if getattr(pipe, c, None) is not None)
+        if not self.components:
+            raise ValueError(f"the pipeline has none of the components {components}")
         self._pipe = pipe
         self._lock = threading.Lock()
         first = getattr(pipe, self.components[0])
@@ -207,22 +117,37 @@ class SlotEngine:
         self.layouts = {lay.name: lay for lay in layouts}
         self.storage = torch.zeros(n_slots, max_rank, off, dtype=self.dtype, device=self.device)
         self.slot_rank = [0] * n_slots  # rows of each slot that may be non-zero
+        # bf16/fp16 matmuls with a handful of rows run ~10x slower than fp32 on
+        # CPUs without native 16-bit kernels (measured: 1.4-2.8 ms vs 0.25-0.45 ms
+        # per SDXL attention layer on AVX2); there the update is computed in fp32.
+        if compute_dtype == "auto":
+            slow16 = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16)
+            compute_dtype = torch.float32 if slow16 and not _fast_on_cpu(self.dtype) else None
+        if compute_dtype == self.dtype:
+            compute_dtype = None
+        self.compute_dtype: torch.dtype | None = compute_dtype  # type: ignore[assignment]
+        rows_dtype = self.compute_dtype or self.dtype
         # One state per component: the per-sample mode gives the UNet and the
         # text encoders different batch layouts; activate() sets them all.
-        self.states = {c: ActiveState(max_rank, max_active, self.dtype, self.device) for c in self.components}
+        self.states = {c: ActiveState(max_rank, max_active, rows_dtype, self.device, self.compute_dtype)
+                       for c in self.components}
         st0 = self.state
-        # Host-side arrays activate() writes into: on CPU they are the state
-        # tensors' own memory (a switch is a few numpy stores), on CUDA a
-        # staging copy uploaded once per switch.
-        on_cpu = self.device.type == "cpu"
-        self._host_index = [t.numpy() if on_cpu else np.zeros(t.shape, np.int64) for t in st0.index_by_k]
-        self._host_rows_full = [t.numpy() if on_cpu else np.zeros(t.shape, np.float32) for t in st0.rows_full_by_k]
-        self._host_rows = torch.zeros(max_active * max_rank)
+        # Host arrays activate() writes into: on CPU (fp32 rows) they are the
+        # state tensors' own memory, so a switch is a few numpy stores;
+        # otherwise a staging copy uploaded once per switch.
+        self._direct = self.device.type == "cpu" and rows_dtype == torch.float32
+        self._host_index = [self._host(t, np.int64) for t in st0.index_by_k]
+        self._host_rows = [self._host(t, np.float32) for t in st0.rows_by_k]
+        self._host_rows_full = [self._host(t, np.float32) for t in st0.rows_full_by_k]
+        self._active: tuple[tuple[int, float], ...] = ()
         self._originals: list[tuple[str, nn.Linear]] = targets
         for (name, mod), lay in zip(targets, layouts, strict=True):
             a = self.storage[:, :, lay.a_offset:lay.a_offset + lay.in_features]
             bt = self.storage[:, :, lay.b_offset:lay.b_offset + lay.out_features]
             self._replace(pipe, name, SlotLoraLinear(mod, a, bt, self.states[name.split(".", 1)[0]]))
+
+    def _host(self, t: torch.Tensor, np_dtype) -> np.ndarray:
+        return t.numpy() if self._direct else np.zeros(t.shape, np_dtype)
 
     @property
     def state(self) -> ActiveState:
@@ -232,6 +157,16 @@ class SlotEngine:
     @property
     def slot_nbytes(self) -> int:
         return self.slot_numel * self.storage.element_size()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies the slot layout (module order and sizes, dtype), not the slot count or max rank."""
+        import hashlib
+
+        h = hashlib.sha256(str(self.dtype).encode())
+        for lay in self.layouts.values():
+            h.update(f"{lay.name}:{lay.in_features}:{lay.out_features};".encode())
+        return h.hexdigest()[:24]
 
     def _find_targets(self, pipe, suffixes: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
         found = []
@@ -300,19 +235,10 @@ class SlotEngine:
             flat = flat.pin_memory()
         return PreparedAdapter(flat=flat, rank=r, modules=len(lora.modules))
 
-    def adopt(self, flat: torch.Tensor, modules: int = 0) -> PreparedAdapter:
-        """Wrap an already prepared [rank, D] buffer (read back from a prepared file)."""
-        if flat.dim() != 2 or flat.shape[1] != self.width or flat.dtype != self.dtype:
-            raise AdapterMismatchError(f"prepared buffer {tuple(flat.shape)} {flat.dtype} does not match this "
-                                       f"engine's [rank, {self.width}] {self.dtype}")
-        if not 1 <= flat.shape[0] <= self.max_rank:
-            raise AdapterMismatchError(f"rank {flat.shape[0]} exceeds the pool's max rank {self.max_rank}")
-        return PreparedAdapter(flat=flat.contiguous(), rank=int(flat.shape[0]), modules=modules)
-
     # -- slot operations (the GPU job thread) -------------------------------------------------------
 
     def slot_rows(self, slot: int, rank: int) -> torch.Tensor:
-        """The first `rank` rows of a slot: a contiguous [rank, D] block to copy into."""
+        """The first `rank` rows of a slot: a contiguous [rank, D] block to copy or read into."""
         return self.storage[slot, :rank]
 
     def load(self, slot: int, prepared: PreparedAdapter) -> None:
@@ -329,10 +255,14 @@ class SlotEngine:
             # zero scale can still be NaN in fp16 (inf * 0), so clear them.
             self.storage[slot, rank:old].zero_()
         self.slot_rank[slot] = rank
+        if old != rank and any(s == slot for s, _ in self._active):
+            self.activate(list(self._active))  # the rows eager layers read changed
 
     def clear(self, slot: int) -> None:
         self.storage[slot].zero_()
-        self.slot_rank[slot] = 0
+        old, self.slot_rank[slot] = self.slot_rank[slot], 0
+        if old and any(s == slot for s, _ in self._active):
+            self.activate(list(self._active))
 
     def _check_slots(self, slots: list[int]) -> None:
         for s in slots:
@@ -340,9 +270,14 @@ class SlotEngine:
                 raise AdapterMismatchError(f"slot {s} does not exist (the engine has {self.n_slots})")
 
     def activate(self, slots_and_scales: list[tuple[int, float]]) -> None:
-        """Make these slots active with these scales for every sample; an empty list means the base model alone."""
+        """Make these slots active with these scales for every sample; an empty list means the base model alone.
+
+        The switch path: numpy stores into preallocated state tensors and a
+        few attribute writes; nothing proportional to the number of layers.
+        """
         k = len(slots_and_scales)
         if k == 0:
+            self._active = ()
             for st in self.states.values():
                 st.mode = OFF
             return
@@ -351,7 +286,6 @@ class SlotEngine:
         R = self.max_rank
         st0 = self.state
         hi, hf = self._host_index[k], self._host_rows_full[k]
-        rows = st0.rows_by_k[k]
         if k == 1:
             slot, scale = slots_and_scales[0]
             if not 0 <= slot < self.n_slots:
@@ -359,26 +293,29 @@ class SlotEngine:
             r = self.slot_rank[slot] or 1
             hi[0] = slot
             hf[:] = scale
-            # The k == 1 eager path passes the scale as addmm's alpha and needs no rows.
+            rows = st0.rows_by_k[1]  # the single-adapter eager path passes the scale as alpha
         else:
             self._check_slots([s for s, _ in slots_and_scales])
             r = max(self.slot_rank[s] for s, _ in slots_and_scales) or 1
-            hr = self._host_rows
+            hr = self._host_rows[k]
             for i, (s, w) in enumerate(slots_and_scales):
                 hi[i] = s
                 hf[i * R:(i + 1) * R] = w
                 hr[i * r:(i + 1) * r] = w
-            rows = rows[:k * r]
-            rows.copy_(hr[:k * r])
+            rows = st0.rows_by_k[k][:k * r]
+            if not self._direct:
+                rows.copy_(torch.from_numpy(hr[:k * r]))
         index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
-        if self.device.type != "cpu":
+        if not self._direct:
             index.copy_(torch.from_numpy(hi))
             rows_full.copy_(torch.from_numpy(hf))
+        self._active = tuple(slots_and_scales)
         slot, scale = slots_and_scales[0]
+        epoch = st0.epoch + 1
         for st in self.states.values():
             # Every component reads the first state's tensors: one upload per switch.
             st.index, st.rows, st.rows_full = index, rows, rows_full
-            st.k, st.slot, st.scale, st.rank = k, slot, float(scale), r
+            st.k, st.slot, st.scale, st.rank, st.epoch = k, slot, float(scale), r, epoch
             st.mode = SHARED
 
     def activate_per_sample(self, samples: list[list[tuple[int, float]]],
@@ -397,7 +334,6 @@ class SlotEngine:
             raise AdapterMismatchError(f"at most {self.max_active} adapters per request")
         flat = [s for sample in samples for s, _ in sample]
         self._check_slots(flat)
-        R = self.max_rank
         r = max([self.slot_rank[s] for s in flat] + [1])
         n = len(samples)
         index = torch.zeros(n, k, dtype=torch.long)
@@ -406,11 +342,14 @@ class SlotEngine:
             for j, (s, w) in enumerate(sample):
                 index[i, j] = s
                 scales[i, j] = w  # padding entries keep scale 0 (slot 0 times zero)
+        rows_dtype = self.state.rows.dtype
         index = index.view(-1).to(self.device)
-        rows = scales.repeat_interleave(r, dim=1).to(self.device, self.dtype)
-        rows_full = scales.repeat_interleave(R, dim=1).to(self.device)
+        rows = scales.repeat_interleave(r, dim=1).to(self.device, rows_dtype)
+        rows_full = scales.repeat_interleave(self.max_rank, dim=1).to(self.device, rows_dtype)
+        self._active = ()
         for comp in components or self.components:
             st = self.states[comp]
             st.index, st.rows, st.rows_full = index, rows, rows_full
             st.k, st.rank = k, r
+            st.epoch += 1
             st.mode = PER_SAMPLE
