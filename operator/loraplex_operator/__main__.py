@@ -48,12 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _expected_retries_are_info(record: logging.LogRecord) -> bool:
+    """kopf logs a handler's TemporaryError at ERROR; for us it is an expected state (PoolNotFound,
+    HubUnreachable, ...) already in the object's status: show it as INFO, keep real errors at ERROR."""
+    if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kopf logs every handler run at INFO; with thousands of adapters that drowns the useful lines.
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("kopf.objects").addFilter(_expected_retries_are_info)
     if args.check:
         import time
 

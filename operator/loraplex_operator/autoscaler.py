@@ -72,6 +72,8 @@ class Autoscaler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._pools.pop((namespace, name), None)
+        if not any(ns == namespace for ns, _ in self._pools):
+            self._demand.pop(namespace, None)
 
     def tracked(self) -> list[tuple[str, str]]:
         return list(self._pools)

@@ -134,7 +134,8 @@ class PoolController:
                 await self.kube.run(self.kube.apply, manifest)
             except KubeError as e:
                 self._applied.pop(key, None)
-                log.warning("pool %s/%s: cannot apply %s: %s", namespace, name, manifest["kind"], e)
+                level = logging.DEBUG if "being terminated" in e.message else logging.WARNING
+                log.log(level, "pool %s/%s: cannot apply %s: %s", namespace, name, manifest["kind"], e)
                 return f"cannot apply {manifest['kind']} {manifest['metadata']['name']}: {e}"
             self._applied[key] = (digest, now)
         return None

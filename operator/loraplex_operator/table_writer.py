@@ -35,6 +35,7 @@ class _NsState:
     last_mark: float = 0.0
     last_flush: float = 0.0
     task: asyncio.Task[None] | None = None
+    empty: bool = False   # last flush found no pool, no adapter and no table
 
 
 @dataclass
@@ -96,15 +97,29 @@ class TableWriter:
                 retry = 0
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - keep the writer alive; retry the whole flush
-                self.stats.errors += 1
-                retry += 1
-                delay = min(30.0, 0.5 * 2 ** retry)
-                log.warning("routing table for %s not written (%s); retrying in %.1fs", namespace, e, delay)
+            except KubeError as e:
+                if _namespace_going_away(e):
+                    # Everything in it is being deleted anyway (the table with it).
+                    log.debug("routing table for %s: namespace is being deleted", namespace)
+                    st.dirty = False
+                    continue
                 st.dirty = True
-                st.first_mark = st.first_mark or self.clock()
-                await asyncio.sleep(delay)
+                retry = await self._backoff(namespace, st, retry, e)
+            except Exception as e:  # noqa: BLE001 - keep the writer alive; retry the whole flush
+                st.dirty = True
+                retry = await self._backoff(namespace, st, retry, e)
             st.last_flush = self.clock()
+        if st.empty and not st.dirty and self._ns.get(namespace) is st:
+            del self._ns[namespace]  # nothing to route there any more: stop resyncing it
+
+    async def _backoff(self, namespace: str, st: _NsState, retry: int, e: Exception) -> int:
+        self.stats.errors += 1
+        retry += 1
+        delay = min(30.0, 0.5 * 2 ** retry)
+        log.warning("routing table for %s not written (%s); retrying in %.1fs", namespace, e, delay)
+        st.first_mark = st.first_mark or self.clock()
+        await asyncio.sleep(delay)
+        return retry
 
     async def flush(self, namespace: str) -> TableBuild | None:
         """Rebuild `namespace`'s table from the cluster and write what changed."""
@@ -121,6 +136,9 @@ class TableWriter:
                 pool = pod["metadata"]["labels"][c.LABEL_POOL]
                 ready.setdefault(pool, []).append(ReadyPod(pod["metadata"]["name"], pod["status"]["podIP"]))
         live_pools = [p for p in pools if not p["metadata"].get("deletionTimestamp")]
+        st = self._ns.get(namespace)
+        if st is not None:
+            st.empty = not (pools or adapters or existing)
         build = build_table(live_pools, adapters, ready, self.demand(namespace))
         self.stats.flushes += 1
         # No pool, nothing to route: remove the table.
@@ -151,3 +169,7 @@ class TableWriter:
                 except KubeError as e:
                     if e.status != 404:
                         log.warning("cannot update adapter count of pool %s/%s: %s", namespace, name, e)
+
+
+def _namespace_going_away(e: KubeError) -> bool:
+    return (e.status == 403 and "being terminated" in e.message) or (e.status == 404 and "namespaces" in e.message)

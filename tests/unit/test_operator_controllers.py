@@ -183,6 +183,25 @@ async def test_writer_survives_api_errors_and_retries() -> None:
     assert writer.stats.errors == 1 and len(kube.list("v1", "configmaps", "ns")) == 1
 
 
+async def test_writer_gives_up_quietly_on_a_namespace_being_deleted() -> None:
+    kube = FakeKube()
+    writer = fast_writer(kube)
+    kube.put("basemodelpools", pool_obj())
+
+    def terminating(manifest: dict) -> dict:
+        raise KubeError(403, "Forbidden", 'configmaps "loraplex-routes-0" is forbidden: unable to create new '
+                                          "content in namespace ns because it is being terminated")
+
+    kube.apply = terminating  # type: ignore[method-assign]
+    writer.mark("ns")
+    await asyncio.wait_for(writer.idle(), 5)
+    assert writer.stats.errors == 0
+    kube.objects.clear()  # the namespace is gone: its writer state is dropped after the next flush
+    writer.mark("ns")
+    await writer.idle()
+    assert writer.namespaces() == []
+
+
 class _NoStats(Autoscaler):
     def __init__(self, kube: Any) -> None:
         super().__init__(kube, poke_pool=lambda ns, n: None, mark_table=lambda ns: None)
