@@ -129,11 +129,34 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         except Retry as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
+    @kopf.index(*adapters, registry=registry, id="adapter_snapshots")
+    def adapter_snapshots(namespace: str, body: Any, **_: Any) -> dict[str, dict[str, Any]]:
+        return {namespace: adapter_snapshot(body)}
+
     @kopf.on.event(*adapters, registry=registry, id="adapter_event")
-    async def adapter_event(namespace: str, **_: Any) -> None:
+    async def adapter_event(namespace: str, adapter_snapshots: kopf.Index, **_: Any) -> None:
+        # Handlers only run once kopf's indexes are fully populated, so from here on the
+        # index is a complete, current view: the table writer reads it instead of LISTing
+        # every adapter on every flush (3 MB per LIST at 2,000 adapters).
+        if op.writer.adapter_source is None:
+            op.writer.adapter_source = lambda ns: list(adapter_snapshots.get(ns, []))
         op.writer.mark(namespace)
 
     return registry
+
+
+def adapter_snapshot(body: Any) -> dict[str, Any]:
+    """What the routing table needs of an adapter (routes.build_table's input), as a plain dict."""
+    import copy
+
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    snap: dict[str, Any] = {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "generation", "deletionTimestamp") if k in meta},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": {k: status[k] for k in ("resolvedRevision", "resolvedGeneration", "resolvedFilename")
+                   if k in status},
+    }
+    return snap
 
 
 def connection_info() -> kopf.ConnectionInfo:

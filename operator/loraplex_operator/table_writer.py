@@ -59,6 +59,9 @@ class TableWriter:
         self.clock = clock
         self.stats = WriterStats()
         self._ns: dict[str, _NsState] = {}
+        # A complete, current view of a namespace's adapters (kopf's index), once available;
+        # until then each flush LISTs them.
+        self.adapter_source: Callable[[str], list[dict]] | None = None
 
     def mark(self, namespace: str) -> None:
         """Note that `namespace`'s table may be stale; a write follows soon (coalesced)."""
@@ -124,12 +127,16 @@ class TableWriter:
     async def flush(self, namespace: str) -> TableBuild | None:
         """Rebuild `namespace`'s table from the cluster and write what changed."""
         kube = self.kube
-        pools, adapters, pods, existing = await asyncio.gather(
+        source = self.adapter_source
+        pools, pods, existing = await asyncio.gather(
             kube.run(kube.list, c.API_VERSION, c.POOL_PLURAL, namespace, None, True),
-            kube.run(kube.list, c.API_VERSION, c.ADAPTER_PLURAL, namespace, None, True),
             kube.run(kube.list, "v1", "pods", namespace, f"{c.LABEL_COMPONENT}=inference,{c.LABEL_POOL}", True),
             kube.run(kube.list, "v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true", True),
         )
+        if source is not None:
+            adapters = source(namespace)
+        else:
+            adapters = await kube.run(kube.list, c.API_VERSION, c.ADAPTER_PLURAL, namespace, None, True)
         ready: dict[str, list[ReadyPod]] = {}
         for pod in pods:
             if is_pod_ready(pod):

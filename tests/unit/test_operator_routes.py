@@ -200,3 +200,17 @@ def test_configmaps_are_owned_by_every_pool(owners: list[str]) -> None:
     refs = cms[0]["metadata"]["ownerReferences"]
     assert [r["name"] for r in refs] == sorted(owners)
     assert all(r["controller"] is False for r in refs)
+
+
+def test_adapter_snapshots_route_exactly_like_full_objects() -> None:
+    from loraplex_operator.handlers import adapter_snapshot
+
+    full = [hub_adapter("papercut"), adapter("pixel", aliases=["px"]), adapter("gone")]
+    full[0]["status"].update({"phase": "Ready", "conditions": [{"type": "Ready"}], "requestRate": 1.0})
+    full[0]["metadata"]["annotations"] = {"operator.loraplex.io/x": "{}"}
+    full[2]["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    pools = [pool("sdxl", hubTokenSecret={"name": "hf"})]
+    a = build_table(pools, full, {})
+    b = build_table(pools, [adapter_snapshot(x) for x in full], {})
+    assert split_table(a.table) == split_table(b.table)
+    assert set(b.table.adapters) == {"papercut", "pixel"}
