@@ -111,8 +111,11 @@ def crds(control_plane: ControlPlane) -> None:
 
 @pytest.fixture(scope="session")
 def chart(crds: None) -> Iterator[Release]:
+    # operator.replicas=0: the chart's Deployment, RBAC and ServiceAccount, but the operator under
+    # test is this checkout's, run as that ServiceAccount (on a real cluster, a released image
+    # would otherwise compete for the Lease).
     helm("upgrade", "--install", RELEASE, str(ROOT / "charts" / "loraplex"), "--namespace", SYSTEM_NS,
-         "--create-namespace", "--set", "operator.replicas=1", "--wait=false")
+         "--create-namespace", "--set", "operator.replicas=0", "--wait=false")
     yield Release(RELEASE, SYSTEM_NS, OPERATOR_SA)
 
 

@@ -72,7 +72,8 @@ def test_values_schema_rejects_bad_values() -> None:
     h = helm()
     if h is None:
         pytest.skip("helm is not built (tools/k8s/build.sh)")
-    for bad in ("rbac.scope=everything", "operator.replicas=0", "nope=1"):
+    for bad in ("rbac.scope=everything", "operator.replicas=-1", "nope=1",
+                "operator.leaderElection=false,operator.replicas=2"):
         out = subprocess.run([h, "template", "lp", str(CHART), "--set", bad], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode != 0, bad
