@@ -140,6 +140,7 @@ class SlotEngine:
         self._host_rows = [self._host(t, np.float32) for t in st0.rows_by_k]
         self._host_rows_full = [self._host(t, np.float32) for t in st0.rows_full_by_k]
         self._active: tuple[tuple[int, float], ...] = ()
+        self._epoch = 0  # one counter for all states, so a layer's cached views can never match a stale epoch
         self._originals: list[tuple[str, nn.Linear]] = targets
         for (name, mod), lay in zip(targets, layouts, strict=True):
             a = self.storage[:, :, lay.a_offset:lay.a_offset + lay.in_features]
@@ -311,7 +312,8 @@ class SlotEngine:
             rows_full.copy_(torch.from_numpy(hf))
         self._active = tuple(slots_and_scales)
         slot, scale = slots_and_scales[0]
-        epoch = st0.epoch + 1
+        self._epoch += 1
+        epoch = self._epoch
         for st in self.states.values():
             # Every component reads the first state's tensors: one upload per switch.
             st.index, st.rows, st.rows_full = index, rows, rows_full
@@ -347,9 +349,9 @@ class SlotEngine:
         rows = scales.repeat_interleave(r, dim=1).to(self.device, rows_dtype)
         rows_full = scales.repeat_interleave(self.max_rank, dim=1).to(self.device, rows_dtype)
         self._active = ()
+        self._epoch += 1
         for comp in components or self.components:
             st = self.states[comp]
             st.index, st.rows, st.rows_full = index, rows, rows_full
-            st.k, st.rank = k, r
-            st.epoch += 1
+            st.k, st.rank, st.epoch = k, r, self._epoch
             st.mode = PER_SAMPLE

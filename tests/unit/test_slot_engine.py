@@ -262,3 +262,19 @@ def test_bf16_model_as_accurate_as_diffusers(pristine, inputs, compute_dtype):
         theirs = (unet_out(low, low_inputs).float() - truth).abs().mean()
         assert ours <= theirs * 1.25 + 1e-4, (ours, theirs)
     engine.uninstall()
+
+
+def test_loading_into_the_active_slot_takes_effect(engine_factory, pristine, inputs):
+    engine, pipe = engine_factory()
+    small, big = make_adapter(pristine, rank=2, seed=111), make_adapter(pristine, rank=8, seed=112)
+    _load(engine, pipe, 0, big)
+    engine.activate([(0, 1.0)])
+    want_big = unet_out(pipe, inputs)
+    _load(engine, pipe, 0, small)  # no activate() in between: the layers must read 2 rows now
+    want_small = unet_out(pipe, inputs)
+    _load(engine, pipe, 0, big)  # and 8 rows again
+    assert torch.equal(unet_out(pipe, inputs), want_big)
+    engine.activate([])
+    _load(engine, pipe, 1, small)
+    engine.activate([(1, 1.0)])
+    assert torch.equal(unet_out(pipe, inputs), want_small)
