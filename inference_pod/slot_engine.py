@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import host_memory
 from .adapter_format import CanonicalLora
 from .slot_layers import OFF, PER_SAMPLE, SHARED, ActiveState, SlotLoraLinear
 
@@ -115,7 +116,10 @@ class SlotEngine:
         self.width = off  # D: elements per rank row
         self.slot_numel = max_rank * off
         self.layouts = {lay.name: lay for lay in layouts}
-        self.storage = torch.zeros(n_slots, max_rank, off, dtype=self.dtype, device=self.device)
+        if self.device.type == "cpu":
+            self.storage = host_memory.zeros((n_slots, max_rank, off), self.dtype)
+        else:
+            self.storage = torch.zeros(n_slots, max_rank, off, dtype=self.dtype, device=self.device)
         self.slot_rank = [0] * n_slots  # rows of each slot that may be non-zero
         # bf16/fp16 matmuls with a handful of rows run ~10x slower than fp32 on
         # CPUs without native 16-bit kernels (measured: 1.4-2.8 ms vs 0.25-0.45 ms
@@ -221,7 +225,13 @@ class SlotEngine:
         """Lay the adapter out as the first `rank` rows of a slot (zero-padded, alpha/rank folded into B)."""
         self.check(lora)
         r = max(lora.rank, 1)
-        flat = torch.zeros(r, self.width, dtype=self.dtype)
+        if pin_memory is None:
+            pin_memory = self.device.type == "cuda"
+        # Pinned memory for a GPU (one DMA), huge pages for a CPU slot (one TLB-light memcpy).
+        if pin_memory:
+            flat = torch.zeros(r, self.width, dtype=self.dtype)
+        else:
+            flat = host_memory.zeros((r, self.width), self.dtype)
         for name, pair in lora.modules.items():
             lay = self.layouts[name]
             pr = pair.rank
@@ -230,8 +240,6 @@ class SlotEngine:
         if not bool(torch.isfinite(flat).all()):
             # One NaN would turn every image of every request using this slot black.
             raise AdapterMismatchError("adapter weights contain NaN or infinity (or overflow the pool's dtype)")
-        if pin_memory is None:
-            pin_memory = self.device.type == "cuda"
         if pin_memory:
             flat = flat.pin_memory()
         return PreparedAdapter(flat=flat, rank=r, modules=len(lora.modules))

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import torch
 from safetensors.torch import save_file
 
+from . import host_memory
 from .adapter_format import SAFETENSORS_MAX_HEADER, AdapterFormatError
 from .slot_engine import AdapterMismatchError, PreparedAdapter, SlotEngine
 
@@ -96,7 +97,10 @@ def read_prepared(engine: SlotEngine, path: Path) -> PreparedAdapter:
     """Read a prepared file into RAM (pinned on CUDA), e.g. to refill the RAM tier without re-preparing."""
     f, rank, modules = _open(engine, path)
     with f:
-        flat = torch.empty(rank, engine.width, dtype=engine.dtype, pin_memory=engine.device.type == "cuda")
+        if engine.device.type == "cuda":
+            flat = torch.empty(rank, engine.width, dtype=engine.dtype, pin_memory=True)
+        else:
+            flat = host_memory.zeros((rank, engine.width), engine.dtype)
         _read_into(f, flat, path.name)
     return PreparedAdapter(flat=flat, rank=rank, modules=modules)
 
