@@ -144,6 +144,7 @@ class SlotEngine:
         self._host_rows = [self._host(t, np.float32) for t in st0.rows_by_k]
         self._host_rows_full = [self._host(t, np.float32) for t in st0.rows_full_by_k]
         self._active: tuple[tuple[int, float], ...] = ()
+        self._rows_views: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray]] = {}
         self._epoch = 0  # one counter for all states, so a layer's cached views can never match a stale epoch
         self._originals: list[tuple[str, nn.Linear]] = targets
         for (name, mod), lay in zip(targets, layouts, strict=True):
@@ -304,16 +305,20 @@ class SlotEngine:
             hf[:] = scale
             rows = st0.rows_by_k[1]  # the single-adapter eager path passes the scale as alpha
         else:
-            self._check_slots([s for s, _ in slots_and_scales])
-            r = max(self.slot_rank[s] for s, _ in slots_and_scales) or 1
-            hr = self._host_rows[k]
+            # Validate everything before the first store: on CPU these arrays are the live state.
+            slot_rank, n_slots = self.slot_rank, self.n_slots
+            r = 1
+            for s, _ in slots_and_scales:
+                if not 0 <= s < n_slots:
+                    self._check_slots([s])
+                r = max(r, slot_rank[s])
+            rows, hr = self._rows_view(k, r)
             for i, (s, w) in enumerate(slots_and_scales):
                 hi[i] = s
                 hf[i * R:(i + 1) * R] = w
                 hr[i * r:(i + 1) * r] = w
-            rows = st0.rows_by_k[k][:k * r]
             if not self._direct:
-                rows.copy_(torch.from_numpy(hr[:k * r]))
+                rows.copy_(torch.from_numpy(hr))
         index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
         if not self._direct:
             index.copy_(torch.from_numpy(hi))
@@ -327,6 +332,14 @@ class SlotEngine:
             st.index, st.rows, st.rows_full = index, rows, rows_full
             st.k, st.slot, st.scale, st.rank, st.epoch = k, slot, float(scale), r, epoch
             st.mode = SHARED
+
+    def _rows_view(self, k: int, r: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The first k*r entries of the K=k rows tensor and of its host array (cached: no allocation)."""
+        key = (k, r)
+        view = self._rows_views.get(key)
+        if view is None:
+            view = self._rows_views[key] = (self.state.rows_by_k[k][:k * r], self._host_rows[k][:k * r])
+        return view
 
     def activate_per_sample(self, samples: list[list[tuple[int, float]]],
                             components: tuple[str, ...] | None = None) -> None:

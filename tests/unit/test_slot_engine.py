@@ -222,6 +222,11 @@ def test_refusals(engine_factory, pristine):
         engine.activate([(0, 1.0), (1, 1.0), (2, 1.0)])
     with pytest.raises(AdapterMismatchError, match="slot 7 does not exist"):
         engine.activate([(7, 1.0)])
+    engine.activate([(2, 0.5), (1, 1.0)])
+    before = (engine.state.index.clone(), engine.state.rows_full.clone())
+    with pytest.raises(AdapterMismatchError, match="slot 9 does not exist"):
+        engine.activate([(0, 1.0), (9, 1.0)])
+    assert torch.equal(engine.state.index, before[0]) and torch.equal(engine.state.rows_full, before[1])
 
 
 def test_install_and_uninstall(pristine):
