@@ -25,7 +25,6 @@ requests for different adapters (see slot_batching.py).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -101,7 +100,6 @@ class SlotEngine:
         if not self.components:
             raise ValueError(f"the pipeline has none of the components {components}")
         self._pipe = pipe
-        self._lock = threading.Lock()
         first = getattr(pipe, self.components[0])
         self.device = next(first.parameters()).device
         self.dtype = next(first.parameters()).dtype
