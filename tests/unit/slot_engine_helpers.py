@@ -11,20 +11,14 @@ from __future__ import annotations
 import re
 
 import torch
-from torch import nn
+
+from inference_pod.demo_adapters import target_linears
+
+linears = target_linears  # the demo adapters and these test adapters target the same modules
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-
-
-def linears(model: nn.Module, suffixes: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
-    out = []
-    for path, mod in model.named_modules():
-        base = getattr(mod, "base", mod)  # see through an installed slot layer
-        if isinstance(base, nn.Linear) and any(path == s or path.endswith("." + s) for s in suffixes):
-            out.append((path, base))
-    return out
 
 
 def sgm_path(path: str, layers_per_block: int) -> str:
