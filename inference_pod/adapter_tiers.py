@@ -9,6 +9,7 @@ and it never takes the worker down.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from .adapter_source import AdapterSourceError, fetch_to_disk, source_key
 from .lru import BudgetExceeded, BudgetLRU
 from .routing_table import AdapterEntry, PathSource
 from .slot_engine import AdapterMismatchError, PreparedAdapter, SlotEngine
+from .slot_files import read_prepared, save_prepared
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +151,43 @@ class AdapterTiers:
         with self._lock:
             self._inflight.pop(name, None)
 
+    def _prepared_path(self, key: str) -> Path:
+        """Where the adapter's slot-layout copy lives in the disk tier (tied to this engine's layout)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self.disk.dir / f"{digest}.{self.engine.fingerprint}.slot.safetensors"
+
+    def _read_prepared(self, path: Path) -> PreparedAdapter | None:
+        try:
+            return read_prepared(self.engine, path)
+        except (OSError, ValueError) as e:  # a stale or damaged copy: prepare from the original again
+            log.warning("discarding prepared adapter file %s: %s", path.name, e)
+            path.unlink(missing_ok=True)
+            return None
+
     def _load_to_ram(self, name: str) -> str:
         entry = self.entry(name)
         key = self._key(name, entry)
         with self._lock:
             if key in self.bad:
                 raise AdapterError(name, self._bad_status.get(key, 422), self.bad[key])
+        prepared_path = self._prepared_path(key)
+        # After a restart the disk tier still holds the slot-layout copy: one read, no key conversion.
+        prepared = self._read_prepared(prepared_path) if prepared_path.exists() else None
+        tier = "disk"
+        if prepared is None:
+            tier, prepared = self._prepare_from_source(name, entry, key, prepared_path)
+        with self._lock:
+            self.disk.track(prepared_path, pinned=entry.pinned)
+            try:
+                self.ram.put(name, prepared, prepared.nbytes, pinned=entry.pinned)
+            except BudgetExceeded as e:
+                raise AdapterError(name, 507, f"does not fit the RAM tier: {e}") from e
+            self._keys[name] = key
+        return tier
+
+    def _prepare_from_source(self, name: str, entry: AdapterEntry, key: str,
+                             prepared_path: Path) -> tuple[str, PreparedAdapter]:
+        """Fetch, convert, validate and prepare; write the slot-layout copy; return (tier it came from, adapter)."""
         try:
             was_cached = (self.disk.dir / f"{source_key(name, entry)}.safetensors").exists() or isinstance(
                 entry.source, PathSource)
@@ -171,14 +204,10 @@ class AdapterTiers:
         except (AdapterFormatError, AdapterMismatchError) as e:
             self._mark_bad(key, 422, str(e))
             raise AdapterError(name, 422, str(e)) from e
+        save_prepared(self.engine, prepared, prepared_path)
         with self._lock:
             self.disk.track(path, pinned=entry.pinned)
-            try:
-                self.ram.put(name, prepared, prepared.nbytes, pinned=entry.pinned)
-            except BudgetExceeded as e:
-                raise AdapterError(name, 507, f"does not fit the RAM tier: {e}") from e
-            self._keys[name] = key
-        return "disk" if was_cached else "source"
+        return ("disk" if was_cached else "source"), prepared
 
     def _mark_bad(self, key: str, status: int, reason: str) -> None:
         with self._lock:

@@ -133,3 +133,40 @@ def test_loaded_adapter_changes_the_unet_output(pipe, tmp_path):
     assert not torch.allclose(base, with_a)
     assert torch.equal(out(), base)
     tiers.close()
+
+
+def test_restart_reads_the_prepared_copy_without_converting(pipe, tiny_pipe, tmp_path, monkeypatch):
+    tiers = make_tiers(pipe, tmp_path)
+    register(tiers, tmp_path, pipe.unet, "a", seed=1)
+    first = tiers.ensure_in_slot("a")
+    want = tiers.ram.get("a").flat.clone()
+    assert list((tmp_path / "disk").glob("*.slot.safetensors"))
+    tiers.close()
+
+    import inference_pod.adapter_tiers as tiers_mod
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the original file was converted again")
+
+    monkeypatch.setattr(tiers_mod, "load_adapter_file", no_conversion)
+    again = make_tiers(copy.deepcopy(tiny_pipe), tmp_path)  # a new worker over the same disk tier
+    again.register("a", tiers.catalog["a"])  # the same, unchanged source file
+    swap = again.ensure_in_slot("a")
+    assert (first.tier, swap.tier) == ("disk", "disk")
+    assert torch.equal(again.ram.get("a").flat, want)
+    again.close()
+
+
+def test_damaged_prepared_copy_is_rebuilt(pipe, tiny_pipe, tmp_path):
+    tiers = make_tiers(pipe, tmp_path)
+    register(tiers, tmp_path, pipe.unet, "a", seed=1)
+    tiers.ensure_in_slot("a")
+    want = tiers.ram.get("a").flat.clone()
+    tiers.close()
+    for f in (tmp_path / "disk").glob("*.slot.safetensors"):
+        f.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    again = make_tiers(copy.deepcopy(tiny_pipe), tmp_path)
+    again.register("a", tiers.catalog["a"])
+    assert again.ensure_in_slot("a").tier == "disk"
+    assert torch.equal(again.ram.get("a").flat, want)
+    again.close()
