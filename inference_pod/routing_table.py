@@ -148,15 +148,20 @@ def _format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_table(data: str | bytes | dict[str, Any]) -> RoutingTable:
-    """Parse and validate a routing table document; raise TableError naming the field."""
+def _json_object(data: str | bytes | dict[str, Any], what: str) -> dict[str, Any]:
     if isinstance(data, str | bytes):
         try:
             data = json.loads(data)
         except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes
-            raise TableError(f"routing table is not valid JSON: {e}") from e
+            raise TableError(f"{what} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise TableError("routing table must be a JSON object")
+        raise TableError(f"{what} must be a JSON object")
+    return data
+
+
+def parse_table(data: str | bytes | dict[str, Any]) -> RoutingTable:
+    """Parse and validate a routing table document; raise TableError naming the field."""
+    data = _json_object(data, "routing table")
     try:
         return RoutingTable.model_validate(data)
     except ValidationError as e:
@@ -184,13 +189,7 @@ def merge_shards(shards: list[str | bytes | dict[str, Any]]) -> RoutingTable:
     adapters: dict[str, Any] = {}
     generation = 0
     for i, shard in enumerate(shards):
-        if isinstance(shard, str | bytes):
-            try:
-                shard = json.loads(shard)
-            except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes
-                raise TableError(f"shard {i} is not valid JSON: {e}") from e
-        if not isinstance(shard, dict):
-            raise TableError(f"shard {i} must be a JSON object")
+        shard = _json_object(shard, f"shard {i}")
         if shard.get("version", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise TableError(f"shard {i}: version: unsupported {shard.get('version')!r}")
         gen = shard.get("generation", 0)
