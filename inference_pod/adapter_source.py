@@ -14,8 +14,11 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from loraplex.egress import EgressRefused, check_host
 
 from .adapter_format import AdapterFormatError, check_safetensors_header
 from .routing_table import AdapterEntry, HubSource, PathSource, UrlSource
@@ -115,6 +118,10 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, timeout_s: float
     if path_part.endswith(PICKLE_SUFFIXES):
         _refuse_pickle(path_part)
     digest = hashlib.sha256()
+    try:
+        check_host(urllib.parse.urlsplit(src.url).hostname)
+    except EgressRefused as e:
+        raise AdapterSourceError(f"url source refused: {e}") from e
     tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part")  # noqa: SIM115 - renamed into place
     try:
         with tmp, urllib.request.urlopen(src.url, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only by schema

@@ -64,6 +64,7 @@ from inference_pod.table_source import (
     FileTableSource,
     TableSource,
 )
+from loraplex.egress import aiohttp_trace_configs
 
 log = logging.getLogger("loraplex.sidecar")
 
@@ -178,7 +179,9 @@ class Sidecar:
         if self.view.table is not None:
             self.stats.table_loaded(self.view.table.generation)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # Peers are pod IPs from the table: the egress guard (on in tests) keeps them on the machine.
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             trace_configs=aiohttp_trace_configs())
 
     async def _cleanup(self, app: web.Application) -> None:
         if self.session is not None:

@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("LORAPLEX_TORCH_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Every process a test starts inherits this: dialling an address outside loopback (a fake
+# pod IP, say) fails at once instead of leaving the machine (loraplex/egress.py).
+os.environ.setdefault("LORAPLEX_EGRESS", "local")
 
 import pytest  # noqa: E402
 

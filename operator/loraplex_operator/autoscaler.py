@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from loraplex.egress import aiohttp_trace_configs
+
 from . import constants as c
 from .kube import Kube, KubeError
 from .podstate import is_pod_ready
@@ -92,7 +94,8 @@ class Autoscaler:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=64)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        # Pod IPs are dialled here: the egress guard (on in tests) keeps them on the machine.
+        async with aiohttp.ClientSession(connector=connector, trace_configs=aiohttp_trace_configs()) as session:
             while True:
                 try:
                     await self.tick(session)
