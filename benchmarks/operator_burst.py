@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -175,6 +176,13 @@ def run_burst(kube: Kube, namespace: str, n: int, pool: str = "burst", table_tim
     return BurstResult(n, created, in_table, ready_s, watch.writes, watch.deletes, len(sizes), max(sizes or [0]))
 
 
+def egress_summary(log: Path) -> str:
+    """One line: how many targets the benchmark's operator dialled, and any that were not local."""
+    rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    refused = sorted({r[1] for r in rows if len(r) == 4 and r[3] == "refused"})
+    return f"operator egress: {len(rows)} target(s) dialled, {len(refused)} refused as non-local {refused[:5]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--adapters", type=int, default=2000)
@@ -196,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = a.namespace or f"bench-burst-{uuid.uuid4().hex[:5]}"
     own_ns = a.namespace is None
     proc = None
+    egress_log: Path | None = None
     try:
         if own_ns:
             kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
@@ -204,12 +213,19 @@ def main(argv: list[str] | None = None) -> int:
             from tests.helpers.procs import PYTHON, free_port, start_process
 
             port = free_port()
+            egress_log = Path(tempfile.mkdtemp(prefix="loraplex-burst-")) / "egress.log"
+            # Pod IPs of the test cluster are fake: the guard refuses anything off this machine,
+            # the hub client points at a closed local port, and every target is recorded.
             proc = start_process([PYTHON, "-m", "loraplex_operator", "--no-leader-election", "--namespace", ns,
                                   "--health-host", "127.0.0.1", "--health-port", str(port)], port,
-                                 ready_path="/healthz")
+                                 ready_path="/healthz",
+                                 env={"LORAPLEX_EGRESS": "local", "LORAPLEX_EGRESS_LOG": str(egress_log),
+                                      "HF_ENDPOINT": "http://127.0.0.1:9"})
         result = run_burst(kube, ns, a.adapters, wait_ready=not a.no_ready)
         print(result.report())
         print(json.dumps(result.__dict__))
+        if egress_log is not None:
+            print(egress_summary(egress_log))
     finally:
         if proc is not None:
             proc.terminate()

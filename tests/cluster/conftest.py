@@ -41,8 +41,10 @@ from tests.cluster.operator_support import (
     OperatorProcess,
     Release,
     current_context,
+    dialled_targets,
     helm,
     kubectl,
+    route_is_local,
     service_account_kubeconfig,
     wait_until,
 )
@@ -135,6 +137,10 @@ def operator(operator_kubeconfig: str, tmp_path_factory: pytest.TempPathFactory)
     yield op
     op.stop()
     print(f"\n--- operator log tail ---\n{op.log_tail(40)}")
+    # Over the whole session (the 2,000-adapter burst included): every address the operator
+    # was allowed to dial is one the kernel keeps on this machine.
+    leaving = sorted({h for h, v in dialled_targets(op.egress_log) if v == "allowed" and not route_is_local(h)})
+    assert not leaving, f"the operator dialled addresses that leave this machine: {leaving}"
 
 
 @pytest.fixture

@@ -128,6 +128,7 @@ class OperatorProcess:
         self.identity = identity
         self.handle: ProcHandle | None = None
         self.starts = 0
+        self.egress_log = log_dir / "egress.log"
 
     def start(self, lead: bool = True) -> None:
         """Start; with `lead`, wait until it holds the lease and kopf runs (else: until it is up)."""
@@ -136,7 +137,9 @@ class OperatorProcess:
                "--lease-namespace", SYSTEM_NS, "--lease-name", LEASE_NAME,
                # A fixed identity: a restarted process takes its lease back at once, like a restarted container.
                "--identity", self.identity, "--resync-seconds", "30"]
-        env = {"KUBECONFIG": self.kubeconfig, "HF_ENDPOINT": "http://127.0.0.1:9", "LORAPLEX_LOG_LEVEL": "INFO"}
+        env = {"KUBECONFIG": self.kubeconfig, "HF_ENDPOINT": "http://127.0.0.1:9", "LORAPLEX_LOG_LEVEL": "INFO",
+               # Every address the operator dials is recorded (loraplex/egress.py); tests check them.
+               "LORAPLEX_EGRESS_LOG": str(self.egress_log)}
         self.handle = start_process(cmd, port, ready_path="/healthz", timeout=60, env=env, log_dir=self.log_dir)
         self.starts += 1
         if lead:
@@ -163,6 +166,30 @@ class OperatorProcess:
 
     def log_tail(self, lines: int = 80) -> str:
         return self.handle.log_tail(lines) if self.handle else ""
+
+
+# -- traffic stays on the machine -------------------------------------------------------
+
+def route_is_local(address: str) -> bool:
+    """The kernel would not send a packet for `address` out of a real interface.
+
+    True for no route at all (unreachable/blackhole: connect fails at once), a
+    local address, or loopback — what tools/k8s/cluster.sh sets up for the
+    fake pod and Service ranges.
+    """
+    out = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True)
+    if out.returncode != 0:
+        return "unreachable" in out.stderr.lower() or "no route" in out.stderr.lower()
+    first = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    return first.startswith(("local ", "unreachable", "blackhole", "prohibit")) or " dev lo " in f"{first} "
+
+
+def dialled_targets(egress_log: Path) -> list[tuple[str, str]]:
+    """(host, verdict) for every target the guard recorded."""
+    if not egress_log.exists():
+        return []
+    rows = [line.split() for line in egress_log.read_text().splitlines()]
+    return [(r[1], r[3]) for r in rows if len(r) == 4]
 
 
 # -- objects ---------------------------------------------------------------------------

@@ -22,6 +22,11 @@
 #   LORAPLEX_FAKE_CPU_NODES       untainted nodes without GPUs, "cpu-node-N", for
 #                                 pods that tolerate nothing (the operator) [1]
 #   LORAPLEX_POD_CIDR             pod IP range handed out by kwok [10.244.0.0/16]
+#   LORAPLEX_SERVICE_CIDR         Service ClusterIP range [10.96.0.0/16]
+#
+# Nothing on this machine owns the pod and Service ranges, so `up` first routes
+# both to an `unreachable` route (a connection fails at once, no packet leaves)
+# and refuses to start if it cannot; `down` removes the routes it added.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,8 +44,9 @@ NODES="${LORAPLEX_FAKE_GPU_NODES:-3}"
 GPUS="${LORAPLEX_FAKE_GPUS_PER_NODE:-1}"
 CPU_NODES="${LORAPLEX_FAKE_CPU_NODES:-1}"
 POD_CIDR="${LORAPLEX_POD_CIDR:-10.244.0.0/16}"
-SERVICE_CIDR=10.96.0.0/16
-SERVICE_IP=10.96.0.1
+SERVICE_CIDR="${LORAPLEX_SERVICE_CIDR:-10.96.0.0/16}"
+# The apiserver takes the first address of the range for the `kubernetes` Service.
+SERVICE_IP="$(python3 -c 'import ipaddress,sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$SERVICE_CIDR")"
 CLUSTER_NAME=loraplex-test   # marker: tests refuse contexts not named like this
 
 PKI="$STATE/pki"
@@ -101,6 +107,45 @@ wait_for() {
     (( $(date +%s) < end )) || die "timed out after ${secs}s waiting for $what (logs: $LOGS)"
     sleep 0.5
   done
+}
+
+# --- keep the fake address ranges on this machine ---------------------------------
+# route_is_local IP: the kernel would not send a packet for IP out of a real
+# interface: no route (unreachable/blackhole), or a loopback/local route.
+route_is_local() {
+  local out
+  out=$(ip route get "$1" 2>&1) || return 0
+  [[ $out == local\ * || $out == *" dev lo "* || $out == unreachable* || $out == blackhole* || $out == prohibit* ]]
+}
+
+install_local_routes() {
+  command -v ip >/dev/null || die "the 'ip' command (iproute2) is needed to keep $POD_CIDR and $SERVICE_CIDR on this machine"
+  local cidr err
+  : >"$STATE/routes"
+  for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+    if [[ -n "$(ip route show exact "$cidr" type unreachable 2>/dev/null)" ]]; then
+      log "route: unreachable $cidr already present (kept on down)"
+      continue
+    fi
+    if ! err=$(ip route add unreachable "$cidr" 2>&1); then
+      die "cannot install the route 'unreachable $cidr' ($err): without it, connections to fake pod or Service addresses would leave this machine. Run as root (CAP_NET_ADMIN), or choose LORAPLEX_POD_CIDR / LORAPLEX_SERVICE_CIDR ranges that are free and route them locally yourself."
+    fi
+    echo "$cidr" >>"$STATE/routes"
+    log "route: unreachable $cidr (nothing on this machine owns it)"
+  done
+  for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+    local probe; probe=$(python3 -c 'import ipaddress,sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$cidr")
+    route_is_local "$probe" || die "$probe (in $cidr) would still leave this machine: $(ip route get "$probe" 2>&1 | head -1)"
+  done
+}
+
+remove_local_routes() {
+  local cidr
+  [[ -f "$STATE/routes" ]] || return 0
+  while read -r cidr; do
+    [[ -n "$cidr" ]] || continue
+    ip route del unreachable "$cidr" 2>/dev/null && log "route: removed unreachable $cidr" || true
+  done <"$STATE/routes"
 }
 
 # --- certificates -------------------------------------------------------------
@@ -246,6 +291,10 @@ cmd_status() {
   if [[ $rc == 0 ]]; then
     printf '  %-24s %s\n' "apiserver /readyz" "$(kc get --raw /readyz 2>&1 | head -1)"
     echo "  ports: etcd $ETCD_PORT/$ETCD_PEER_PORT apiserver $API_PORT kcm $KCM_PORT scheduler $SCHED_PORT kwok $KWOK_PORT"
+    local cidr
+    for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+      printf '  %-24s %s\n' "route $cidr" "$(ip route show exact "$cidr" 2>/dev/null | head -1 || true)"
+    done
     kc get nodes -L loraplex.io/gpu 2>&1 | sed 's/^/  /'
   fi
   return $rc
@@ -282,6 +331,7 @@ cmd_down() {
   stop_group kwok kube-scheduler kube-controller-manager
   stop_group kube-apiserver
   stop_group etcd
+  remove_local_routes
   if [[ -d "$STATE" ]]; then
     log "removing $STATE"
     rm -rf "$STATE"
@@ -313,6 +363,7 @@ cmd_up() {
   rm -rf "$STATE"
   mkdir -p "$STATE" "$LOGS" "$PIDS" "$STATE/etcd-data"
   chmod 700 "$STATE" "$STATE/etcd-data"
+  install_local_routes   # before any component could dial a pod or Service address
   gen_pki
   write_kubeconfig "$KUBECONFIG_FILE" admin
   write_kubeconfig "$STATE/kube-controller-manager.kubeconfig" kube-controller-manager
