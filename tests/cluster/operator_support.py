@@ -19,6 +19,7 @@ import yaml
 from loraplex_operator import constants as c
 from loraplex_operator.kube import Kube, KubeError
 
+from tests.helpers.local_routes import route_is_local  # noqa: F401 - re-exported for the cluster tests
 from tests.helpers.procs import PYTHON, ProcHandle, free_port, http_get, start_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,20 +170,6 @@ class OperatorProcess:
 
 
 # -- traffic stays on the machine -------------------------------------------------------
-
-def route_is_local(address: str) -> bool:
-    """The kernel would not send a packet for `address` out of a real interface.
-
-    True for no route at all (unreachable/blackhole: connect fails at once), a
-    local address, or loopback — what tools/k8s/cluster.sh sets up for the
-    fake pod and Service ranges.
-    """
-    out = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True)
-    if out.returncode != 0:
-        return "unreachable" in out.stderr.lower() or "no route" in out.stderr.lower()
-    first = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
-    return first.startswith(("local ", "unreachable", "blackhole", "prohibit")) or " dev lo " in f"{first} "
-
 
 def dialled_targets(egress_log: Path) -> list[tuple[str, str]]:
     """(host, verdict) for every target the guard recorded."""

@@ -110,21 +110,31 @@ wait_for() {
 }
 
 # --- keep the fake address ranges on this machine ---------------------------------
-# route_is_local IP: the kernel would not send a packet for IP out of a real
-# interface: no route (unreachable/blackhole), or a loopback/local route.
+# route_is_local IP: the kernel would not send a packet for IP off this machine:
+# no route (unreachable/blackhole), a local or loopback route, or a virtual
+# device made here (a bridge of the real node) reached without a gateway.
 route_is_local() {
-  local out
+  local out dev
   out=$(ip route get "$1" 2>&1) || return 0
-  [[ $out == local\ * || $out == *" dev lo "* || $out == unreachable* || $out == blackhole* || $out == prohibit* ]]
+  [[ $out == local\ * || $out == unreachable* || $out == blackhole* || $out == prohibit* ]] && return 0
+  [[ $out == *" via "* ]] && return 1
+  dev=$(sed -n 's/.* dev \([^ ]*\).*/\1/p' <<<"${out%%$'\n'*}")
+  [[ $dev == lo ]] && return 0
+  [[ -n $dev && $(readlink -f "/sys/class/net/$dev") == */devices/virtual/* ]]
 }
+
+first_address() { python3 -c 'import ipaddress,sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$1"; }
 
 install_local_routes() {
   command -v ip >/dev/null || die "the 'ip' command (iproute2) is needed to keep $POD_CIDR and $SERVICE_CIDR on this machine"
   local cidr err
   : >"$STATE/routes"
   for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
-    if [[ -n "$(ip route show exact "$cidr" type unreachable 2>/dev/null)" ]]; then
-      log "route: unreachable $cidr already present (kept on down)"
+    if [[ -n "$(ip route show exact "$cidr" 2>/dev/null)" ]]; then
+      # Already routed: fine if it stays here (our unreachable route, a local bridge); kept on down.
+      route_is_local "$(first_address "$cidr")" \
+        || die "$cidr is already routed off this machine ($(ip route show exact "$cidr" | head -1)): choose another LORAPLEX_POD_CIDR / LORAPLEX_SERVICE_CIDR"
+      log "route: $cidr already routed locally ($(ip route show exact "$cidr" | head -1)), kept on down"
       continue
     fi
     if ! err=$(ip route add unreachable "$cidr" 2>&1); then
@@ -134,7 +144,7 @@ install_local_routes() {
     log "route: unreachable $cidr (nothing on this machine owns it)"
   done
   for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
-    local probe; probe=$(python3 -c 'import ipaddress,sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$cidr")
+    local probe; probe=$(first_address "$cidr")
     route_is_local "$probe" || die "$probe (in $cidr) would still leave this machine: $(ip route get "$probe" 2>&1 | head -1)"
   done
 }
