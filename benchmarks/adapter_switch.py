@@ -31,11 +31,13 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,12 +49,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference_pod import host_memory  # noqa: E402
-from inference_pod.adapter_format import canonicalize, load_adapter_file  # noqa: E402
-from inference_pod.slot_engine import SlotEngine  # noqa: E402
-from inference_pod.slot_files import load_prepared_file, save_prepared  # noqa: E402
+from inference_pod.adapters.formats import canonicalize, load_adapter_file  # noqa: E402
+from inference_pod.local.lora_factory import make_lora_state_dict, target_linears  # noqa: E402
+from inference_pod.slots import host_memory  # noqa: E402
+from inference_pod.slots.engine import SlotEngine  # noqa: E402
+from inference_pod.slots.files import load_prepared_file, save_prepared  # noqa: E402
 
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 SDXL_UNET = {  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, the fields that shape the network
     "sample_size": 128,
     "in_channels": 4,
@@ -104,19 +106,9 @@ def build_unet(config: dict, device: torch.device, dtype: torch.dtype) -> nn.Mod
     return unet
 
 
-def target_linears(unet: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(n, m) for n, m in unet.named_modules()
-            if isinstance(m, nn.Linear) and any(n == s or n.endswith("." + s) for s in TARGETS)]
-
-
 def make_lora(unet: nn.Module, rank: int, seed: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, mod in target_linears(unet):
-        sd[f"unet.{name}.lora_A.weight"] = (torch.randn(rank, mod.in_features, generator=g)
-                                            / mod.in_features ** 0.5).to(dtype)
-        sd[f"unet.{name}.lora_B.weight"] = (torch.randn(mod.out_features, rank, generator=g) * 0.1).to(dtype)
-    return sd
+    """A peft-format adapter whose up factors are randn * 0.1 (the one LoRA factory, scaled)."""
+    return make_lora_state_dict(unet, rank=rank, seed=seed, strength=0.1 * rank**0.5, dtype=dtype)
 
 
 def unet_inputs(unet: nn.Module, batch: int, latent: int, device, dtype, seed: int = 0) -> dict:
@@ -310,7 +302,7 @@ def bench_layers(shapes: collections.Counter, timer: Timer, device, dtype, rank:
     Each round times the three back to back; the overheads are medians of the
     per-round differences, which cancels the drift of a shared machine.
     """
-    from inference_pod.slot_engine import SlotLoraLinear
+    from inference_pod.slots.engine import SlotLoraLinear
 
     totals = {"plain": 0.0, "engine": 0.0, "peft": 0.0}
     g = torch.Generator().manual_seed(1)
@@ -490,9 +482,6 @@ def report_forward(r: dict, args) -> None:
 
 def quiet() -> None:
     """diffusers/peft warn on every adapter load in this loop (missing keys of the other adapter)."""
-    import logging
-    import warnings
-
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -529,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.dtype]
     args.latent = args.latent or (128 if device.type == "cuda" else 32)
     if args.quick:
-        from inference_pod.tiny_model import build_tiny_pipeline
+        from inference_pod.worker.tiny_model import build_tiny_pipeline
 
         unet = build_tiny_pipeline().unet.to(device, dtype).requires_grad_(False)
         config = dict(unet.config)

@@ -34,10 +34,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loraplex.api.routing_table import merge_shards  # noqa: E402
 from loraplex_operator import constants as c  # noqa: E402
-from loraplex_operator.kube import Kube, KubeError, resource_path  # noqa: E402
-
-from inference_pod.routing_table import merge_shards  # noqa: E402
+from loraplex_operator.clients.kube import Kube, KubeError, resource_path  # noqa: E402
 
 
 @dataclass
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ready", action="store_true", help="do not wait for every adapter's status")
     a = p.parse_args(argv)
 
-    from loraplex_operator.kube import load_configuration
+    from loraplex_operator.clients.kube import load_configuration
 
     config_path = os.environ.get("KUBECONFIG", "")
     import yaml

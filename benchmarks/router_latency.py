@@ -109,12 +109,12 @@ def start_stack(tmp: Path, with_worker: bool) -> dict[str, ProcHandle]:
     table = tmp / "table.json"
     write_table(table, {pool: f"http://127.0.0.1:{p}" for pool, p in sc_ports.items()})
     for pool, backend in backends.items():
-        cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(sc_ports[pool]),
+        cmd = [PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(sc_ports[pool]),
                "--worker-url", backend.url, "--pod-name", f"{pool}-0", "--table-file", str(table),
                "--log-level", "WARNING"]
         procs[f"sidecar-{pool}"] = start_process(cmd, sc_ports[pool], ready_path="/healthz", log_dir=tmp)
     port = free_port()
-    procs["gateway"] = start_process([PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port",
+    procs["gateway"] = start_process([PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port",
                                       str(port), "--table-file", str(table), "--log-level", "WARNING"],
                                      port, log_dir=tmp)
     if with_worker:

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
-from .app import Operator, OperatorConfig
+from loraplex.logs import setup_logging
+from loraplex_operator.controllers.app import Operator, OperatorConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hub-timeout", type=float, default=10.0, help="seconds per hub metadata call")
     p.add_argument("--debounce", type=float, default=0.5, help="routing table: quiet time before a write")
     p.add_argument("--max-delay", type=float, default=3.0, help="routing table: longest wait before a write")
-    p.add_argument("--log-level", default=env("LORAPLEX_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
     p.add_argument("--check", action="store_true",
                    help="do not run: check that the CRDs are served and a leader holds the lease (helm test)")
     return p
@@ -58,16 +60,13 @@ def _expected_retries_are_info(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = setup_logging(args.log_level)
     # kopf logs every handler run at INFO; with thousands of adapters that drowns the useful lines.
-    logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("kopf").setLevel(max(logging.WARNING, level))
     logging.getLogger("kopf.objects").addFilter(_expected_retries_are_info)
     if args.check:
-        import time
-
-        from .check import run_check
-        from .kube import Kube
+        from loraplex_operator.clients.kube import Kube
+        from loraplex_operator.controllers.check import run_check
 
         return run_check(Kube(workers=1), args.lease_namespace, args.lease_name, args.leader_election, time.time())
     namespaces = args.namespaces

@@ -25,11 +25,10 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from loraplex_operator.kube import Kube, load_configuration
 
+from loraplex_operator.clients.kube import Kube, load_configuration
 from tests.cluster.operator_support import (
     CLUSTER_DIR,
     OPERATOR_SA,
@@ -46,13 +45,6 @@ from tests.cluster.operator_support import (
     service_account_kubeconfig,
     wait_until,
 )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube, KubeError
 
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import Kube, KubeError
 from tests.helpers.procs import PYTHON, ProcHandle, free_port, http_get, start_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +186,7 @@ def adapter_manifest(name: str, namespace: str, pool: str | None = "tiny", **spe
 
 def routing_table(kube: Kube, namespace: str) -> Any:
     """The namespace's table as the sidecars see it (shards merged), or None when there is none."""
-    from inference_pod.routing_table import merge_shards
+    from loraplex.api.routing_table import merge_shards
 
     cms = kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true")
     if not cms:

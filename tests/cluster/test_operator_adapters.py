@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube
-
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     PYTHON_EXE,
     ControlPlane,
@@ -122,7 +121,7 @@ def test_a_sidecar_routes_from_the_operators_table(kube: Kube, operator: Operato
     kubeconfig = service_account_kubeconfig(control_plane.kubeconfig, namespace, "tiny-inference",
                                             tmp_path / "kubeconfig")
     port = free_port()
-    sidecar = start_process([PYTHON_EXE, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(port),
+    sidecar = start_process([PYTHON_EXE, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(port),
                              "--table-configmaps", namespace], port, ready_path="/healthz", timeout=60,
                             env={"KUBECONFIG": kubeconfig}, log_dir=tmp_path)
     try:

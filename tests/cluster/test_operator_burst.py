@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from loraplex_operator.kube import Kube
 
 from benchmarks.operator_burst import run_burst
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import OperatorProcess, routing_table
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube
-
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     LEASE_NAME,
     SYSTEM_NS,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube
-
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     OperatorProcess,
     condition,

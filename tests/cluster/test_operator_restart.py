@@ -6,10 +6,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube
-
 from benchmarks.operator_burst import ShardWatch, adapter_body
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     OperatorProcess,
     condition,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from inference_pod.table_source import TABLE_DATA_KEY, ConfigMapTableSource
+from inference_pod.router.table_source import ConfigMapTableSource
+from loraplex.api.names import TABLE_DATA_KEY
 from tests.helpers.httpclient import get
 from tests.helpers.procs import PYTHON, free_port, start_process
 
@@ -98,7 +99,7 @@ def test_sidecar_routes_from_configmaps(core, namespace: str, control_plane, tmp
     put(core, ns, "rt-pools", shard(1, pools=POOLS))
     put(core, ns, "rt-a", shard(1, adapters=adapter("cm-lora")))
     port = free_port()
-    sc = start_process([PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(port),
+    sc = start_process([PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(port),
                         "--table-configmaps", ns], port, timeout=60, env={"KUBECONFIG": control_plane.kubeconfig},
                        log_dir=tmp_path)
     try:

@@ -1,6 +1,6 @@
 """Start real processes on loopback for tests and benchmarks, wait until they serve, stop them.
 
-    h = start_process([sys.executable, "-m", "inference_pod.sidecar", "--port", str(port), ...], port)
+    h = start_process([sys.executable, "-m", "inference_pod.router", "--port", str(port), ...], port)
     urllib.request.urlopen(h.url + "/v1/models")
     h.terminate()
 

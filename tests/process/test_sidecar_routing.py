@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from inference_pod.placement import home_endpoints
+from inference_pod.router.placement import home_endpoints
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process
-
-pytestmark = pytest.mark.process
 
 POD_NAMES = ["pod-0", "pod-1", "pod-2"]
 ADAPTERS = [f"a{i}" for i in range(20)]
@@ -92,7 +90,7 @@ class Stack:
 
 def start_sidecar(stack: Stack, name: str, *extra: str) -> ProcHandle:
     port = free_port()
-    cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(port),
            "--table-file", str(stack.table_path), "--connect-timeout", "1", "--request-timeout", "30", *extra]
     return start_process(cmd, port, timeout=60, log_dir=stack.tmp)
 
@@ -111,7 +109,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.sidecars[n] = ProcHandle(proc=None, port=ports[n], host="127.0.0.1", log_path=tmp, cmd=[])  # type: ignore[arg-type]
         s.write_raw(json.dumps(s.doc()))
         for n in POD_NAMES:
-            cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(ports[n]),
+            cmd = [PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(ports[n]),
                    "--worker-url", s.echoes[n].url, "--pod-name", n, "--table-file", str(s.table_path),
                    "--connect-timeout", "1", "--request-timeout", "30"]
             s.sidecars[n] = start_process(cmd, ports[n], timeout=60, log_dir=tmp)

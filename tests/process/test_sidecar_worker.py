@@ -1,6 +1,6 @@
 """Router sidecars in front of real diffusion workers (tiny model, CPU), all on loopback.
 
-Two pods, each a `inference_pod.worker` + `inference_pod.sidecar` process pair,
+Two pods, each a `inference_pod.worker.server` + `inference_pod.router.sidecar` process pair,
 share one routing table file naming real LoRA files on disk. Generations are
 kept tiny (64x64, 1-2 steps) because CPU time is scarce.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from inference_pod.placement import home_endpoints
+from inference_pod.router.placement import home_endpoints
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process, wait_ready
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 PODS = ["pod-0", "pod-1"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,8 +29,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAKE_ADAPTERS = """
 import sys
 from pathlib import Path
-from inference_pod.demo_adapters import write_lora
-from inference_pod.tiny_model import build_tiny_pipeline
+from inference_pod.local.lora_factory import write_lora
+from inference_pod.worker.tiny_model import build_tiny_pipeline
 unet = build_tiny_pipeline().unet
 out = Path(sys.argv[1])
 for i, name in enumerate(sys.argv[2:]):
@@ -107,7 +107,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
         s.write_raw(json.dumps(s.doc(list(HOMED.values()))))
         for p in PODS:
             wait_ready(s.workers[p], timeout=240)
-            cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(s.ports[p]),
+            cmd = [PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(s.ports[p]),
                    "--worker-url", s.workers[p].url, "--pod-name", p, "--table-file", str(s.table_path),
                    "--connect-timeout", "1", "--request-timeout", "120"]
             s.sidecars[p] = start_process(cmd, s.ports[p], timeout=60, log_dir=tmp)

@@ -18,14 +18,14 @@ import pytest
 from tests.helpers.httpclient import get, post
 from tests.helpers.procs import PYTHON, free_port, start_process
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
 
 MAKE_ADAPTERS = """
 import sys
 from pathlib import Path
-from inference_pod.demo_adapters import write_lora
-from inference_pod.tiny_model import TinyConfig, build_tiny_pipeline
+from inference_pod.local.lora_factory import write_lora
+from inference_pod.worker.tiny_model import TinyConfig, build_tiny_pipeline
 out = Path(sys.argv[1])
 unet = build_tiny_pipeline().unet
 write_lora(out / "peft.safetensors", unet, rank=4, seed=1, strength=3.0)
