@@ -38,13 +38,15 @@ def _generate(argv: list[str]) -> int:
     if a.seed is not None:
         body["seed"] = a.seed
     if a.adapter:
-        body["adapters"] = [{"name": n, **({"scale": float(s)} if s else {})}
-                            for n, _, s in (x.partition(":") for x in a.adapter)]
+        body["adapters"] = [
+            {"name": n, **({"scale": float(s)} if s else {})} for n, _, s in (x.partition(":") for x in a.adapter)
+        ]
     headers = {"Content-Type": "application/json"}
     if a.token:
         headers["Authorization"] = f"Bearer {a.token}"
-    req = urllib.request.Request(a.url.rstrip("/") + "/v1/images/generations", data=json.dumps(body).encode(),
-                                 headers=headers, method="POST")
+    req = urllib.request.Request(
+        a.url.rstrip("/") + "/v1/images/generations", data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=600) as r:
             data = json.load(r)
@@ -60,8 +62,9 @@ def _generate(argv: list[str]) -> int:
 def _local(argv: list[str]) -> int:
     from inference_pod.local.stack import run_local
 
-    p = argparse.ArgumentParser(prog="loraplex local",
-                                description="The local stack: tiny model, demo adapters, worker + sidecar on loopback.")
+    p = argparse.ArgumentParser(
+        prog="loraplex local", description="The local stack: tiny model, demo adapters, worker + sidecar on loopback."
+    )
     p.add_argument("--workdir", type=Path, default=Path("out/local"))
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--size", type=int, default=64)

@@ -164,7 +164,8 @@ def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> Canon
     if len(modules) != expected:
         raise AdapterFormatError(
             f"only {len(modules)} of the file's {expected} LoRA layers map to modules of this base model "
-            "(keys for another architecture, or an unsupported naming scheme)")
+            "(keys for another architecture, or an unsupported naming scheme)"
+        )
     if not modules:
         raise AdapterFormatError("no LoRA layers for unet or text encoders found")
     return CanonicalLora(modules=modules, source_format=fmt, nbytes=nbytes)
@@ -187,21 +188,25 @@ def _canonical_modules(state_dict: dict[str, torch.Tensor], unet_config=None) ->
 
     modules: dict[str, LoraPair] = {}
     for comp in COMPONENTS:
-        part = {k[len(comp) + 1:]: v for k, v in sd.items() if k.startswith(comp + ".")}
+        part = {k[len(comp) + 1 :]: v for k, v in sd.items() if k.startswith(comp + ".")}
         if not part:
             continue
-        comp_alphas = {k[len(comp) + 1:]: v for k, v in alphas.items() if k.startswith(comp + ".")}
+        comp_alphas = {k[len(comp) + 1 :]: v for k, v in alphas.items() if k.startswith(comp + ".")}
         if comp == "unet":
+
             def convert(d):
                 return convert_unet_state_dict_to_peft(d)
         else:
+
             def convert(d):
                 if any(".lora_A." in k or ".lora_B." in k for k in d):
                     return d
                 if any(".lora_linear_layer." in k for k in d):
                     return convert_state_dict_to_peft(d)
                 return convert_state_dict_to_peft(
-                    convert_state_dict_to_diffusers(d, original_type=StateDictType.DIFFUSERS_OLD))
+                    convert_state_dict_to_diffusers(d, original_type=StateDictType.DIFFUSERS_OLD)
+                )
+
         peft_sd = convert(part)
         # Alphas carry the old key names; map each through the same converter
         # by converting the down key it belongs to on its own.
@@ -226,7 +231,8 @@ def _canonical_modules(state_dict: dict[str, torch.Tensor], unet_config=None) ->
             up = ups[mod]
             if down.dim() != 2 or up.dim() != 2:
                 raise AdapterFormatError(
-                    f"{comp}.{mod}: only Linear LoRA layers are supported (got {tuple(down.shape)})")
+                    f"{comp}.{mod}: only Linear LoRA layers are supported (got {tuple(down.shape)})"
+                )
             if up.shape[1] != down.shape[0]:
                 raise AdapterFormatError(f"{comp}.{mod}: up {tuple(up.shape)} does not match down {tuple(down.shape)}")
             modules[f"{comp}.{mod}"] = LoraPair(down=down, up=up, alpha=alpha_by_module.get(mod))

@@ -77,8 +77,9 @@ class BudgetLRU(Generic[V]):
             raise BudgetExceeded(f"needs {cost}, only {free} can be freed (the rest is pinned or in use)")
         return victims
 
-    def put(self, key: str, value: V, cost: int, pinned: bool = False,
-            exclude: frozenset[str] = frozenset()) -> list[tuple[str, V]]:
+    def put(
+        self, key: str, value: V, cost: int, pinned: bool = False, exclude: frozenset[str] = frozenset()
+    ) -> list[tuple[str, V]]:
         """Insert or replace; return the evicted (key, value) pairs, oldest first."""
         if key in self._items:
             self.pop(key)

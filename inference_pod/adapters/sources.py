@@ -147,8 +147,9 @@ def _download_hub(src: HubSource, target: Path, max_bytes: int) -> None:
             filename = _pick_file(huggingface_hub.list_repo_files(src.repo, revision=src.revision, token=token))
         _refuse_pickle(filename)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmpdir:
-            local = huggingface_hub.hf_hub_download(src.repo, filename, revision=src.revision, token=token,
-                                                    cache_dir=tmpdir)
+            local = huggingface_hub.hf_hub_download(
+                src.repo, filename, revision=src.revision, token=token, cache_dir=tmpdir
+            )
             _check_size(Path(local), max_bytes)
             shutil.copyfile(local, target)
     except AdapterSourceError:

@@ -82,8 +82,9 @@ class DiskTier:
 
 
 class AdapterTiers:
-    def __init__(self, engine: SlotEngine, budgets: TierBudgets, disk_dir: Path, unet_config=None,
-                 prefetch_threads: int = 2) -> None:
+    def __init__(
+        self, engine: SlotEngine, budgets: TierBudgets, disk_dir: Path, unet_config=None, prefetch_threads: int = 2
+    ) -> None:
         self.engine = engine
         self.budgets = budgets
         self.unet_config = unet_config
@@ -185,12 +186,14 @@ class AdapterTiers:
             self._keys[name] = key
         return tier
 
-    def _prepare_from_source(self, name: str, entry: AdapterEntry, key: str,
-                             prepared_path: Path) -> tuple[str, PreparedAdapter]:
+    def _prepare_from_source(
+        self, name: str, entry: AdapterEntry, key: str, prepared_path: Path
+    ) -> tuple[str, PreparedAdapter]:
         """Fetch, convert, validate and prepare; write the slot-layout copy; return (tier it came from, adapter)."""
         try:
             was_cached = (self.disk.dir / f"{source_key(name, entry)}.safetensors").exists() or isinstance(
-                entry.source, PathSource)
+                entry.source, PathSource
+            )
             path = fetch_to_disk(name, entry, self.disk.dir, self.budgets.max_adapter_bytes)
             lora = load_adapter_file(path, self.unet_config)
             if lora.nbytes > self.budgets.max_adapter_bytes:
@@ -255,8 +258,7 @@ class AdapterTiers:
         entry = self.catalog.get(name)
         if entry is None:
             return "unknown"
-        if isinstance(entry.source, PathSource) or (
-                self.disk.dir / f"{source_key(name, entry)}.safetensors").exists():
+        if isinstance(entry.source, PathSource) or (self.disk.dir / f"{source_key(name, entry)}.safetensors").exists():
             return "disk"
         return "source"
 
@@ -265,13 +267,15 @@ class AdapterTiers:
             out = []
             for name, entry in sorted(self.catalog.items()):
                 key = self._key(name, entry)
-                out.append({
-                    "name": name,
-                    "tier": self.tier_of(name),
-                    "slot": self.slots.get(name, touch=False),
-                    "pinned": entry.pinned,
-                    "bad": self.bad.get(key),
-                })
+                out.append(
+                    {
+                        "name": name,
+                        "tier": self.tier_of(name),
+                        "slot": self.slots.get(name, touch=False),
+                        "pinned": entry.pinned,
+                        "bad": self.bad.get(key),
+                    }
+                )
             return out
 
     def bytes_by_tier(self) -> dict[str, int]:

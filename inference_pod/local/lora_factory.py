@@ -46,11 +46,18 @@ def sgm_path(path: str, layers_per_block: int) -> str:
     raise ValueError(f"no SGM name for {path}")
 
 
-def make_lora_state_dict(unet: nn.Module, rank: int = 4, seed: int = 0, fmt: str = "peft",
-                         alpha: float | None = None, strength: float = 1.0,
-                         suffixes: tuple[str, ...] = UNET_TARGETS, dtype: torch.dtype = torch.float32,
-                         text_encoders: Mapping[str, nn.Module] | None = None, mixed_ranks: bool = False,
-                         ) -> dict[str, torch.Tensor]:
+def make_lora_state_dict(
+    unet: nn.Module,
+    rank: int = 4,
+    seed: int = 0,
+    fmt: str = "peft",
+    alpha: float | None = None,
+    strength: float = 1.0,
+    suffixes: tuple[str, ...] = UNET_TARGETS,
+    dtype: torch.dtype = torch.float32,
+    text_encoders: Mapping[str, nn.Module] | None = None,
+    mixed_ranks: bool = False,
+) -> dict[str, torch.Tensor]:
     """A random LoRA state dict in one key format.
 
     fmt: 'peft'; 'kohya' (diffusers module names); 'sgm' (kohya keys with SGM block names, as SDXL kohya files

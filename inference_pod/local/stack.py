@@ -49,9 +49,12 @@ def write_demo_files(workdir: Path, pool: str, sidecar_url: str) -> Path:
         if not path.exists():
             write_lora(path, unet, rank=rank, seed=seed, fmt=fmt, strength=3.0)
         adapters[name] = {"pool": pool, "source": {"type": "path", "path": str(path)}, "aliases": [f"{name}-lora"]}
-    table = {"version": 1, "generation": 1,
-             "pools": {pool: {"baseModel": "tiny", "endpoints": [{"name": "local-0", "url": sidecar_url}]}},
-             "adapters": adapters}
+    table = {
+        "version": 1,
+        "generation": 1,
+        "pools": {pool: {"baseModel": "tiny", "endpoints": [{"name": "local-0", "url": sidecar_url}]}},
+        "adapters": adapters,
+    }
     path = workdir / "routing-table.json"
     path.write_text(json.dumps(table, indent=2))
     return path
@@ -75,8 +78,14 @@ class Proc:
 
 def start(name: str, args: list[str], port: int, log_dir: Path, env: dict | None = None) -> Proc:
     log = log_dir / f"{name}.log"
-    popen = subprocess.Popen([sys.executable, "-m", *args], stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                             stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
+    popen = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     return Proc(name, popen, f"http://127.0.0.1:{port}", log)
 
 
@@ -96,8 +105,12 @@ def wait_ready(proc: Proc, timeout: float) -> None:
 
 
 def post_generate(url: str, body: dict, timeout: float = 300) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url + "/v1/generate", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        url + "/v1/generate",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
@@ -105,8 +118,9 @@ def post_generate(url: str, body: dict, timeout: float = 300) -> tuple[int, dict
         return e.code, dict(e.headers), e.read()
 
 
-def run_local(workdir: Path, steps: int = 4, size: int = 64, keep_running: bool = False,
-              requests: list[str] | None = None) -> int:
+def run_local(
+    workdir: Path, steps: int = 4, size: int = 64, keep_running: bool = False, requests: list[str] | None = None
+) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "images").mkdir(exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
@@ -115,33 +129,83 @@ def run_local(workdir: Path, steps: int = 4, size: int = 64, keep_running: bool 
     print(f"loraplex local stack in {workdir}")
     print("generating demo adapters for the tiny model ...", flush=True)
     table = write_demo_files(workdir, "tiny", sidecar_url)
-    worker = start("worker", ["inference_pod.worker", "--model", "tiny", "--port", str(worker_port), "--table",
-                              str(table), "--disk-cache-dir", str(workdir / "cache"), "--gpu-slots", "2",
-                              "--max-rank", "16", "--default-steps", str(steps)], worker_port, workdir / "logs")
-    sidecar = start("sidecar", ["inference_pod.router", "--host", "127.0.0.1", "--port", str(sidecar_port),
-                                "--worker-url", worker.url, "--pod-name", "local-0", "--table-file", str(table)],
-                    sidecar_port, workdir / "logs")
+    worker = start(
+        "worker",
+        [
+            "inference_pod.worker",
+            "--model",
+            "tiny",
+            "--port",
+            str(worker_port),
+            "--table",
+            str(table),
+            "--disk-cache-dir",
+            str(workdir / "cache"),
+            "--gpu-slots",
+            "2",
+            "--max-rank",
+            "16",
+            "--default-steps",
+            str(steps),
+        ],
+        worker_port,
+        workdir / "logs",
+    )
+    sidecar = start(
+        "sidecar",
+        [
+            "inference_pod.router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(sidecar_port),
+            "--worker-url",
+            worker.url,
+            "--pod-name",
+            "local-0",
+            "--table-file",
+            str(table),
+        ],
+        sidecar_port,
+        workdir / "logs",
+    )
     procs = [worker, sidecar]
     try:
         wait_ready(worker, 300)
         wait_ready(sidecar, 60)
         print(f"worker {worker.url} (loopback only), sidecar {sidecar.url}\n")
-        names = requests or ["pixel-art", "watercolor", "pixel-art", "neon", "watercolor-lora", "tiny",
-                             "pixel-art"]
+        names = requests or ["pixel-art", "watercolor", "pixel-art", "neon", "watercolor-lora", "tiny", "pixel-art"]
         rows = []
         for i, model in enumerate(names):
             t0 = time.perf_counter()
-            status, headers, body = post_generate(sidecar.url, {"model": model, "prompt": "a lighthouse at dusk",
-                                                                "seed": 7, "steps": steps, "width": size,
-                                                                "height": size})
+            status, headers, body = post_generate(
+                sidecar.url,
+                {
+                    "model": model,
+                    "prompt": "a lighthouse at dusk",
+                    "seed": 7,
+                    "steps": steps,
+                    "width": size,
+                    "height": size,
+                },
+            )
             total_ms = (time.perf_counter() - t0) * 1e3
             if status != 200:
                 print(f"request {i} ({model}) failed: {status} {body[:300]!r}")
                 return 1
             out = workdir / "images" / f"{i:02d}-{model}.png"
             out.write_bytes(body)
-            rows.append((i, model, headers.get("X-Loraplex-Swap-Tier", "?"), headers.get("X-Loraplex-Swap-Ms", "?"),
-                         headers.get("X-Loraplex-Inference-Ms", "?"), f"{total_ms:.0f}", out.name))
+            rows.append(
+                (
+                    i,
+                    model,
+                    headers.get("X-Loraplex-Swap-Tier", "?"),
+                    headers.get("X-Loraplex-Swap-Ms", "?"),
+                    headers.get("X-Loraplex-Inference-Ms", "?"),
+                    f"{total_ms:.0f}",
+                    out.name,
+                )
+            )
         cols = ("#", "model", "swap tier", "swap ms", "inference ms", "total ms", "image")
         widths = [max(len(str(c)), *(len(str(r[k])) for r in rows)) for k, c in enumerate(cols)]
         print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)))
@@ -149,8 +213,10 @@ def run_local(workdir: Path, steps: int = 4, size: int = 64, keep_running: bool 
             print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
         print(f"\nimages in {workdir / 'images'}")
         if keep_running:
-            print(f"\nserving: curl -s {sidecar.url}/v1/generate -d '{{\"model\":\"pixel-art\",\"prompt\":\"hi\"}}' "
-                  "-o out.png   (Ctrl-C stops)")
+            print(
+                f'\nserving: curl -s {sidecar.url}/v1/generate -d \'{{"model":"pixel-art","prompt":"hi"}}\' '
+                "-o out.png   (Ctrl-C stops)"
+            )
             while all(p.popen.poll() is None for p in procs):
                 time.sleep(1)
         return 0

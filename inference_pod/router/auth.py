@@ -44,7 +44,7 @@ class TokenFile:
             self._reload()
         if not authorization or not authorization.startswith("Bearer "):
             return False
-        given = authorization[len("Bearer "):].strip().encode()
+        given = authorization[len("Bearer ") :].strip().encode()
         # Compare against every token in constant time: no early exit leaks which one matched.
         ok = False
         for token in self._tokens:

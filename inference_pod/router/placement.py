@@ -70,7 +70,7 @@ def choose_endpoint(
     if not ranked:
         return []
     homes = ranked[: max(1, replication)]
-    others = ranked[len(homes):]
+    others = ranked[len(homes) :]
     rank = {e: i for i, e in enumerate(ranked)}
 
     def by_load(e: str) -> tuple[int, int]:

@@ -28,22 +28,32 @@ def validate_generation(payload: Any) -> tuple[str, list[str]]:
     if adapters is None:
         return model, names
     if not isinstance(adapters, list):
-        raise ApiError(400, "'adapters' must be a list of {\"name\", \"scale\"} objects or names.", param="adapters",
-                       code="invalid_type")
+        raise ApiError(
+            400,
+            '\'adapters\' must be a list of {"name", "scale"} objects or names.',
+            param="adapters",
+            code="invalid_type",
+        )
     for i, item in enumerate(adapters):
         if isinstance(item, str):  # shorthand the worker accepts too: "name" for {"name": "name"}
             item = {"name": item}
         if not isinstance(item, dict):
-            raise ApiError(400, f"'adapters[{i}]' must be an object with a 'name'.", param=f"adapters[{i}]",
-                           code="invalid_type")
+            raise ApiError(
+                400, f"'adapters[{i}]' must be an object with a 'name'.", param=f"adapters[{i}]", code="invalid_type"
+            )
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            raise ApiError(400, f"'adapters[{i}].name' must be a non-empty string.", param=f"adapters[{i}].name",
-                           code="missing_field" if name is None else "invalid_type")
+            raise ApiError(
+                400,
+                f"'adapters[{i}].name' must be a non-empty string.",
+                param=f"adapters[{i}].name",
+                code="missing_field" if name is None else "invalid_type",
+            )
         scale = item.get("scale")
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)):
-            raise ApiError(400, f"'adapters[{i}].scale' must be a number.", param=f"adapters[{i}].scale",
-                           code="invalid_type")
+            raise ApiError(
+                400, f"'adapters[{i}].scale' must be a number.", param=f"adapters[{i}].scale", code="invalid_type"
+            )
         names.append(name)
     return model, names
 
@@ -61,22 +71,27 @@ def resolve_request(table: RoutingTable, model: str, extra: list[str]) -> Resolv
     try:
         pool, model_adapter = table.resolve(model)
     except KeyError:
-        raise ApiError(404, f"The model '{model}' does not exist.", param="model",
-                       code="model_not_found") from None
+        raise ApiError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found") from None
     adapters = [model_adapter] if model_adapter else []
     names = {model: model_adapter} if model_adapter else {}
     for i, name in enumerate(extra):
         try:
             p, a = table.resolve(name)
         except KeyError:
-            raise ApiError(404, f"The adapter '{name}' does not exist.", param=f"adapters[{i}].name",
-                           code="model_not_found") from None
+            raise ApiError(
+                404, f"The adapter '{name}' does not exist.", param=f"adapters[{i}].name", code="model_not_found"
+            ) from None
         if a is None:
-            raise ApiError(400, f"'{name}' is a base model, not an adapter.", param=f"adapters[{i}].name",
-                           code="not_an_adapter")
+            raise ApiError(
+                400, f"'{name}' is a base model, not an adapter.", param=f"adapters[{i}].name", code="not_an_adapter"
+            )
         if p != pool:
-            raise ApiError(400, f"The adapter '{name}' runs on pool '{p}' but the model '{model}' on pool '{pool}'.",
-                           param=f"adapters[{i}].name", code="pool_mismatch")
+            raise ApiError(
+                400,
+                f"The adapter '{name}' runs on pool '{p}' but the model '{model}' on pool '{pool}'.",
+                param=f"adapters[{i}].name",
+                code="pool_mismatch",
+            )
         names[name] = a
         if a not in adapters:
             adapters.append(a)

@@ -149,16 +149,19 @@ class Sidecar:
     # -- app wiring -------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes,
-                              middlewares=[self._errors_middleware, self._auth_middleware])
-        app.add_routes([
-            *(web.post(path, self.generate) for path in GENERATION_PATHS),
-            web.get("/v1/models", self.models),
-            web.get("/v1/stats", self.stats_handler),
-            web.get("/metrics", self.metrics),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-        ])
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[self._errors_middleware, self._auth_middleware]
+        )
+        app.add_routes(
+            [
+                *(web.post(path, self.generate) for path in GENERATION_PATHS),
+                web.get("/v1/models", self.models),
+                web.get("/v1/stats", self.stats_handler),
+                web.get("/metrics", self.metrics),
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+            ]
+        )
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -186,9 +189,9 @@ class Sidecar:
         self.stats.table_error()
 
     @web.middleware
-    async def _errors_middleware(self, request: web.Request,
-                                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                                 ) -> web.StreamResponse:
+    async def _errors_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as e:
@@ -202,13 +205,21 @@ class Sidecar:
             return ApiError(500, "Internal error in the router.", code="internal_error").response()
 
     @web.middleware
-    async def _auth_middleware(self, request: web.Request,
-                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                               ) -> web.StreamResponse:
-        if self.tokens is not None and request.path not in OPEN_PATHS \
-                and not self.tokens.allows(request.headers.get("Authorization")):
-            raise ApiError(401, "Missing or invalid bearer token.", param=None, code="invalid_api_key",
-                           headers={"WWW-Authenticate": 'Bearer realm="loraplex"'})
+    async def _auth_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if (
+            self.tokens is not None
+            and request.path not in OPEN_PATHS
+            and not self.tokens.allows(request.headers.get("Authorization"))
+        ):
+            raise ApiError(
+                401,
+                "Missing or invalid bearer token.",
+                param=None,
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="loraplex"'},
+            )
         return await handler(request)
 
     # -- open endpoints ------------------------------------------------------
@@ -220,9 +231,13 @@ class Sidecar:
         table = self.view.table if self.view else None
         worker_ok = await self._local_worker_ready() if self.worker_url else None
         ready = table is not None and worker_ok is not False
-        body = {"status": "ready" if ready else "not ready", "mode": self.config.mode,
-                "table": table is not None, "generation": table.generation if table else None,
-                "worker": worker_ok}
+        body = {
+            "status": "ready" if ready else "not ready",
+            "mode": self.config.mode,
+            "table": table is not None,
+            "generation": table.generation if table else None,
+            "worker": worker_ok,
+        }
         return web.json_response(body, status=200 if ready else 503)
 
     async def _local_worker_ready(self) -> bool:
@@ -250,8 +265,9 @@ class Sidecar:
     def _table(self) -> RoutingTable:
         table = self.view.table if self.view else None
         if table is None:
-            raise ApiError(503, "The routing table is not loaded yet.", code="table_not_loaded",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                503, "The routing table is not loaded yet.", code="table_not_loaded", headers={"Retry-After": "1"}
+            )
         return table
 
     async def models(self, request: web.Request) -> web.Response:
@@ -259,20 +275,37 @@ class Sidecar:
         data = []
         for pool_name, pool in sorted(table.pools.items()):
             for name in sorted({pool_name, pool.base_model, *pool.aliases} - {""}):
-                data.append({"id": name, "object": "model", "created": 0, "owned_by": "loraplex",
-                             "pool": pool_name, "adapter": None})
+                data.append(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "loraplex",
+                        "pool": pool_name,
+                        "adapter": None,
+                    }
+                )
         for ad_name, ad in sorted(table.adapters.items()):
             for name in (ad_name, *sorted(ad.aliases)):
-                data.append({"id": name, "object": "model", "created": 0, "owned_by": "loraplex",
-                             "pool": ad.pool, "adapter": ad_name})
+                data.append(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "loraplex",
+                        "pool": ad.pool,
+                        "adapter": ad_name,
+                    }
+                )
         return web.json_response({"object": "list", "data": data})
 
     async def _read_body(self, request: web.Request) -> bytes:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise ApiError(413, f"The request body exceeds {self.config.max_body_bytes} bytes.",
-                           code="body_too_large") from None
+            raise ApiError(
+                413, f"The request body exceeds {self.config.max_body_bytes} bytes.", code="body_too_large"
+            ) from None
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
@@ -302,11 +335,18 @@ class Sidecar:
             raise
         finally:
             total = time.monotonic() - t0
-            self.stats.request_finished(resolved.pool, resolved.adapters, status, total, service_s,
-                                        overhead_s=total - upstream_s if upstream_s else None)
+            self.stats.request_finished(
+                resolved.pool,
+                resolved.adapters,
+                status,
+                total,
+                service_s,
+                overhead_s=total - upstream_s if upstream_s else None,
+            )
 
-    async def _route(self, request: web.Request, body: bytes, table: RoutingTable, r: Resolved,
-                     t0: float) -> tuple[Upstream, int]:
+    async def _route(
+        self, request: web.Request, body: bytes, table: RoutingTable, r: Resolved, t0: float
+    ) -> tuple[Upstream, int]:
         """Send to the chosen pod, falling back along the candidate list; (answer, attempts)."""
         deadline = t0 + self.config.request_timeout_s
         table, pool, ready = await self._ready_endpoints(table, r.pool, deadline)
@@ -338,8 +378,9 @@ class Sidecar:
                 continue
             except TimeoutError:
                 self.stats.attempt(r.pool, "timeout")
-                raise ApiError(504, f"No answer from pod '{name}' within the request timeout.",
-                               code="upstream_timeout") from None
+                raise ApiError(
+                    504, f"No answer from pod '{name}' within the request timeout.", code="upstream_timeout"
+                ) from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                 last_error = f"{name}: {type(e).__name__}: {e}"
                 self.stats.attempt(r.pool, "retry_connect")
@@ -359,11 +400,15 @@ class Sidecar:
             return up, attempts
         if last is not None:  # every candidate said "not now": pass the last answer on
             return last, attempts
-        raise ApiError(502, f"No pod of pool '{r.pool}' could be reached ({last_error or 'timed out'}).",
-                       code="upstream_unavailable")
+        raise ApiError(
+            502,
+            f"No pod of pool '{r.pool}' could be reached ({last_error or 'timed out'}).",
+            code="upstream_unavailable",
+        )
 
-    async def _ready_endpoints(self, table: RoutingTable, pool_name: str,
-                               deadline: float) -> tuple[RoutingTable, PoolEntry, list[Endpoint]]:
+    async def _ready_endpoints(
+        self, table: RoutingTable, pool_name: str, deadline: float
+    ) -> tuple[RoutingTable, PoolEntry, list[Endpoint]]:
         """The pool's ready endpoints; holds the request (activator) while there are none, if allowed."""
         pool = table.pools[pool_name]
         ready = [e for e in pool.endpoints if e.ready]
@@ -371,8 +416,12 @@ class Sidecar:
             return table, pool, ready
         hold_until = min(deadline, time.monotonic() + pool.activation_timeout_s)
         if pool.activation_timeout_s <= 0 or self.view is None:
-            raise ApiError(503, f"Pool '{pool_name}' has no ready endpoint.",
-                           code="no_ready_endpoint", headers={"Retry-After": "5"})
+            raise ApiError(
+                503,
+                f"Pool '{pool_name}' has no ready endpoint.",
+                code="no_ready_endpoint",
+                headers={"Retry-After": "5"},
+            )
         self.stats.waiting(pool_name, +1)
         try:
             while (remaining := hold_until - time.monotonic()) > 0:
@@ -380,16 +429,23 @@ class Sidecar:
                 table = self.view.table
                 pool = table.pools.get(pool_name) if table else None
                 if pool is None:
-                    raise ApiError(404, f"Pool '{pool_name}' was removed while the request waited.", param="model",
-                                   code="model_not_found")
+                    raise ApiError(
+                        404,
+                        f"Pool '{pool_name}' was removed while the request waited.",
+                        param="model",
+                        code="model_not_found",
+                    )
                 ready = [e for e in pool.endpoints if e.ready]
                 if ready:
                     return table, pool, ready
         finally:
             self.stats.waiting(pool_name, -1)
-        raise ApiError(503, f"Pool '{pool_name}' has no ready endpoint after waiting "
-                       f"{pool.activation_timeout_s:g}s for one.", code="no_ready_endpoint",
-                       headers={"Retry-After": "5"})
+        raise ApiError(
+            503,
+            f"Pool '{pool_name}' has no ready endpoint after waiting {pool.activation_timeout_s:g}s for one.",
+            code="no_ready_endpoint",
+            headers={"Retry-After": "5"},
+        )
 
     def _is_local(self, endpoint_name: str) -> bool:
         return self.worker_url is not None and endpoint_name == self.config.pod_name
@@ -407,8 +463,7 @@ class Sidecar:
         auth = request.headers.get("Authorization")
         return {**headers, "Authorization": auth} if auth else headers
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float,
-                    endpoint: str) -> Upstream:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float, endpoint: str) -> Upstream:
         assert self.session is not None
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.config.connect_timeout_s)
         t = time.monotonic()
@@ -420,7 +475,8 @@ class Sidecar:
         headers: CIMultiDict[str] = CIMultiDict()
         for k, v in up.headers.items():
             if k.lower() in ("content-type", "retry-after") or (
-                    k.lower().startswith(hdr.PREFIX.lower()) and k.lower() != hdr.ROUTER_MS.lower()):
+                k.lower().startswith(hdr.PREFIX.lower()) and k.lower() != hdr.ROUTER_MS.lower()
+            ):
                 headers[k] = v
         headers.setdefault(hdr.POD, up.endpoint)  # a peer sidecar already said who served it
         # Time this router added, plus what a peer router added on its side.
@@ -442,9 +498,12 @@ class Sidecar:
         """A request another router already placed here: local worker only, never forwarded again."""
         hop = request.headers[hdr.HOP]
         if self.worker_url is None:
-            raise ApiError(502, f"Request routed here by '{hop}', but this router has no local worker "
-                           "(loop guard: routed requests are not forwarded again).",
-                           code="loop_detected")
+            raise ApiError(
+                502,
+                f"Request routed here by '{hop}', but this router has no local worker "
+                "(loop guard: routed requests are not forwarded again).",
+                code="loop_detected",
+            )
         headers = self._forward_headers(request)
         headers[hdr.HOP] = hop
         # A router sent its route along; a hand-made hop request gets ours, if the model resolves here.
@@ -460,29 +519,36 @@ class Sidecar:
         try:
             up = await self._post(self.worker_url + request.path_qs, body, headers, remaining, name)
         except aiohttp.ConnectionTimeoutError:
-            raise ApiError(502, "The local worker did not accept the connection.",
-                           code="worker_unavailable") from None
+            raise ApiError(502, "The local worker did not accept the connection.", code="worker_unavailable") from None
         except TimeoutError:
-            raise ApiError(504, "No answer from the local worker within the request timeout.",
-                           code="upstream_timeout") from None
+            raise ApiError(
+                504, "No answer from the local worker within the request timeout.", code="upstream_timeout"
+            ) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise ApiError(502, f"The local worker is unreachable ({type(e).__name__}).",
-                           code="worker_unavailable") from None
+            raise ApiError(
+                502, f"The local worker is unreachable ({type(e).__name__}).", code="worker_unavailable"
+            ) from None
         return self._respond(up, t0)
 
 
 def parse_args(argv: list[str] | None) -> SidecarConfig:
-    p = argparse.ArgumentParser(prog="python -m inference_pod.router",
-                                description="loraplex router sidecar (or, without --worker-url, the gateway)")
+    p = argparse.ArgumentParser(
+        prog="python -m inference_pod.router",
+        description="loraplex router sidecar (or, without --worker-url, the gateway)",
+    )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--worker-url", help="this pod's worker, e.g. http://127.0.0.1:8081; absent = gateway mode")
-    p.add_argument("--pod-name", default=os.environ.get("POD_NAME"),
-                   help="this pod's endpoint name in the routing table (default: $POD_NAME)")
+    p.add_argument(
+        "--pod-name",
+        default=os.environ.get("POD_NAME"),
+        help="this pod's endpoint name in the routing table (default: $POD_NAME)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--table-file", help="routing table JSON file, re-read when it changes")
-    src.add_argument("--table-configmaps", metavar="NAMESPACE",
-                     help="watch the routing-table ConfigMaps of this namespace")
+    src.add_argument(
+        "--table-configmaps", metavar="NAMESPACE", help="watch the routing-table ConfigMaps of this namespace"
+    )
     p.add_argument("--table-label-selector", default=TABLE_LABEL_SELECTOR)
     p.add_argument("--auth-tokens-file", help="bearer tokens, one per line; enables auth on the public API")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per client request, all tries")
@@ -494,12 +560,22 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
     a = p.parse_args(argv)
     if a.worker_url and not a.pod_name:
         p.error("--pod-name (or $POD_NAME) is required with --worker-url")
-    return SidecarConfig(host=a.host, port=a.port, worker_url=a.worker_url, pod_name=a.pod_name,
-                         table_file=a.table_file, table_configmaps=a.table_configmaps,
-                         table_label_selector=a.table_label_selector, auth_tokens_file=a.auth_tokens_file,
-                         request_timeout_s=a.request_timeout, connect_timeout_s=a.connect_timeout,
-                         max_body_bytes=a.max_body_bytes, max_attempts=a.max_attempts,
-                         stats_window_s=a.stats_window, log_level=a.log_level)
+    return SidecarConfig(
+        host=a.host,
+        port=a.port,
+        worker_url=a.worker_url,
+        pod_name=a.pod_name,
+        table_file=a.table_file,
+        table_configmaps=a.table_configmaps,
+        table_label_selector=a.table_label_selector,
+        auth_tokens_file=a.auth_tokens_file,
+        request_timeout_s=a.request_timeout,
+        connect_timeout_s=a.connect_timeout,
+        max_body_bytes=a.max_body_bytes,
+        max_attempts=a.max_attempts,
+        stats_window_s=a.stats_window,
+        log_level=a.log_level,
+    )
 
 
 def make_source(config: SidecarConfig) -> TableSource:
@@ -514,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     sidecar = Sidecar(config, make_source(config))
     log.info("sidecar (%s mode, pod %s) on %s:%d", config.mode, config.pod_name, config.host, config.port)
-    web.run_app(sidecar.app, host=config.host, port=config.port, access_log=None, print=None,
-                shutdown_timeout=min(30.0, config.request_timeout_s))
+    web.run_app(
+        sidecar.app,
+        host=config.host,
+        port=config.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=min(30.0, config.request_timeout_s),
+    )
     return 0

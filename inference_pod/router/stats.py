@@ -130,39 +130,60 @@ class RouterStats:
         self._rejected = 0
         self._table = _Table()
         r = self.registry
-        self.m_requests = Counter("loraplex_router_requests", "Client requests by pool and status code",
-                                  ["pool", "code"], registry=r)
-        self.m_adapter_requests = Counter("loraplex_router_adapter_requests", "Client requests by adapter",
-                                          ["pool", "adapter"], registry=r)
-        self.m_rejected = Counter("loraplex_router_rejected", "Requests refused before a pool was known",
-                                  ["code"], registry=r)
-        self.m_latency = Histogram("loraplex_router_request_duration_seconds",
-                                   "End-to-end time at this sidecar", ["pool"], buckets=_LATENCY_BUCKETS,
-                                   registry=r)
-        self.m_service = Histogram("loraplex_router_service_seconds", "Worker busy time per request",
-                                   ["pool"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.m_overhead = Histogram("loraplex_router_overhead_seconds",
-                                    "Time added by the router (total minus upstream)",
-                                    buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.m_requests = Counter(
+            "loraplex_router_requests", "Client requests by pool and status code", ["pool", "code"], registry=r
+        )
+        self.m_adapter_requests = Counter(
+            "loraplex_router_adapter_requests", "Client requests by adapter", ["pool", "adapter"], registry=r
+        )
+        self.m_rejected = Counter(
+            "loraplex_router_rejected", "Requests refused before a pool was known", ["code"], registry=r
+        )
+        self.m_latency = Histogram(
+            "loraplex_router_request_duration_seconds",
+            "End-to-end time at this sidecar",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.m_service = Histogram(
+            "loraplex_router_service_seconds",
+            "Worker busy time per request",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.m_overhead = Histogram(
+            "loraplex_router_overhead_seconds",
+            "Time added by the router (total minus upstream)",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.m_in_flight = Gauge("loraplex_router_in_flight", "Requests in flight", ["pool"], registry=r)
-        self.m_waiting = Gauge("loraplex_router_waiting", "Requests held for a pool with no ready endpoint",
-                               ["pool"], registry=r)
-        self.m_served = Counter("loraplex_router_served", "Requests forwarded here by a peer and served locally",
-                                ["pool"], registry=r)
-        self.m_attempts = Counter("loraplex_router_upstream_attempts", "Upstream attempts by outcome",
-                                  ["pool", "outcome"], registry=r)
-        self.m_table_generation = Gauge("loraplex_router_table_generation", "Generation of the routing table",
-                                        registry=r)
-        self.m_table_errors = Counter("loraplex_router_table_reload_errors",
-                                      "Routing table updates rejected as malformed", registry=r)
+        self.m_waiting = Gauge(
+            "loraplex_router_waiting", "Requests held for a pool with no ready endpoint", ["pool"], registry=r
+        )
+        self.m_served = Counter(
+            "loraplex_router_served", "Requests forwarded here by a peer and served locally", ["pool"], registry=r
+        )
+        self.m_attempts = Counter(
+            "loraplex_router_upstream_attempts", "Upstream attempts by outcome", ["pool", "outcome"], registry=r
+        )
+        self.m_table_generation = Gauge(
+            "loraplex_router_table_generation", "Generation of the routing table", registry=r
+        )
+        self.m_table_errors = Counter(
+            "loraplex_router_table_reload_errors", "Routing table updates rejected as malformed", registry=r
+        )
 
     # -- recording -------------------------------------------------------
 
     def _pool(self, pool: str) -> _PoolCounters:
         pc = self._pools.get(pool)
         if pc is None:
-            pc = self._pools[pool] = _PoolCounters(WindowCounter(self.window_s), WindowCounter(self.window_s),
-                                                   WindowCounter(self.window_s))
+            pc = self._pools[pool] = _PoolCounters(
+                WindowCounter(self.window_s), WindowCounter(self.window_s), WindowCounter(self.window_s)
+            )
         return pc
 
     def _adapter(self, pool: str, adapter: str) -> _AdapterCounters:
@@ -188,8 +209,15 @@ class RouterStats:
             ac.arrivals.add(now)
             self.m_adapter_requests.labels(pool, name).inc()
 
-    def request_finished(self, pool: str, adapters: Iterable[str], status: int, latency_s: float,
-                         service_s: float | None = None, overhead_s: float | None = None) -> None:
+    def request_finished(
+        self,
+        pool: str,
+        adapters: Iterable[str],
+        status: int,
+        latency_s: float,
+        service_s: float | None = None,
+        overhead_s: float | None = None,
+    ) -> None:
         """The request started with `request_started` got its answer."""
         now = self.clock()
         pc = self._pool(pool)
@@ -287,8 +315,12 @@ class RouterStats:
             "uptimeSeconds": uptime,
             "windowSeconds": self.window_s,
             "rejected": self._rejected,
-            "table": {"loaded": self._table.loaded, "generation": self._table.generation,
-                      "lastReloadTime": self._table.last_reload, "reloadErrors": self._table.errors},
+            "table": {
+                "loaded": self._table.loaded,
+                "generation": self._table.generation,
+                "lastReloadTime": self._table.last_reload,
+                "reloadErrors": self._table.errors,
+            },
             "pools": pools,
             "adapters": adapters,
         }

@@ -85,8 +85,13 @@ class TableSource:
             self.last_error = None
             listeners = list(self._listeners)
         self._loaded.set()
-        log.info("routing table generation %s loaded from %s: %d pools, %d adapters",
-                 table.generation, self.name, len(table.pools), len(table.adapters))
+        log.info(
+            "routing table generation %s loaded from %s: %d pools, %d adapters",
+            table.generation,
+            self.name,
+            len(table.pools),
+            len(table.adapters),
+        )
         for cb in listeners:
             try:
                 cb(table)
@@ -171,8 +176,15 @@ def _kube_core_api() -> Any:
 class ConfigMapTableSource(TableSource):
     """Shards of the table in labelled ConfigMaps, followed through a Kubernetes watch."""
 
-    def __init__(self, namespace: str, label_selector: str = TABLE_LABEL_SELECTOR, api: Any = None,
-                 debounce_s: float = 0.1, watch_timeout_s: int = 240, max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        label_selector: str = TABLE_LABEL_SELECTOR,
+        api: Any = None,
+        debounce_s: float = 0.1,
+        watch_timeout_s: int = 240,
+        max_backoff_s: float = 30.0,
+    ) -> None:
         super().__init__()
         self.namespace = namespace
         self.label_selector = label_selector
@@ -279,8 +291,9 @@ class ConfigMapTableSource(TableSource):
             backoff = min(backoff * 2, self.max_backoff_s)
 
     def _list(self) -> str:
-        resp = self._api.list_namespaced_config_map(self.namespace, label_selector=self.label_selector,
-                                                    _request_timeout=30)
+        resp = self._api.list_namespaced_config_map(
+            self.namespace, label_selector=self.label_selector, _request_timeout=30
+        )
         self.replace_all(list(resp.items))
         return resp.metadata.resource_version
 
@@ -288,10 +301,15 @@ class ConfigMapTableSource(TableSource):
         from kubernetes import watch
 
         w = self._watch = watch.Watch()
-        for event in w.stream(self._api.list_namespaced_config_map, self.namespace,
-                              label_selector=self.label_selector, resource_version=rv,
-                              allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_s,
-                              _request_timeout=self.watch_timeout_s + 30):
+        for event in w.stream(
+            self._api.list_namespaced_config_map,
+            self.namespace,
+            label_selector=self.label_selector,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout_s,
+            _request_timeout=self.watch_timeout_s + 30,
+        ):
             if self._stop.is_set():
                 w.stop()
                 break

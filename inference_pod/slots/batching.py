@@ -41,8 +41,17 @@ def batch_key(steps: int, width: int, height: int, guidance_scale: float, negati
     return (steps, width, height, float(guidance_scale), bool(negative_prompt))
 
 
-def generate_batch(pipe, engine: SlotEngine, items: Sequence[BatchItem], *, steps: int, guidance_scale: float,
-                   width: int, height: int, **pipe_kwargs) -> list[list]:
+def generate_batch(
+    pipe,
+    engine: SlotEngine,
+    items: Sequence[BatchItem],
+    *,
+    steps: int,
+    guidance_scale: float,
+    width: int,
+    height: int,
+    **pipe_kwargs,
+) -> list[list]:
     """Run the items in one pipeline call; returns each item's images, in order.
 
     Runs on the GPU job thread; leaves the engine with no adapter active.
@@ -67,13 +76,21 @@ def generate_batch(pipe, engine: SlotEngine, items: Sequence[BatchItem], *, step
     else:
         engine.activate_per_sample(samples)
     try:
-        out = pipe(prompt=prompts, negative_prompt=negatives if items[0].negative_prompt else None,
-                   num_inference_steps=steps, guidance_scale=guidance_scale, width=width, height=height,
-                   num_images_per_prompt=1, generator=generators, **pipe_kwargs).images
+        out = pipe(
+            prompt=prompts,
+            negative_prompt=negatives if items[0].negative_prompt else None,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            width=width,
+            height=height,
+            num_images_per_prompt=1,
+            generator=generators,
+            **pipe_kwargs,
+        ).images
     finally:
         engine.activate([])
     result, i = [], 0
     for it in items:
-        result.append(list(out[i:i + it.n]))
+        result.append(list(out[i : i + it.n]))
         i += it.n
     return result

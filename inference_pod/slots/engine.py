@@ -41,7 +41,6 @@ from inference_pod.slots.targets import UNET_TARGETS
 __all__ = ["AdapterMismatchError", "ModuleLayout", "PreparedAdapter", "SlotEngine", "SlotLoraLinear"]
 
 
-
 class AdapterMismatchError(ValueError):
     """The adapter does not fit the base model or the pool's limits."""
 
@@ -87,9 +86,16 @@ def _fast_on_cpu(dtype: torch.dtype) -> bool:
 class SlotEngine:
     """Owns the slot storage and the wrapped layers of one pipeline."""
 
-    def __init__(self, pipe, n_slots: int, max_rank: int, target_suffixes: tuple[str, ...] = UNET_TARGETS,
-                 components: tuple[str, ...] = ("unet",), max_active: int = 4,
-                 compute_dtype: torch.dtype | None | str = "auto") -> None:
+    def __init__(
+        self,
+        pipe,
+        n_slots: int,
+        max_rank: int,
+        target_suffixes: tuple[str, ...] = UNET_TARGETS,
+        components: tuple[str, ...] = ("unet",),
+        max_active: int = 4,
+        compute_dtype: torch.dtype | None | str = "auto",
+    ) -> None:
         """compute_dtype: dtype of the low-rank matmuls; None: the slots' (= the model's) dtype; "auto":
         float32 for bf16/fp16 models on a CPU without native 16-bit matmul kernels, else None."""
         if n_slots < 1 or max_rank < 1 or max_active < 1:
@@ -132,8 +138,9 @@ class SlotEngine:
         rows_dtype = self.compute_dtype or self.dtype
         # One state per component: the per-sample mode gives the UNet and the
         # text encoders different batch layouts; activate() sets them all.
-        self.states = {c: ActiveState(max_rank, max_active, rows_dtype, self.device, self.compute_dtype)
-                       for c in self.components}
+        self.states = {
+            c: ActiveState(max_rank, max_active, rows_dtype, self.device, self.compute_dtype) for c in self.components
+        }
         st0 = self.state
         # Host arrays activate() writes into: on CPU (fp32 rows) they are the
         # state tensors' own memory, so a switch is a few numpy stores;
@@ -147,8 +154,8 @@ class SlotEngine:
         self._epoch = 0  # one counter for all states, so a layer's cached views can never match a stale epoch
         self._originals: list[tuple[str, nn.Linear]] = targets
         for (name, mod), lay in zip(targets, layouts, strict=True):
-            a = self.storage[:, :, lay.a_offset:lay.a_offset + lay.in_features]
-            bt = self.storage[:, :, lay.b_offset:lay.b_offset + lay.out_features]
+            a = self.storage[:, :, lay.a_offset : lay.a_offset + lay.in_features]
+            bt = self.storage[:, :, lay.b_offset : lay.b_offset + lay.out_features]
             self._replace(pipe, name, SlotLoraLinear(mod, a, bt, self.states[name.split(".", 1)[0]]))
 
     def _host(self, t: torch.Tensor, np_dtype) -> np.ndarray:
@@ -181,8 +188,9 @@ class SlotEngine:
                 if isinstance(mod, nn.Linear) and any(path == s or path.endswith("." + s) for s in suffixes):
                     if type(mod) is not nn.Linear:
                         # A subclass (quantised, ...) computes differently from F.linear on its weight.
-                        raise ValueError(f"{comp}.{path} is a {type(mod).__name__}; slot LoRA wraps plain "
-                                         "nn.Linear layers only")
+                        raise ValueError(
+                            f"{comp}.{path} is a {type(mod).__name__}; slot LoRA wraps plain nn.Linear layers only"
+                        )
                     found.append((f"{comp}.{path}", mod))
         return found
 
@@ -212,12 +220,14 @@ class SlotEngine:
                 if comp not in self.components:
                     raise AdapterMismatchError(
                         f"adapter has {comp} LoRA layers; this pool applies LoRA to {', '.join(self.components)} "
-                        "only (text-encoder LoRA needs a pool started with --text-encoder-lora)")
+                        "only (text-encoder LoRA needs a pool started with --text-encoder-lora)"
+                    )
                 raise AdapterMismatchError(f"module {name} is not a LoRA target of this base model")
             if pair.down.shape[1] != lay.in_features or pair.up.shape[0] != lay.out_features:
                 raise AdapterMismatchError(
                     f"module {name}: shape {tuple(pair.up.shape[:1])}x{tuple(pair.down.shape[1:])} does not "
-                    f"match the base model's {lay.out_features}x{lay.in_features} (adapter for another base model?)")
+                    f"match the base model's {lay.out_features}x{lay.in_features} (adapter for another base model?)"
+                )
 
     def prepare(self, lora: CanonicalLora, pin_memory: bool | None = None) -> PreparedAdapter:
         """Lay the adapter out as the first `rank` rows of a slot (zero-padded, alpha/rank folded into B)."""
@@ -233,8 +243,8 @@ class SlotEngine:
         for name, pair in lora.modules.items():
             lay = self.layouts[name]
             pr = pair.rank
-            flat[:pr, lay.a_offset:lay.a_offset + lay.in_features].copy_(pair.down)
-            flat[:pr, lay.b_offset:lay.b_offset + lay.out_features].copy_((pair.up.float() * pair.scale).t())
+            flat[:pr, lay.a_offset : lay.a_offset + lay.in_features].copy_(pair.down)
+            flat[:pr, lay.b_offset : lay.b_offset + lay.out_features].copy_((pair.up.float() * pair.scale).t())
         if not bool(torch.isfinite(flat).all()):
             # One NaN would turn every image of every request using this slot black.
             raise AdapterMismatchError("adapter weights contain NaN or infinity (or overflow the pool's dtype)")
@@ -312,8 +322,8 @@ class SlotEngine:
             rows, hr = self._rows_view(k, r)
             for i, (s, w) in enumerate(slots_and_scales):
                 hi[i] = s
-                hf[i * R:(i + 1) * R] = w
-                hr[i * r:(i + 1) * r] = w
+                hf[i * R : (i + 1) * R] = w
+                hr[i * r : (i + 1) * r] = w
             if not self._direct:
                 rows.copy_(torch.from_numpy(hr))
         index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
@@ -335,11 +345,12 @@ class SlotEngine:
         key = (k, r)
         view = self._rows_views.get(key)
         if view is None:
-            view = self._rows_views[key] = (self.state.rows_by_k[k][:k * r], self._host_rows[k][:k * r])
+            view = self._rows_views[key] = (self.state.rows_by_k[k][: k * r], self._host_rows[k][: k * r])
         return view
 
-    def activate_per_sample(self, samples: list[list[tuple[int, float]]],
-                            components: tuple[str, ...] | None = None) -> None:
+    def activate_per_sample(
+        self, samples: list[list[tuple[int, float]]], components: tuple[str, ...] | None = None
+    ) -> None:
         """Give each sample of the next batch its own adapters (an empty list: none for that sample).
 
         `samples[i]` is sample i's (slot, scale) list. A layer seeing a batch of

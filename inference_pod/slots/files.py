@@ -64,14 +64,17 @@ def _open(engine: SlotEngine, path: Path) -> tuple[BinaryIO, int, int]:
         meta = header.get("__metadata__") or {}
         if meta.get("loraplex_layout") != engine.fingerprint:
             raise AdapterMismatchError(
-                f"{path.name} was prepared for another slot layout (base model, targets or dtype)")
+                f"{path.name} was prepared for another slot layout (base model, targets or dtype)"
+            )
         info = header.get(TENSOR)
         if not isinstance(info, dict) or len(header) != 2:
             raise AdapterFormatError(f"{path.name} is not a prepared adapter file")
         rank, width = info.get("shape", [0, 0])
         if info.get("dtype") != _DTYPES.get(engine.dtype) or width != engine.width:
-            raise AdapterMismatchError(f"{path.name}: {info.get('dtype')} {info.get('shape')} does not fit "
-                                       f"this engine's [rank, {engine.width}] {engine.dtype} slots")
+            raise AdapterMismatchError(
+                f"{path.name}: {info.get('dtype')} {info.get('shape')} does not fit "
+                f"this engine's [rank, {engine.width}] {engine.dtype} slots"
+            )
         if not 1 <= rank <= engine.max_rank:
             raise AdapterMismatchError(f"rank {rank} exceeds the pool's max rank {engine.max_rank}")
         start, end = info["data_offsets"]

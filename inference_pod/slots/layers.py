@@ -30,8 +30,14 @@ class ActiveState:
     preallocated per K, so a switch neither allocates nor recompiles.
     """
 
-    def __init__(self, max_rank: int, max_active: int, rows_dtype: torch.dtype, device: torch.device,
-                 compute_dtype: torch.dtype | None) -> None:
+    def __init__(
+        self,
+        max_rank: int,
+        max_active: int,
+        rows_dtype: torch.dtype,
+        device: torch.device,
+        compute_dtype: torch.dtype | None,
+    ) -> None:
         self.max_rank = max_rank
         self.compute_dtype = compute_dtype  # None: compute in the slots' dtype
         self.mode = OFF
@@ -80,20 +86,27 @@ class SlotLoraLinear(nn.Linear):
         if torch.compiler.is_compiling():
             # Full max-rank rows and tensor indices only: nothing here depends on
             # which slots are active, so a switch never invalidates the graph.
-            return _add_gathered(x, y, self.lora_a, self.lora_bt, st.index, st.rows_full, mode == PER_SAMPLE,
-                                 st.compute_dtype)
+            return _add_gathered(
+                x, y, self.lora_a, self.lora_bt, st.index, st.rows_full, mode == PER_SAMPLE, st.compute_dtype
+            )
         if mode == SHARED and st.k == 1:
             views = self._views
             if views[0] != st.epoch:
-                views[0], views[1], views[2] = st.epoch, self.lora_a[st.slot, :st.rank], self.lora_bt[st.slot, :st.rank]
+                views[0], views[1], views[2] = (
+                    st.epoch,
+                    self.lora_a[st.slot, : st.rank],
+                    self.lora_bt[st.slot, : st.rank],
+                )
             return _add_single(x, y, views[1], views[2], st.scale, st.compute_dtype)
         r = st.rank
-        return _add_gathered(x, y, self.lora_a[:, :r], self.lora_bt[:, :r], st.index, st.rows, mode == PER_SAMPLE,
-                             st.compute_dtype)
+        return _add_gathered(
+            x, y, self.lora_a[:, :r], self.lora_bt[:, :r], st.index, st.rows, mode == PER_SAMPLE, st.compute_dtype
+        )
 
 
-def _add_single(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scale: float,
-                cd: torch.dtype | None) -> torch.Tensor:
+def _add_single(
+    x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, scale: float, cd: torch.dtype | None
+) -> torch.Tensor:
     """y + scale * (x A^T) Bt, in place on y's storage: two small matmuls, no gather, no new weights."""
     cd = cd or a.dtype
     if a.dtype != cd:  # slots in bf16/fp16 on a CPU without fast kernels for them: compute in fp32
@@ -109,8 +122,16 @@ def _add_single(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, bt: torch.Ten
     return out
 
 
-def _add_gathered(x: torch.Tensor, y: torch.Tensor, a_all: torch.Tensor, bt_all: torch.Tensor,
-                  index: torch.Tensor, rows: torch.Tensor, per_sample: bool, cd: torch.dtype | None) -> torch.Tensor:
+def _add_gathered(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    a_all: torch.Tensor,
+    bt_all: torch.Tensor,
+    index: torch.Tensor,
+    rows: torch.Tensor,
+    per_sample: bool,
+    cd: torch.dtype | None,
+) -> torch.Tensor:
     """y + (x A^T * rows) Bt for the gathered slots.
 
     Shared: index [K], rows [K*r]; the K adapters' rows are concatenated into

@@ -64,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-cache-mb", type=int, default=d.disk_cache_mb)
     p.add_argument("--disk-cache-dir", type=Path, default=d.disk_cache_dir)
     p.add_argument("--max-adapter-mb", type=int, default=d.max_adapter_mb)
-    p.add_argument("--target-modules", default=",".join(d.target_modules),
-                   help="comma-separated Linear module name suffixes that adapters may target")
+    p.add_argument(
+        "--target-modules",
+        default=",".join(d.target_modules),
+        help="comma-separated Linear module name suffixes that adapters may target",
+    )
     p.add_argument("--text-encoder-lora", action="store_true", help="also apply LoRA layers to the text encoders")
     p.add_argument("--torch-threads", type=int, default=int(os.environ.get("LORAPLEX_TORCH_THREADS", "0")))
     p.add_argument("--default-steps", type=int, default=d.default_steps)
@@ -82,10 +85,23 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         os.environ["HF_HOME"] = a.hf_home
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
     return WorkerConfig(
-        model=a.model, revision=a.revision, dtype=a.dtype, device=a.device, host=a.host, port=a.port,
-        table=a.table, gpu_slots=a.gpu_slots, max_rank=a.max_rank, ram_cache_mb=a.ram_cache_mb,
-        disk_cache_mb=a.disk_cache_mb, disk_cache_dir=a.disk_cache_dir, max_adapter_mb=a.max_adapter_mb,
+        model=a.model,
+        revision=a.revision,
+        dtype=a.dtype,
+        device=a.device,
+        host=a.host,
+        port=a.port,
+        table=a.table,
+        gpu_slots=a.gpu_slots,
+        max_rank=a.max_rank,
+        ram_cache_mb=a.ram_cache_mb,
+        disk_cache_mb=a.disk_cache_mb,
+        disk_cache_dir=a.disk_cache_dir,
+        max_adapter_mb=a.max_adapter_mb,
         target_modules=tuple(s.strip() for s in a.target_modules.split(",") if s.strip()),
-        text_encoder_lora=a.text_encoder_lora, torch_threads=a.torch_threads, default_steps=a.default_steps,
-        warmup=not a.no_warmup, limits=limits,
+        text_encoder_lora=a.text_encoder_lora,
+        torch_threads=a.torch_threads,
+        default_steps=a.default_steps,
+        warmup=not a.no_warmup,
+        limits=limits,
     )

@@ -15,10 +15,34 @@ from inference_pod.worker.config import Limits
 from loraplex.api.errors import ApiError
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-_NATIVE_FIELDS = {"model", "prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
-                  "adapters", "n", "size"}
-_OPENAI_FIELDS = {"model", "prompt", "n", "size", "response_format", "quality", "style", "user", "seed", "steps",
-                  "negative_prompt", "guidance_scale", "adapters"}
+_NATIVE_FIELDS = {
+    "model",
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+    "adapters",
+    "n",
+    "size",
+}
+_OPENAI_FIELDS = {
+    "model",
+    "prompt",
+    "n",
+    "size",
+    "response_format",
+    "quality",
+    "style",
+    "user",
+    "seed",
+    "steps",
+    "negative_prompt",
+    "guidance_scale",
+    "adapters",
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +122,9 @@ def _adapters(body: dict, max_n: int) -> tuple[AdapterUse, ...]:
     return tuple(out)
 
 
-def parse_request(body: Any, limits: Limits, *, openai: bool, default_steps: int, default_size: int) -> GenerationRequest:
+def parse_request(
+    body: Any, limits: Limits, *, openai: bool, default_steps: int, default_size: int
+) -> GenerationRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     allowed = _OPENAI_FIELDS if openai else _NATIVE_FIELDS
@@ -125,8 +151,18 @@ def parse_request(body: Any, limits: Limits, *, openai: bool, default_steps: int
         raise ApiError(400, "seed must be a non-negative integer", param="seed")
     n = _int(body, "n", 1, 1, limits.max_images)
     if openai and body.get("response_format", "b64_json") != "b64_json":
-        raise ApiError(400, "response_format must be 'b64_json' (this server does not host image URLs)",
-                       param="response_format")
-    return GenerationRequest(model=model, prompt=prompt, negative_prompt=negative, steps=steps,
-                             guidance_scale=guidance, width=width, height=height, seed=seed, n=n,
-                             adapters=_adapters(body, limits.max_adapters_per_request))
+        raise ApiError(
+            400, "response_format must be 'b64_json' (this server does not host image URLs)", param="response_format"
+        )
+    return GenerationRequest(
+        model=model,
+        prompt=prompt,
+        negative_prompt=negative,
+        steps=steps,
+        guidance_scale=guidance,
+        width=width,
+        height=height,
+        seed=seed,
+        n=n,
+        adapters=_adapters(body, limits.max_adapters_per_request),
+    )

@@ -63,20 +63,49 @@ class Worker:
         target = cfg.target_modules
         if cfg.text_encoder_lora:
             target = (*target, *TEXT_ENCODER_TARGETS)
-        self.engine = SlotEngine(self.pipe, n_slots=cfg.gpu_slots, max_rank=cfg.max_rank, target_suffixes=target,
-                                 components=components, max_active=cfg.limits.max_adapters_per_request)
-        budgets = TierBudgets(gpu_slots=cfg.gpu_slots, ram_bytes=cfg.ram_cache_mb << 20,
-                              disk_bytes=cfg.disk_cache_mb << 20, max_adapter_bytes=cfg.max_adapter_mb << 20)
+        self.engine = SlotEngine(
+            self.pipe,
+            n_slots=cfg.gpu_slots,
+            max_rank=cfg.max_rank,
+            target_suffixes=target,
+            components=components,
+            max_active=cfg.limits.max_adapters_per_request,
+        )
+        budgets = TierBudgets(
+            gpu_slots=cfg.gpu_slots,
+            ram_bytes=cfg.ram_cache_mb << 20,
+            disk_bytes=cfg.disk_cache_mb << 20,
+            max_adapter_bytes=cfg.max_adapter_mb << 20,
+        )
         self.tiers = AdapterTiers(self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config)
         self.native_size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.reload_table()
         if cfg.warmup:
-            self._generate(GenerationRequest(model=cfg.model, prompt="warm up", negative_prompt="", steps=1,
-                                             guidance_scale=5.0, width=self.native_size, height=self.native_size,
-                                             seed=0, n=1, adapters=()), [])
+            self._generate(
+                GenerationRequest(
+                    model=cfg.model,
+                    prompt="warm up",
+                    negative_prompt="",
+                    steps=1,
+                    guidance_scale=5.0,
+                    width=self.native_size,
+                    height=self.native_size,
+                    seed=0,
+                    n=1,
+                    adapters=(),
+                ),
+                [],
+            )
         self.ready = True
-        log.info("worker ready: model=%s device=%s dtype=%s slots=%d max_rank=%d slot=%.1f MB", cfg.model,
-                 self.device, self.dtype, cfg.gpu_slots, cfg.max_rank, self.engine.slot_nbytes / 1e6)
+        log.info(
+            "worker ready: model=%s device=%s dtype=%s slots=%d max_rank=%d slot=%.1f MB",
+            cfg.model,
+            self.device,
+            self.dtype,
+            cfg.gpu_slots,
+            cfg.max_rank,
+            self.engine.slot_nbytes / 1e6,
+        )
 
     def reload_table(self) -> None:
         """Register the adapters of the --table file; re-read only when the file changed."""
@@ -139,15 +168,17 @@ class Worker:
             name = self.aliases.get(use.name, use.name)
             entry = self.tiers.catalog.get(name)
             if entry is None:
-                raise ApiError(404, f"adapters[{i}]: adapter {use.name!r} is not served here",
-                               param=f"adapters[{i}].name")
+                raise ApiError(
+                    404, f"adapters[{i}]: adapter {use.name!r} is not served here", param=f"adapters[{i}].name"
+                )
             uses.append((name, entry.scale if use.scale is None else use.scale))
         names = [n for n, _ in uses]
         if len(set(names)) != len(names):
             raise ApiError(400, "the same adapter is named twice", param="adapters")
         if len(uses) > self.cfg.limits.max_adapters_per_request:
-            raise ApiError(400, f"at most {self.cfg.limits.max_adapters_per_request} adapters per request",
-                           param="adapters")
+            raise ApiError(
+                400, f"at most {self.cfg.limits.max_adapters_per_request} adapters per request", param="adapters"
+            )
         return uses
 
     def _generate(self, req: GenerationRequest, uses: list[tuple[str, float]]) -> dict:
@@ -160,9 +191,16 @@ class Worker:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            images = self.pipe(prompt=req.prompt, negative_prompt=req.negative_prompt or None,
-                               num_inference_steps=req.steps, guidance_scale=req.guidance_scale, width=req.width,
-                               height=req.height, num_images_per_prompt=req.n, generator=generator).images
+            images = self.pipe(
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt or None,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale,
+                width=req.width,
+                height=req.height,
+                num_images_per_prompt=req.n,
+                generator=generator,
+            ).images
         infer_s = time.perf_counter() - t0
         pngs = []
         for im in images:
@@ -197,8 +235,9 @@ class Worker:
             raise ApiError(400, f"body is not valid JSON: {e}") from e
         except web.HTTPRequestEntityTooLarge as e:
             raise ApiError(413, f"body over {self.cfg.limits.max_body_bytes} bytes") from e
-        req = parse_request(body, self.cfg.limits, openai=openai, default_steps=self.cfg.default_steps,
-                            default_size=self.native_size)
+        req = parse_request(
+            body, self.cfg.limits, openai=openai, default_steps=self.cfg.default_steps, default_size=self.native_size
+        )
         if not openai and req.n != 1:
             raise ApiError(400, "n must be 1 for /v1/generate (use /v1/images/generations for several)", param="n")
         routed_to_base = self._apply_route_header(request)
@@ -210,8 +249,9 @@ class Worker:
         try:
             out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), self.cfg.limits.deadline_s)
         except QueueFull:
-            raise ApiError(429, "the GPU queue is full; retry later",
-                           headers={"Retry-After": str(self.jobs.retry_after_s())}) from None
+            raise ApiError(
+                429, "the GPU queue is full; retry later", headers={"Retry-After": str(self.jobs.retry_after_s())}
+            ) from None
         except DeadlineExceeded:
             raise ApiError(504, f"not finished within the deadline of {self.cfg.limits.deadline_s} s") from None
         except AdapterError as e:
@@ -256,8 +296,14 @@ class Worker:
         if self.tiers is None:
             return web.json_response({"adapters": []})
         self.reload_table()
-        return web.json_response({"adapters": self.tiers.describe(), "bytes": self.tiers.bytes_by_tier(),
-                                  "slots": self.cfg.gpu_slots, "maxRank": self.cfg.max_rank})
+        return web.json_response(
+            {
+                "adapters": self.tiers.describe(),
+                "bytes": self.tiers.bytes_by_tier(),
+                "slots": self.cfg.gpu_slots,
+                "maxRank": self.cfg.max_rank,
+            }
+        )
 
     async def prefetch(self, request: web.Request) -> web.Response:
         if self.tiers is None:
@@ -287,8 +333,7 @@ class Worker:
     async def metrics_route(self, request: web.Request) -> web.Response:
         if self.tiers is not None:
             self._refresh_gauges()
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.limits.max_body_bytes)

@@ -33,8 +33,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     # The reversible byte -> printable character map used by byte-level BPE
     # (GPT-2/CLIP): printable latin-1 bytes map to themselves, the rest to
     # code points above 255.
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = keep[:]
     extra = 0

@@ -18,8 +18,15 @@ if TYPE_CHECKING:
 class ApiError(Exception):
     """An error that becomes one HTTP response naming the field at fault."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -33,8 +40,9 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         from aiohttp import web  # only the servers call this; the shape itself needs no web framework
 
-        return web.Response(status=self.status, text=json.dumps(self.body()), content_type="application/json",
-                            headers=self.headers)
+        return web.Response(
+            status=self.status, text=json.dumps(self.body()), content_type="application/json", headers=self.headers
+        )
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -101,8 +101,9 @@ class RoutingTable(_Strict):
                 if n in names:
                     raise ValueError(f"pools.{pool_name}: name {n!r} already used by {names[n]}")
                 if n in base_models and base_models[n] != pool_name:
-                    raise ValueError(f"pools.{pool_name}: name {n!r} already used by "
-                                     f"the base model of pool {base_models[n]}")
+                    raise ValueError(
+                        f"pools.{pool_name}: name {n!r} already used by the base model of pool {base_models[n]}"
+                    )
                 names[n] = f"pool {pool_name}"
         for ad_name, ad in self.adapters.items():
             if ad.pool not in self.pools:
@@ -111,8 +112,9 @@ class RoutingTable(_Strict):
                 if n in names:
                     raise ValueError(f"adapters.{ad_name}: name {n!r} already used by {names[n]}")
                 if n in base_models:
-                    raise ValueError(f"adapters.{ad_name}: name {n!r} already used by "
-                                     f"the base model of pool {base_models[n]}")
+                    raise ValueError(
+                        f"adapters.{ad_name}: name {n!r} already used by the base model of pool {base_models[n]}"
+                    )
                 names[n] = f"adapter {ad_name}"
         return self
 
@@ -201,5 +203,4 @@ def merge_shards(shards: list[str | bytes | dict[str, Any]]) -> RoutingTable:
             if not isinstance(part, dict):
                 raise TableError(f"shard {i}: {key}: must be a JSON object")
             into.update(part)
-    return parse_table({"version": SCHEMA_VERSION, "generation": generation, "pools": pools,
-                        "adapters": adapters})
+    return parse_table({"version": SCHEMA_VERSION, "generation": generation, "pools": pools, "adapters": adapters})

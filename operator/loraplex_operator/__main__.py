@@ -25,28 +25,48 @@ from loraplex_operator.controllers.app import Operator, OperatorConfig
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="loraplex operator",
-                                description="Run the loraplex Kubernetes operator (BaseModelPool, LoraAdapter).")
-    p.add_argument("--namespace", "-n", action="append", default=None, dest="namespaces",
-                   help="watch only this namespace (repeatable); default: all namespaces")
+    p = argparse.ArgumentParser(
+        prog="loraplex operator", description="Run the loraplex Kubernetes operator (BaseModelPool, LoraAdapter)."
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        dest="namespaces",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
     p.add_argument("--health-host", default="0.0.0.0")
-    p.add_argument("--health-port", type=int, default=int(env("LORAPLEX_HEALTH_PORT", "8080")),
-                   help="liveness endpoint port (GET /healthz)")
-    p.add_argument("--no-leader-election", dest="leader_election", action="store_false",
-                   help="run without a Lease (one replica only)")
-    p.add_argument("--lease-namespace",
-                   default=env("LORAPLEX_LEASE_NAMESPACE") or env("POD_NAMESPACE") or "default")
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(env("LORAPLEX_HEALTH_PORT", "8080")),
+        help="liveness endpoint port (GET /healthz)",
+    )
+    p.add_argument(
+        "--no-leader-election",
+        dest="leader_election",
+        action="store_false",
+        help="run without a Lease (one replica only)",
+    )
+    p.add_argument("--lease-namespace", default=env("LORAPLEX_LEASE_NAMESPACE") or env("POD_NAMESPACE") or "default")
     p.add_argument("--lease-name", default=env("LORAPLEX_LEASE_NAME", "loraplex-operator"))
-    p.add_argument("--identity", default=env("LORAPLEX_IDENTITY", ""),
-                   help="leader-election identity (default: $POD_NAME, else host-pid)")
+    p.add_argument(
+        "--identity",
+        default=env("LORAPLEX_IDENTITY", ""),
+        help="leader-election identity (default: $POD_NAME, else host-pid)",
+    )
     p.add_argument("--resync-seconds", type=float, default=60.0)
     p.add_argument("--stats-timeout", type=float, default=2.0, help="seconds per sidecar /v1/stats call")
     p.add_argument("--hub-timeout", type=float, default=10.0, help="seconds per hub metadata call")
     p.add_argument("--debounce", type=float, default=0.5, help="routing table: quiet time before a write")
     p.add_argument("--max-delay", type=float, default=3.0, help="routing table: longest wait before a write")
     p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
-    p.add_argument("--check", action="store_true",
-                   help="do not run: check that the CRDs are served and a leader holds the lease (helm test)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="do not run: check that the CRDs are served and a leader holds the lease (helm test)",
+    )
     return p
 
 
@@ -73,10 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespaces is None:
         namespaces = [n.strip() for n in os.environ.get("LORAPLEX_WATCH_NAMESPACES", "").split(",") if n.strip()]
     cfg = OperatorConfig(
-        namespaces=namespaces, health_host=args.health_host, health_port=args.health_port,
-        leader_election=args.leader_election, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
-        identity=args.identity, resync_s=args.resync_seconds, stats_timeout_s=args.stats_timeout,
-        hub_timeout_s=args.hub_timeout, debounce_s=args.debounce, max_delay_s=args.max_delay,
+        namespaces=namespaces,
+        health_host=args.health_host,
+        health_port=args.health_port,
+        leader_election=args.leader_election,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        identity=args.identity,
+        resync_s=args.resync_seconds,
+        stats_timeout_s=args.stats_timeout,
+        hub_timeout_s=args.hub_timeout,
+        debounce_s=args.debounce,
+        max_delay_s=args.max_delay,
     )
     return asyncio.run(_run(cfg))
 

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"loraplex": ROOT / "loraplex", "inference_pod": ROOT / "inference_pod",
-            "loraplex_operator": ROOT / "operator" / "loraplex_operator"}
+PACKAGES = {
+    "loraplex": ROOT / "loraplex",
+    "inference_pod": ROOT / "inference_pod",
+    "loraplex_operator": ROOT / "operator" / "loraplex_operator",
+}
 SIDES = ("inference_pod", "loraplex_operator")
 
 
@@ -80,18 +83,21 @@ def test_no_forbidden_import_edge() -> None:
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize(("source", "target", "top_level", "bad"), [
-    ("loraplex_operator.logic.routes", "inference_pod.router.placement", True, True),
-    ("loraplex_operator.controllers.app", "inference_pod", False, True),
-    ("inference_pod.worker.server", "loraplex_operator.constants", False, True),
-    ("loraplex.api.routing_table", "inference_pod.router", True, True),
-    ("loraplex.api.names", "loraplex_operator", False, True),
-    ("loraplex.cli", "inference_pod.worker.server", True, True),
-    ("loraplex.cli", "inference_pod.worker.server", False, False),
-    ("loraplex.cli", "loraplex_operator.__main__", False, False),
-    ("loraplex_operator.logic.shards", "loraplex.api.routing_table", True, False),
-    ("inference_pod.router.sidecar", "loraplex.api.headers", True, False),
-])
+@pytest.mark.parametrize(
+    ("source", "target", "top_level", "bad"),
+    [
+        ("loraplex_operator.logic.routes", "inference_pod.router.placement", True, True),
+        ("loraplex_operator.controllers.app", "inference_pod", False, True),
+        ("inference_pod.worker.server", "loraplex_operator.constants", False, True),
+        ("loraplex.api.routing_table", "inference_pod.router", True, True),
+        ("loraplex.api.names", "loraplex_operator", False, True),
+        ("loraplex.cli", "inference_pod.worker.server", True, True),
+        ("loraplex.cli", "inference_pod.worker.server", False, False),
+        ("loraplex.cli", "loraplex_operator.__main__", False, False),
+        ("loraplex_operator.logic.shards", "loraplex.api.routing_table", True, False),
+        ("inference_pod.router.sidecar", "loraplex.api.headers", True, False),
+    ],
+)
 def test_rule_table(source: str, target: str, top_level: bool, bad: bool) -> None:
     assert (violation(source, target, top_level) is not None) == bad
 
@@ -100,4 +106,6 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
     f = tmp_path / "x.py"
     f.write_text("from .sibling import a\nfrom . import b\n")
     assert [t for t, _, _ in imports(f, "inference_pod.worker.server")] == [
-        "inference_pod.worker.sibling", "inference_pod.worker"]
+        "inference_pod.worker.sibling",
+        "inference_pod.worker",
+    ]

@@ -27,8 +27,9 @@ def fetch_model_info(repo: str, revision: str, token: str | None, timeout_s: flo
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        return HfApi(endpoint=endpoint).model_info(repo, revision=revision, token=token or False,
-                                                   files_metadata=True, timeout=timeout_s)
+        return HfApi(endpoint=endpoint).model_info(
+            repo, revision=revision, token=token or False, files_metadata=True, timeout=timeout_s
+        )
     except hf_errors.GatedRepoError as e:
         raise HubError("Unauthorized", f"gated repository {repo!r}: {_short(e)}", retryable=False) from e
     except hf_errors.RevisionNotFoundError as e:
@@ -45,8 +46,9 @@ def fetch_model_info(repo: str, revision: str, token: str | None, timeout_s: flo
     except (OSError, TimeoutError) as e:
         raise HubError("HubUnreachable", f"cannot reach the hub: {_short(e)}", retryable=True) from e
     except Exception as e:  # noqa: BLE001 - httpx and friends raise their own types
-        raise HubError("HubUnreachable", f"cannot reach the hub: {type(e).__name__}: {_short(e)}",
-                       retryable=True) from e
+        raise HubError(
+            "HubUnreachable", f"cannot reach the hub: {type(e).__name__}: {_short(e)}", retryable=True
+        ) from e
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

@@ -25,10 +25,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _PLURALS = {
-    "ConfigMap": "configmaps", "Pod": "pods", "Secret": "secrets", "Service": "services",
-    "ServiceAccount": "serviceaccounts", "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets",
-    "Role": "roles", "RoleBinding": "rolebindings", "Lease": "leases", "Event": "events",
-    c.POOL_KIND: c.POOL_PLURAL, c.ADAPTER_KIND: c.ADAPTER_PLURAL,
+    "ConfigMap": "configmaps",
+    "Pod": "pods",
+    "Secret": "secrets",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Deployment": "deployments",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Lease": "leases",
+    "Event": "events",
+    c.POOL_KIND: c.POOL_PLURAL,
+    c.ADAPTER_KIND: c.ADAPTER_PLURAL,
 }
 
 
@@ -40,8 +49,9 @@ class KubeError(Exception):
         self.message = message
 
 
-def resource_path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    api_version: str, plural: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+) -> str:
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = base + (f"/namespaces/{quote(namespace, safe='')}" if namespace else "") + f"/{plural}"
     if name:
@@ -59,8 +69,9 @@ def manifest_path(manifest: dict[str, Any]) -> str:
 class Kube:
     """Blocking verbs on dicts, plus `run` to call them from the event loop."""
 
-    def __init__(self, configuration: client.Configuration | None = None, workers: int = 16,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, configuration: client.Configuration | None = None, workers: int = 16, timeout_s: float = 30.0
+    ) -> None:
         if configuration is None:
             configuration = load_configuration()
         # Our own executor and connection pool, sized for bursts (the default
@@ -80,17 +91,30 @@ class Kube:
 
     # -- transport -------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                content_type: str | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         elif body is not None:
             headers["Content-Type"] = "application/json"
-        params = [(k, v if not isinstance(v, bool) else str(v).lower()) for k, v in (query or {}).items()
-                  if v is not None]
-        serialized = self.api.param_serialize(method=method, resource_path=path, query_params=params,
-                                              header_params=headers, body=body, auth_settings=["BearerToken"])
+        params = [
+            (k, v if not isinstance(v, bool) else str(v).lower()) for k, v in (query or {}).items() if v is not None
+        ]
+        serialized = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         self.requests += 1
         try:
             resp = self.api.call_api(*serialized, _request_timeout=self.timeout_s)
@@ -105,8 +129,9 @@ class Kube:
 
     # -- verbs -----------------------------------------------------------
 
-    def get(self, api_version: str, plural: str, namespace: str | None, name: str,
-            subresource: str | None = None) -> dict[str, Any] | None:
+    def get(
+        self, api_version: str, plural: str, namespace: str | None, name: str, subresource: str | None = None
+    ) -> dict[str, Any] | None:
         try:
             return self.request("GET", resource_path(api_version, plural, namespace, name, subresource))
         except KubeError as e:
@@ -114,8 +139,14 @@ class Kube:
                 return None
             raise
 
-    def list(self, api_version: str, plural: str, namespace: str | None = None,
-             label_selector: str | None = None, from_cache: bool = False) -> list[dict[str, Any]]:
+    def list(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        from_cache: bool = False,
+    ) -> list[dict[str, Any]]:
         # resourceVersion=0 serves from the apiserver's watch cache: cheap, and
         # at least as new as the watch event that made us look.
         query = {"labelSelector": label_selector, "resourceVersion": "0" if from_cache else None}
@@ -131,9 +162,13 @@ class Kube:
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply, forcing ownership of the fields we set."""
-        return self.request("PATCH", manifest_path(manifest), body=manifest,
-                            query={"fieldManager": c.FIELD_MANAGER, "force": True},
-                            content_type="application/apply-patch+yaml")
+        return self.request(
+            "PATCH",
+            manifest_path(manifest),
+            body=manifest,
+            query={"fieldManager": c.FIELD_MANAGER, "force": True},
+            content_type="application/apply-patch+yaml",
+        )
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
@@ -150,11 +185,22 @@ class Kube:
             if e.status != 404:
                 raise
 
-    def merge_patch(self, api_version: str, plural: str, namespace: str | None, name: str,
-                    patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
-        return self.request("PATCH", resource_path(api_version, plural, namespace, name, subresource),
-                            body=patch, query={"fieldManager": c.FIELD_MANAGER},
-                            content_type="application/merge-patch+json")
+    def merge_patch(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return self.request(
+            "PATCH",
+            resource_path(api_version, plural, namespace, name, subresource),
+            body=patch,
+            query={"fieldManager": c.FIELD_MANAGER},
+            content_type="application/merge-patch+json",
+        )
 
 
 def load_configuration() -> client.Configuration:
@@ -164,8 +210,7 @@ def load_configuration() -> client.Configuration:
         config.load_incluster_config(client_configuration=configuration)
     else:
         # Read $KUBECONFIG now: the client library resolves its default path at import time.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                client_configuration=configuration)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
     return configuration
 
 

@@ -47,42 +47,58 @@ class Retry(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    phase: str                  # Pending | Ready | Failed
+    phase: str  # Pending | Ready | Failed
     reason: str
     message: str
     pool: str | None = None
-    fields: Mapping[str, Any] | None = None   # extra status fields (resolvedRevision, sha256, ...)
+    fields: Mapping[str, Any] | None = None  # extra status fields (resolvedRevision, sha256, ...)
 
 
 def adapter_conditions(outcome: Outcome) -> list[Condition]:
     ready = outcome.phase == "Ready"
     return [
-        Condition("Ready", ready, "Routed" if ready else outcome.reason,
-                  outcome.message if not ready else f"routed to pool {outcome.pool}"),
-        Condition("Progressing", outcome.phase == "Pending", outcome.reason if outcome.phase == "Pending"
-                  else "Resolved" if ready else "Stopped", outcome.message if outcome.phase == "Pending" else ""),
-        Condition("Degraded", outcome.phase == "Failed", outcome.reason if outcome.phase == "Failed"
-                  else "AsExpected", outcome.message if outcome.phase == "Failed" else ""),
+        Condition(
+            "Ready",
+            ready,
+            "Routed" if ready else outcome.reason,
+            outcome.message if not ready else f"routed to pool {outcome.pool}",
+        ),
+        Condition(
+            "Progressing",
+            outcome.phase == "Pending",
+            outcome.reason if outcome.phase == "Pending" else "Resolved" if ready else "Stopped",
+            outcome.message if outcome.phase == "Pending" else "",
+        ),
+        Condition(
+            "Degraded",
+            outcome.phase == "Failed",
+            outcome.reason if outcome.phase == "Failed" else "AsExpected",
+            outcome.message if outcome.phase == "Failed" else "",
+        ),
     ]
 
 
-def adapter_status(outcome: Outcome, old_status: dict[str, Any] | None, generation: int,
-                   now: float) -> dict[str, Any]:
+def adapter_status(outcome: Outcome, old_status: dict[str, Any] | None, generation: int, now: float) -> dict[str, Any]:
     old_status = old_status or {}
     status: dict[str, Any] = {
         "phase": outcome.phase,
         "pool": outcome.pool or "",
         "observedGeneration": generation,
-        "conditions": merge_conditions(old_status.get("conditions"), adapter_conditions(outcome), now,
-                                       generation),
+        "conditions": merge_conditions(old_status.get("conditions"), adapter_conditions(outcome), now, generation),
     }
     status.update(outcome.fields or {})
     return status
 
 
 class AdapterController:
-    def __init__(self, kube: Kube, writer: TableWriter, clock: Callable[[], float] = time.time,
-                 hub_timeout_s: float = 10.0, fetch: Callable[..., Any] = fetch_model_info) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        writer: TableWriter,
+        clock: Callable[[], float] = time.time,
+        hub_timeout_s: float = 10.0,
+        fetch: Callable[..., Any] = fetch_model_info,
+    ) -> None:
         self.kube = kube
         self.writer = writer
         self.clock = clock
@@ -90,8 +106,9 @@ class AdapterController:
         self.fetch = fetch
         self.reconciles = 0
 
-    async def reconcile(self, body: dict[str, Any], retry: int, pools: Iterable[PoolInfo],
-                        claimants: Mapping[str, Iterable[Claimant]]) -> Outcome:
+    async def reconcile(
+        self, body: dict[str, Any], retry: int, pools: Iterable[PoolInfo], claimants: Mapping[str, Iterable[Claimant]]
+    ) -> Outcome:
         """Resolve one adapter and write its status. Raises Retry unless Ready."""
         self.reconciles += 1
         meta = body["metadata"]
@@ -100,8 +117,15 @@ class AdapterController:
         status = adapter_status(outcome, body.get("status"), generation, self.clock())
         if status_changed(body.get("status"), status):
             try:
-                await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.ADAPTER_PLURAL, namespace, name,
-                                    {"status": status}, "status")
+                await self.kube.run(
+                    self.kube.merge_patch,
+                    c.API_VERSION,
+                    c.ADAPTER_PLURAL,
+                    namespace,
+                    name,
+                    {"status": status},
+                    "status",
+                )
             except KubeError as e:
                 if e.status == 404:
                     return outcome  # deleted meanwhile
@@ -114,8 +138,9 @@ class AdapterController:
             raise Retry(f"{outcome.reason}: {outcome.message}", retry_delay(retry, base_s=base))
         return outcome
 
-    async def _resolve(self, body: dict[str, Any], pools: list[PoolInfo],
-                       claimants: Mapping[str, Iterable[Claimant]]) -> Outcome:
+    async def _resolve(
+        self, body: dict[str, Any], pools: list[PoolInfo], claimants: Mapping[str, Iterable[Claimant]]
+    ) -> Outcome:
         meta = body["metadata"]
         try:
             spec = parse_adapter_spec(body.get("spec"))
@@ -137,26 +162,41 @@ class AdapterController:
         if src.type == "url":
             if not src.url or not src.sha256:
                 return Outcome("Failed", "InvalidSource", "a url source needs url and sha256", res.pool)
-            return Outcome("Ready", "Routed", "", res.pool, {"resolvedRevision": src.sha256, "sha256": src.sha256,
-                                                             "format": "safetensors"})
+            return Outcome(
+                "Ready",
+                "Routed",
+                "",
+                res.pool,
+                {"resolvedRevision": src.sha256, "sha256": src.sha256, "format": "safetensors"},
+            )
         if src.type == "path":
             if not src.path:
                 return Outcome("Failed", "InvalidSource", "a path source needs path", res.pool)
             return Outcome("Ready", "Routed", "", res.pool, {"resolvedRevision": "", "format": "safetensors"})
         return await self._resolve_hub(body, spec, infos[res.pool], res.pool)
 
-    async def _resolve_hub(self, body: dict[str, Any], spec: AdapterSpec, pool: PoolInfo,
-                           pool_name: str) -> Outcome:
+    async def _resolve_hub(self, body: dict[str, Any], spec: AdapterSpec, pool: PoolInfo, pool_name: str) -> Outcome:
         meta, status = body["metadata"], body.get("status") or {}
         src = spec.source
         if not src.repo:
             return Outcome("Failed", "InvalidSource", "a hub source needs repo", pool_name)
         # Already pinned for this very spec and pool: no hub call (restarts stay offline-safe).
-        if (status.get("resolvedGeneration") == meta.get("generation") and status.get("resolvedRevision")
-                and status.get("pool") == pool_name):
-            return Outcome("Ready", "Routed", "", pool_name, {
-                k: status[k] for k in ("resolvedRevision", "resolvedFilename", "resolvedGeneration", "size",
-                                       "format") if k in status})
+        if (
+            status.get("resolvedGeneration") == meta.get("generation")
+            and status.get("resolvedRevision")
+            and status.get("pool") == pool_name
+        ):
+            return Outcome(
+                "Ready",
+                "Routed",
+                "",
+                pool_name,
+                {
+                    k: status[k]
+                    for k in ("resolvedRevision", "resolvedFilename", "resolvedGeneration", "size", "format")
+                    if k in status
+                },
+            )
         token = await self._token(meta["namespace"], spec, pool_name)
         try:
             info = await self.kube.run(self.fetch, src.repo, src.revision, token, self.hub_timeout_s)
@@ -165,8 +205,12 @@ class AdapterController:
         check = check_hub_metadata(info, [pool.base_model, *pool.aliases], src.filename)
         if not check.ok:
             return Outcome("Failed", check.reason, check.message, pool_name)
-        fields: dict[str, Any] = {"resolvedRevision": check.commit, "resolvedFilename": check.filename,
-                                  "resolvedGeneration": meta.get("generation"), "format": "safetensors"}
+        fields: dict[str, Any] = {
+            "resolvedRevision": check.commit,
+            "resolvedFilename": check.filename,
+            "resolvedGeneration": meta.get("generation"),
+            "format": "safetensors",
+        }
         if check.size is not None:
             fields["size"] = check.size
         return Outcome("Ready", "Routed", "", pool_name, fields)

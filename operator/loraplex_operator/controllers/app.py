@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OperatorConfig:
-    namespaces: list[str] = field(default_factory=list)   # empty: cluster-wide
+    namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
     health_host: str = "0.0.0.0"
     health_port: int = 8080
     leader_election: bool = True
@@ -47,17 +47,28 @@ class Operator:
     def __init__(self, cfg: OperatorConfig, kube: Kube | None = None) -> None:
         self.cfg = cfg
         self.kube = kube or Kube()
-        self.writer = TableWriter(self.kube, demand=lambda ns: self.autoscaler.adapter_needs(ns),
-                                  debounce_s=cfg.debounce_s, max_delay_s=cfg.max_delay_s)
-        self.autoscaler = Autoscaler(self.kube, poke_pool=lambda ns, n: self.pools.poke(ns, n),
-                                     mark_table=self.writer.mark, tick_s=cfg.autoscale_tick_s,
-                                     stats_timeout_s=cfg.stats_timeout_s)
+        self.writer = TableWriter(
+            self.kube,
+            demand=lambda ns: self.autoscaler.adapter_needs(ns),
+            debounce_s=cfg.debounce_s,
+            max_delay_s=cfg.max_delay_s,
+        )
+        self.autoscaler = Autoscaler(
+            self.kube,
+            poke_pool=lambda ns, n: self.pools.poke(ns, n),
+            mark_table=self.writer.mark,
+            tick_s=cfg.autoscale_tick_s,
+            stats_timeout_s=cfg.stats_timeout_s,
+        )
         self.pools = PoolController(self.kube, self.writer, self.autoscaler)
         self.adapters = AdapterController(self.kube, self.writer, hub_timeout_s=cfg.hub_timeout_s)
         self.registry = build_registry(self)
         self.settings = build_settings()
-        self.elector = LeaderElector(self.kube, cfg.lease_namespace, cfg.lease_name,
-                                     cfg.identity or default_identity()) if cfg.leader_election else None
+        self.elector = (
+            LeaderElector(self.kube, cfg.lease_namespace, cfg.lease_name, cfg.identity or default_identity())
+            if cfg.leader_election
+            else None
+        )
         self._kopf_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -87,9 +98,14 @@ class Operator:
                 continue
             # An annotation change is an update to kopf: the adapter's handler runs again at once.
             try:
-                await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.ADAPTER_PLURAL, namespace,
-                                    body["metadata"]["name"],
-                                    {"metadata": {"annotations": {"loraplex.io/pool-changed": stamp}}})
+                await self.kube.run(
+                    self.kube.merge_patch,
+                    c.API_VERSION,
+                    c.ADAPTER_PLURAL,
+                    namespace,
+                    body["metadata"]["name"],
+                    {"metadata": {"annotations": {"loraplex.io/pool-changed": stamp}}},
+                )
             except KubeError as e:
                 if e.status != 404:
                     log.warning("cannot nudge adapter %s/%s: %s", namespace, body["metadata"]["name"], e)
@@ -97,8 +113,13 @@ class Operator:
     def health(self) -> dict[str, Any]:
         role = "leader" if (self.elector is None or self.elector.is_leader) else "standby"
         dead = self._kopf_task is not None and self._kopf_task.done()
-        return {"ok": not dead, "role": role, "kopf": "stopped" if dead else "running" if self._kopf_task
-                else "waiting", "tableWrites": self.writer.stats.writes, "tableFlushes": self.writer.stats.flushes}
+        return {
+            "ok": not dead,
+            "role": role,
+            "kopf": "stopped" if dead else "running" if self._kopf_task else "waiting",
+            "tableWrites": self.writer.stats.writes,
+            "tableFlushes": self.writer.stats.flushes,
+        }
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -156,9 +177,16 @@ class Operator:
             background.append(asyncio.create_task(_relay(self._stop, stop_flag)))
             background.append(asyncio.create_task(self.autoscaler.run()))
             background.append(asyncio.create_task(self.resync()))
-            self._kopf_task = asyncio.create_task(kopf.operator(
-                registry=self.registry, settings=self.settings, standalone=True,
-                clusterwide=not self.cfg.namespaces, namespaces=self.cfg.namespaces, stop_flag=stop_flag))
+            self._kopf_task = asyncio.create_task(
+                kopf.operator(
+                    registry=self.registry,
+                    settings=self.settings,
+                    standalone=True,
+                    clusterwide=not self.cfg.namespaces,
+                    namespaces=self.cfg.namespaces,
+                    stop_flag=stop_flag,
+                )
+            )
             await self._kopf_task
             if lost.is_set():
                 log.error("lost the leader lease; exiting so that a restart rejoins as a follower")

@@ -45,9 +45,17 @@ class _NamespaceDemand:
 
 
 class Autoscaler:
-    def __init__(self, kube: Kube, poke_pool: Callable[[str, str], None], mark_table: Callable[[str], None],
-                 tick_s: float = 5.0, stats_timeout_s: float = 2.0, clock: Callable[[], float] = time.time,
-                 patch_adapter_status: bool = True, stats_port: int = c.SIDECAR_PORT) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        poke_pool: Callable[[str, str], None],
+        mark_table: Callable[[str], None],
+        tick_s: float = 5.0,
+        stats_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        patch_adapter_status: bool = True,
+        stats_port: int = c.SIDECAR_PORT,
+    ) -> None:
         self.kube = kube
         self.poke_pool = poke_pool
         self.mark_table = mark_table
@@ -131,8 +139,15 @@ class Autoscaler:
             if not answered:
                 t.failures += 1
                 if urls and (t.failures == 1 or t.failures % 20 == 0):
-                    log.info("autoscaler: no stats for pool %s/%s (%d sidecar(s) unreachable, %d poll(s) in a row);"
-                             " keeping %d replica(s)", ns, name, len(urls), t.failures, t.replicas)
+                    log.info(
+                        "autoscaler: no stats for pool %s/%s (%d sidecar(s) unreachable, %d poll(s) in a row);"
+                        " keeping %d replica(s)",
+                        ns,
+                        name,
+                        len(urls),
+                        t.failures,
+                        t.replicas,
+                    )
                 continue
             t.failures = 0
             await self._size_pool(ns, name, t, snapshot.pools.get(name, PoolLoad()), now)
@@ -141,26 +156,53 @@ class Autoscaler:
     async def _size_pool(self, ns: str, name: str, t: _PoolTrack, load: PoolLoad, now: float) -> None:
         old_load, t.load = t.load, load
         if old_load is None or (round(old_load.request_rate, 3), round(old_load.mean_service_s, 3)) != (
-                round(load.request_rate, 3), round(load.mean_service_s, 3)):
+            round(load.request_rate, 3),
+            round(load.mean_service_s, 3),
+        ):
             self.poke_pool(ns, name)  # status shows the new figures
         spec = t.spec
         if not spec.autoscaling.enabled:
             return
-        policy = ScalingPolicy(spec.min_replicas, spec.max_replicas, spec.autoscaling.target_utilization,
-                               spec.autoscaling.scale_up_stabilization_seconds,
-                               spec.autoscaling.scale_down_stabilization_seconds,
-                               spec.autoscaling.idle_to_zero_seconds)
-        decision = decide(policy, t.replicas, Load(load.request_rate, load.mean_service_s, load.in_flight),
-                          now, t.history, load.last_request_time)
+        policy = ScalingPolicy(
+            spec.min_replicas,
+            spec.max_replicas,
+            spec.autoscaling.target_utilization,
+            spec.autoscaling.scale_up_stabilization_seconds,
+            spec.autoscaling.scale_down_stabilization_seconds,
+            spec.autoscaling.idle_to_zero_seconds,
+        )
+        decision = decide(
+            policy,
+            t.replicas,
+            Load(load.request_rate, load.mean_service_s, load.in_flight),
+            now,
+            t.history,
+            load.last_request_time,
+        )
         t.history = decision.history
         if decision.replicas == t.replicas:
             return
-        log.info("autoscaler: pool %s/%s %d -> %d replicas (%s; rate %.3f/s, service %.2fs, in flight %d)",
-                 ns, name, t.replicas, decision.replicas, decision.reason, load.request_rate,
-                 load.mean_service_s, load.in_flight)
+        log.info(
+            "autoscaler: pool %s/%s %d -> %d replicas (%s; rate %.3f/s, service %.2fs, in flight %d)",
+            ns,
+            name,
+            t.replicas,
+            decision.replicas,
+            decision.reason,
+            load.request_rate,
+            load.mean_service_s,
+            load.in_flight,
+        )
         try:
-            await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.POOL_PLURAL, ns, name,
-                                {"spec": {"replicas": decision.replicas}}, "scale")
+            await self.kube.run(
+                self.kube.merge_patch,
+                c.API_VERSION,
+                c.POOL_PLURAL,
+                ns,
+                name,
+                {"spec": {"replicas": decision.replicas}},
+                "scale",
+            )
             t.replicas = decision.replicas
         except KubeError as e:
             log.warning("autoscaler: cannot scale pool %s/%s: %s", ns, name, e)
@@ -173,11 +215,17 @@ class Autoscaler:
             pool_load = snapshot.pools.get(a.pool)
             if track is None or pool_load is None:
                 continue
-            raw = raw_replicas(Load(a.request_rate, pool_load.mean_service_s),
-                               track.spec.autoscaling.target_utilization)
+            raw = raw_replicas(
+                Load(a.request_rate, pool_load.mean_service_s), track.spec.autoscaling.target_utilization
+            )
             prev = demand.needs.get(name)
-            need, since = stabilized_need(prev[0] if prev else None, prev[1] if prev else None, raw, now,
-                                          track.spec.autoscaling.scale_down_stabilization_seconds)
+            need, since = stabilized_need(
+                prev[0] if prev else None,
+                prev[1] if prev else None,
+                raw,
+                now,
+                track.spec.autoscaling.scale_down_stabilization_seconds,
+            )
             if prev is None or prev[0] != need:
                 changed = True
             demand.needs[name] = (need, since)
@@ -195,8 +243,9 @@ class Autoscaler:
         if a.last_request_time:
             status["lastRequestTime"] = rfc3339(a.last_request_time)
         try:
-            await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.ADAPTER_PLURAL, ns, name,
-                                {"status": status}, "status")
+            await self.kube.run(
+                self.kube.merge_patch, c.API_VERSION, c.ADAPTER_PLURAL, ns, name, {"status": status}, "status"
+            )
         except KubeError as e:
             if e.status != 404:
                 log.debug("autoscaler: cannot update adapter %s/%s status: %s", ns, name, e)

@@ -38,7 +38,8 @@ def build_settings() -> kopf.OperatorSettings:
     # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
+        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
     s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"
     # One k8s Event per handler success would be thousands in a burst; keep warnings and errors.
     s.posting.level = logging.WARNING
@@ -79,7 +80,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.index(*adapters, registry=registry, id="adapter_claims")
     def adapter_claims(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
         claims: dict[tuple[str, str], tuple[str, str]] = {}
-        for alias in (spec.get("aliases") or []):
+        for alias in spec.get("aliases") or []:
             if isinstance(alias, str):
                 claims[(namespace, alias)] = (name, "alias")
         claims[(namespace, name)] = (name, "primary")
@@ -122,8 +123,9 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.create(*adapters, registry=registry, backoff=5, id="adapter_changed")
     @kopf.on.update(*adapters, registry=registry, backoff=5, id="adapter_changed")
-    async def adapter_changed(body: Any, namespace: str, retry: int, pool_infos: kopf.Index,
-                              adapter_claims: kopf.Index, **_: Any) -> None:
+    async def adapter_changed(
+        body: Any, namespace: str, retry: int, pool_infos: kopf.Index, adapter_claims: kopf.Index, **_: Any
+    ) -> None:
         claims = _NamespaceClaims(adapter_claims, namespace)
         try:
             await op.adapters.reconcile(_plain(body), retry, list(pool_infos.get(namespace, [])), claims)
@@ -152,8 +154,7 @@ def adapter_snapshot(body: Any) -> dict[str, Any]:
     snap: dict[str, Any] = {
         "metadata": {k: meta[k] for k in ("name", "namespace", "generation", "deletionTimestamp") if k in meta},
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": {k: status[k] for k in ("resolvedRevision", "resolvedGeneration", "resolvedFilename")
-                   if k in status},
+        "status": {k: status[k] for k in ("resolvedRevision", "resolvedGeneration", "resolvedFilename") if k in status},
     }
     return snap
 
@@ -197,4 +198,3 @@ class _NamespaceClaims:
 def _plain(body: Any) -> dict[str, Any]:
     """kopf's Body is a read-only mapping view; the controllers want plain dicts."""
     return copy.deepcopy(dict(body))
-

@@ -33,5 +33,6 @@ class HealthServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self.state()
         ok = bool(state.get("ok", True))
-        return web.Response(status=200 if ok else 503, text=json.dumps(state, sort_keys=True),
-                            content_type="application/json")
+        return web.Response(
+            status=200 if ok else 503, text=json.dumps(state, sort_keys=True), content_type="application/json"
+        )

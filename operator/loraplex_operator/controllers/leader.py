@@ -37,8 +37,12 @@ def record_of(lease: dict[str, Any] | None) -> LeaseRecord | None:
     if lease is None:
         return None
     spec = lease.get("spec") or {}
-    return LeaseRecord(spec.get("holderIdentity") or "", int(spec.get("leaseDurationSeconds") or 15),
-                       spec.get("renewTime") or "", int(spec.get("leaseTransitions") or 0))
+    return LeaseRecord(
+        spec.get("holderIdentity") or "",
+        int(spec.get("leaseDurationSeconds") or 15),
+        spec.get("renewTime") or "",
+        int(spec.get("leaseTransitions") or 0),
+    )
 
 
 def lease_action(record: LeaseRecord | None, identity: str, unchanged_for_s: float) -> str:
@@ -57,8 +61,16 @@ def micro_time(ts: float) -> str:
 
 
 class LeaderElector:
-    def __init__(self, kube: Kube, namespace: str, name: str, identity: str, duration_s: int = 15,
-                 retry_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration_s: int = 15,
+        retry_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.name = name
@@ -71,12 +83,20 @@ class LeaderElector:
 
     def _lease(self, lease: dict[str, Any] | None, transitions: int, acquire: bool) -> dict[str, Any]:
         now = micro_time(time.time())
-        spec: dict[str, Any] = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s,
-                                "renewTime": now, "leaseTransitions": transitions}
+        spec: dict[str, Any] = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.duration_s,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
         if acquire:
             spec["acquireTime"] = now
-        body: dict[str, Any] = {"apiVersion": LEASE_API, "kind": "Lease",
-                                "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+        body: dict[str, Any] = {
+            "apiVersion": LEASE_API,
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": spec,
+        }
         if lease is not None:
             # Optimistic concurrency: a competing writer makes this fail with 409.
             body["metadata"]["resourceVersion"] = lease["metadata"]["resourceVersion"]
@@ -97,8 +117,12 @@ class LeaderElector:
             elif action == "renew":
                 self.kube.replace(self._lease(lease, record.transitions if record else 0, acquire=False))
             elif action == "acquire":
-                log.info("leader election: taking over lease %s/%s from %r", self.namespace, self.name,
-                         record.holder if record else "")
+                log.info(
+                    "leader election: taking over lease %s/%s from %r",
+                    self.namespace,
+                    self.name,
+                    record.holder if record else "",
+                )
                 self.kube.replace(self._lease(lease, (record.transitions if record else 0) + 1, acquire=True))
             else:
                 return False
@@ -113,8 +137,9 @@ class LeaderElector:
             try:
                 if await self.kube.run(self.try_once):
                     self.is_leader = True
-                    log.info("leader election: %s is the leader (lease %s/%s)", self.identity, self.namespace,
-                             self.name)
+                    log.info(
+                        "leader election: %s is the leader (lease %s/%s)", self.identity, self.namespace, self.name
+                    )
                     return
             except KubeError as e:
                 log.warning("leader election: %s", e)
@@ -146,8 +171,9 @@ class LeaderElector:
             lease = await self.kube.run(self.kube.get, LEASE_API, "leases", self.namespace, self.name)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
-                await self.kube.run(self.kube.request, "PUT",
-                                    resource_path(LEASE_API, "leases", self.namespace, self.name), lease)
+                await self.kube.run(
+                    self.kube.request, "PUT", resource_path(LEASE_API, "leases", self.namespace, self.name), lease
+                )
         except KubeError as e:
             log.warning("leader election: release failed: %s", e)
         self.is_leader = False

@@ -32,9 +32,15 @@ log = logging.getLogger(__name__)
 
 
 class PoolController:
-    def __init__(self, kube: Kube, writer: TableWriter, autoscaler: Autoscaler,
-                 clock: Callable[[], float] = time.time, reapply_s: float = 300.0,
-                 poke_delay_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        writer: TableWriter,
+        autoscaler: Autoscaler,
+        clock: Callable[[], float] = time.time,
+        reapply_s: float = 300.0,
+        poke_delay_s: float = 0.5,
+    ) -> None:
         self.kube = kube
         self.writer = writer
         self.autoscaler = autoscaler
@@ -91,13 +97,22 @@ class PoolController:
         try:
             spec = parse_pool_spec(body.get("spec"))
         except SpecError as e:
-            await self._write_status(body, {
-                "observedGeneration": generation,
-                "conditions": merge_conditions(old_status.get("conditions"), [
-                    Condition("Ready", False, "InvalidSpec", str(e)),
-                    Condition("Progressing", False, "InvalidSpec", str(e)),
-                    Condition("Degraded", True, "InvalidSpec", str(e))], self.clock(), generation),
-            })
+            await self._write_status(
+                body,
+                {
+                    "observedGeneration": generation,
+                    "conditions": merge_conditions(
+                        old_status.get("conditions"),
+                        [
+                            Condition("Ready", False, "InvalidSpec", str(e)),
+                            Condition("Progressing", False, "InvalidSpec", str(e)),
+                            Condition("Degraded", True, "InvalidSpec", str(e)),
+                        ],
+                        self.clock(),
+                        generation,
+                    ),
+                },
+            )
             return
 
         # The CRD's CEL rules keep replicas within bounds; clamp anyway for
@@ -107,13 +122,22 @@ class PoolController:
 
         deployment, pods = await asyncio.gather(
             kube.run(kube.get, "apps/v1", "deployments", namespace, name),
-            kube.run(kube.list, "v1", "pods", namespace,
-                     ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))),
+            kube.run(
+                kube.list,
+                "v1",
+                "pods",
+                namespace,
+                ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items())),
+            ),
         )
         load = self.autoscaler.pool_load(namespace, name)
         obs = PoolObservation(
-            generation=generation, desired=replicas, selector=selector_string(name), deployment=deployment,
-            pods=summarize_pods(pods), apply_error=apply_error,
+            generation=generation,
+            desired=replicas,
+            selector=selector_string(name),
+            deployment=deployment,
+            pods=summarize_pods(pods),
+            apply_error=apply_error,
             request_rate=load.request_rate if load else None,
             mean_service_seconds=load.mean_service_s if load else None,
         )
@@ -121,8 +145,9 @@ class PoolController:
         self.autoscaler.track(namespace, name, spec, replicas)
         self.writer.mark(namespace)  # endpoints or the pool entry may have changed
 
-    async def _apply_all(self, namespace: str, name: str, body: dict[str, Any], spec: Any, replicas: int,
-                         force: bool) -> str | None:
+    async def _apply_all(
+        self, namespace: str, name: str, body: dict[str, Any], spec: Any, replicas: int, force: bool
+    ) -> str | None:
         now = self.clock()
         for manifest in build_pool_objects(body, spec, replicas):
             key = (namespace, manifest["kind"], name)
@@ -145,9 +170,15 @@ class PoolController:
             return
         meta = body["metadata"]
         try:
-            await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.POOL_PLURAL, meta["namespace"],
-                                meta["name"], {"status": status}, "status")
+            await self.kube.run(
+                self.kube.merge_patch,
+                c.API_VERSION,
+                c.POOL_PLURAL,
+                meta["namespace"],
+                meta["name"],
+                {"status": status},
+                "status",
+            )
         except KubeError as e:
             if e.status != 404:
                 raise
-

@@ -35,7 +35,7 @@ class _NsState:
     last_mark: float = 0.0
     last_flush: float = 0.0
     task: asyncio.Task[None] | None = None
-    empty: bool = False   # last flush found no pool, no adapter and no table
+    empty: bool = False  # last flush found no pool, no adapter and no table
 
 
 @dataclass
@@ -48,9 +48,15 @@ class WriterStats:
 
 
 class TableWriter:
-    def __init__(self, kube: Kube, demand: Callable[[str], Mapping[str, int]] = lambda ns: {},
-                 debounce_s: float = 0.5, max_delay_s: float = 3.0, min_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        demand: Callable[[str], Mapping[str, int]] = lambda ns: {},
+        debounce_s: float = 0.5,
+        max_delay_s: float = 3.0,
+        min_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
         self.demand = demand
         self.debounce_s = debounce_s
@@ -72,8 +78,7 @@ class TableWriter:
         if st.first_mark is None:
             st.first_mark = now
         if st.task is None or st.task.done():
-            st.task = asyncio.get_running_loop().create_task(self._run(namespace, st),
-                                                             name=f"table-writer:{namespace}")
+            st.task = asyncio.get_running_loop().create_task(self._run(namespace, st), name=f"table-writer:{namespace}")
 
     def namespaces(self) -> list[str]:
         return sorted(self._ns)
@@ -89,8 +94,9 @@ class TableWriter:
             while True:
                 now = self.clock()
                 first = st.first_mark if st.first_mark is not None else now
-                due = max(min(st.last_mark + self.debounce_s, first + self.max_delay_s),
-                          st.last_flush + self.min_interval_s)
+                due = max(
+                    min(st.last_mark + self.debounce_s, first + self.max_delay_s), st.last_flush + self.min_interval_s
+                )
                 if now >= due:
                     break
                 await asyncio.sleep(due - now)
@@ -118,7 +124,7 @@ class TableWriter:
     async def _backoff(self, namespace: str, st: _NsState, retry: int, e: Exception) -> int:
         self.stats.errors += 1
         retry += 1
-        delay = min(30.0, 0.5 * 2 ** retry)
+        delay = min(30.0, 0.5 * 2**retry)
         log.warning("routing table for %s not written (%s); retrying in %.1fs", namespace, e, delay)
         st.first_mark = st.first_mark or self.clock()
         await asyncio.sleep(delay)
@@ -159,9 +165,15 @@ class TableWriter:
             await kube.run(kube.delete, "v1", "configmaps", namespace, name)
             self.stats.deletes += 1
         if not todo.empty:
-            log.info("routing table %s: %d pool(s), %d adapter(s), %d shard(s); wrote %d, deleted %d",
-                     namespace, len(build.table.pools), len(build.table.adapters), len(desired),
-                     len(todo.create) + len(todo.update), len(todo.delete))
+            log.info(
+                "routing table %s: %d pool(s), %d adapter(s), %d shard(s); wrote %d, deleted %d",
+                namespace,
+                len(build.table.pools),
+                len(build.table.adapters),
+                len(desired),
+                len(todo.create) + len(todo.update),
+                len(todo.delete),
+            )
         await self._note_pool_counts(namespace, live_pools, build)
         return build
 
@@ -171,8 +183,15 @@ class TableWriter:
             name = pool["metadata"]["name"]
             if (pool.get("status") or {}).get("adapters") != counts.get(name, 0):
                 try:
-                    await self.kube.run(self.kube.merge_patch, c.API_VERSION, c.POOL_PLURAL, namespace, name,
-                                        {"status": {"adapters": counts.get(name, 0)}}, "status")
+                    await self.kube.run(
+                        self.kube.merge_patch,
+                        c.API_VERSION,
+                        c.POOL_PLURAL,
+                        namespace,
+                        name,
+                        {"status": {"adapters": counts.get(name, 0)}},
+                        "status",
+                    )
                 except KubeError as e:
                     if e.status != 404:
                         log.warning("cannot update adapter count of pool %s/%s: %s", namespace, name, e)

@@ -27,13 +27,16 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def merge_conditions(old: Iterable[dict[str, Any]] | None, new: Iterable[Condition], now: float,
-                     observed_generation: int | None) -> list[dict[str, Any]]:
+def merge_conditions(
+    old: Iterable[dict[str, Any]] | None, new: Iterable[Condition], now: float, observed_generation: int | None
+) -> list[dict[str, Any]]:
     """New condition dicts, in a fixed order, keeping transition times of unchanged statuses."""
     previous = {c.get("type"): c for c in (old or []) if isinstance(c, dict)}
     out = []
-    for cond in sorted(new, key=lambda c: (CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES
-                                           else len(CONDITION_TYPES), c.type)):
+    for cond in sorted(
+        new,
+        key=lambda c: (CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES else len(CONDITION_TYPES), c.type),
+    ):
         status = "True" if cond.status else "False"
         prev = previous.get(cond.type)
         if prev is not None and prev.get("status") == status and prev.get("lastTransitionTime"):

@@ -64,7 +64,7 @@ def declared_base_models(info: Any) -> set[str]:
     for tag in _get(info, "tags") or []:
         if isinstance(tag, str) and tag.startswith("base_model:"):
             # "base_model:org/name" or "base_model:adapter:org/name" (relation-qualified)
-            rest = tag[len("base_model:"):]
+            rest = tag[len("base_model:") :]
             found.add(rest.split(":", 1)[1] if ":" in rest else rest)
     return {normalize_model(b) for b in found if b}
 
@@ -94,8 +94,14 @@ def pick_weights(files: dict[str, int | None], filename: str | None) -> tuple[st
     if len(candidates) == 1:
         return candidates[0], "", ""
     if len(candidates) > 1:
-        return None, "AmbiguousWeights", (f"several safetensors files ({', '.join(candidates[:5])}"
-                                          f"{', ...' if len(candidates) > 5 else ''}); set spec.source.filename")
+        return (
+            None,
+            "AmbiguousWeights",
+            (
+                f"several safetensors files ({', '.join(candidates[:5])}"
+                f"{', ...' if len(candidates) > 5 else ''}); set spec.source.filename"
+            ),
+        )
     if any(f.endswith(_UNSAFE_SUFFIXES) for f in files):
         return None, "UnsafeFormat", "the repository only has pickle weights; only safetensors are loaded"
     return None, "NoWeights", "the repository has no safetensors file"
@@ -112,12 +118,14 @@ def check_hub_metadata(info: Any, pool_models: Iterable[str], filename: str | No
     bases = declared_base_models(info)
     wanted = {normalize_model(m) for m in pool_models if m}
     if not bases:
-        return HubCheck(False, "BaseModelUnknown",
-                        "the repository declares no base_model (model card or tags)", commit)
+        return HubCheck(False, "BaseModelUnknown", "the repository declares no base_model (model card or tags)", commit)
     if wanted and not bases & wanted:
-        return HubCheck(False, "BaseModelMismatch",
-                        f"LoRA is for {', '.join(sorted(bases))}; the pool serves {', '.join(sorted(wanted))}",
-                        commit)
+        return HubCheck(
+            False,
+            "BaseModelMismatch",
+            f"LoRA is for {', '.join(sorted(bases))}; the pool serves {', '.join(sorted(wanted))}",
+            commit,
+        )
     files = _siblings(info)
     chosen, reason, message = pick_weights(files, filename)
     if chosen is None:

@@ -65,32 +65,52 @@ def worker_args(spec: PoolSpec) -> list[str]:
     cache, limits = spec.adapter_cache, spec.limits
     return [
         "worker",
-        "--model", spec.model.name,
-        "--revision", spec.model.revision,
-        "--dtype", spec.model.dtype,
-        "--host", "127.0.0.1",
-        "--port", str(c.WORKER_PORT),
-        "--gpu-slots", str(cache.gpu_slots),
-        "--ram-cache-mb", str(cache.ram_cache_mb),
-        "--disk-cache-mb", str(cache.disk_cache_mb),
-        "--disk-cache-dir", c.DISK_CACHE_DIR,
-        "--max-rank", str(cache.max_rank),
-        "--max-steps", str(limits.max_steps),
-        "--max-width", str(limits.max_width),
-        "--max-height", str(limits.max_height),
-        "--queue-size", str(limits.queue_size),
-        "--hf-home", c.MODEL_CACHE_DIR,
+        "--model",
+        spec.model.name,
+        "--revision",
+        spec.model.revision,
+        "--dtype",
+        spec.model.dtype,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(c.WORKER_PORT),
+        "--gpu-slots",
+        str(cache.gpu_slots),
+        "--ram-cache-mb",
+        str(cache.ram_cache_mb),
+        "--disk-cache-mb",
+        str(cache.disk_cache_mb),
+        "--disk-cache-dir",
+        c.DISK_CACHE_DIR,
+        "--max-rank",
+        str(cache.max_rank),
+        "--max-steps",
+        str(limits.max_steps),
+        "--max-width",
+        str(limits.max_width),
+        "--max-height",
+        str(limits.max_height),
+        "--queue-size",
+        str(limits.queue_size),
+        "--hf-home",
+        c.MODEL_CACHE_DIR,
     ]
 
 
 def sidecar_args() -> list[str]:
     return [
         "sidecar",
-        "--host", "0.0.0.0",
-        "--port", str(c.SIDECAR_PORT),
-        "--worker-url", f"http://127.0.0.1:{c.WORKER_PORT}",
-        "--pod-name", "$(POD_NAME)",
-        "--table-configmaps", "$(POD_NAMESPACE)",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(c.SIDECAR_PORT),
+        "--worker-url",
+        f"http://127.0.0.1:{c.WORKER_PORT}",
+        "--pod-name",
+        "$(POD_NAME)",
+        "--table-configmaps",
+        "$(POD_NAMESPACE)",
     ]
 
 
@@ -136,8 +156,12 @@ def _worker_env(spec: PoolSpec) -> list[dict[str, Any]]:
         {"name": "TMPDIR", "value": "/tmp"},
     ]
     if spec.hub_token_secret is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}}})
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}},
+            }
+        )
     return env
 
 
@@ -164,11 +188,19 @@ def _affinity(pool: str, spec: PoolSpec) -> dict[str, Any]:
     if spec.affinity is not None:
         return dict(spec.affinity)
     # Spread replicas over nodes when we can: a node loss then costs one pod.
-    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-        "weight": 100,
-        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
-                            "labelSelector": {"matchLabels": selector_labels(pool)}},
-    }]}}
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": selector_labels(pool)},
+                    },
+                }
+            ]
+        }
+    }
 
 
 def _volumes(spec: PoolSpec) -> list[dict[str, Any]]:

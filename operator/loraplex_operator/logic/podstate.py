@@ -9,10 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Container waiting reasons that will not fix themselves: the pool is Degraded.
-_FAILING_REASONS = frozenset({
-    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-})
+_FAILING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +30,8 @@ class ReadyPod:
 
 @dataclass(frozen=True)
 class PodSummary:
-    total: int = 0                      # pods not being deleted
-    ready: tuple[ReadyPod, ...] = ()    # sorted by name
+    total: int = 0  # pods not being deleted
+    ready: tuple[ReadyPod, ...] = ()  # sorted by name
     unschedulable: int = 0
     unschedulable_message: str = ""
     failing: int = 0
@@ -74,6 +81,13 @@ def summarize_pods(pods: list[dict[str, Any]]) -> PodSummary:
                     failing_reason = waiting["reason"]
                     failing_msg = f"container {cs.get('name')}: {waiting.get('message', '')}".strip()
                 break
-    return PodSummary(total=len(live), ready=ready, unschedulable=unsched, unschedulable_message=unsched_msg,
-                      failing=failing, failing_reason=failing_reason, failing_message=failing_msg,
-                      names=tuple(p["metadata"]["name"] for p in live))
+    return PodSummary(
+        total=len(live),
+        ready=ready,
+        unschedulable=unsched,
+        unschedulable_message=unsched_msg,
+        failing=failing,
+        failing_reason=failing_reason,
+        failing_message=failing_msg,
+        names=tuple(p["metadata"]["name"] for p in live),
+    )

@@ -45,17 +45,24 @@ def pool_conditions(obs: PoolObservation) -> list[Condition]:
     if obs.apply_error:
         degraded = Condition("Degraded", True, "ApplyFailed", obs.apply_error)
     elif pods.unschedulable:
-        degraded = Condition("Degraded", True, "Unschedulable",
-                             f"{pods.unschedulable} pod(s) cannot be scheduled: {pods.unschedulable_message}".strip())
+        degraded = Condition(
+            "Degraded",
+            True,
+            "Unschedulable",
+            f"{pods.unschedulable} pod(s) cannot be scheduled: {pods.unschedulable_message}".strip(),
+        )
     elif pods.failing:
-        degraded = Condition("Degraded", True, pods.failing_reason,
-                             f"{pods.failing} pod(s) failing; {pods.failing_message}".strip())
+        degraded = Condition(
+            "Degraded", True, pods.failing_reason, f"{pods.failing} pod(s) failing; {pods.failing_message}".strip()
+        )
     elif replica_failure and replica_failure.get("status") == "True":
-        degraded = Condition("Degraded", True, replica_failure.get("reason") or "ReplicaFailure",
-                             replica_failure.get("message", ""))
+        degraded = Condition(
+            "Degraded", True, replica_failure.get("reason") or "ReplicaFailure", replica_failure.get("message", "")
+        )
     elif dep_progress and dep_progress.get("status") == "False":
-        degraded = Condition("Degraded", True, dep_progress.get("reason") or "ProgressDeadlineExceeded",
-                             dep_progress.get("message", ""))
+        degraded = Condition(
+            "Degraded", True, dep_progress.get("reason") or "ProgressDeadlineExceeded", dep_progress.get("message", "")
+        )
     else:
         degraded = Condition("Degraded", False, "AsExpected", "")
 
@@ -91,8 +98,7 @@ def pool_status(obs: PoolObservation, old_status: dict[str, Any] | None, now: fl
         "readyReplicas": obs.pods.ready_count,
         "desiredReplicas": obs.desired,
         "selector": obs.selector,
-        "conditions": merge_conditions(old_status.get("conditions"), pool_conditions(obs), now,
-                                       obs.generation),
+        "conditions": merge_conditions(old_status.get("conditions"), pool_conditions(obs), now, obs.generation),
     }
     # Keep the last known figures rather than flapping to 0 when stats are unavailable.
     if obs.request_rate is not None:

@@ -65,16 +65,20 @@ def resolve_pool(spec: AdapterSpec, pools: Mapping[str, PoolInfo]) -> Resolution
         if pool is None:
             return Resolution(None, "PoolNotFound", f"BaseModelPool {spec.pool!r} does not exist in this namespace")
         if spec.base_model and normalize_model(spec.base_model) not in _model_names(pool):
-            return Resolution(None, "BaseModelMismatch",
-                              f"adapter expects base model {spec.base_model!r} but pool {pool.name!r} "
-                              f"serves {pool.base_model!r}", phase="Failed")
+            return Resolution(
+                None,
+                "BaseModelMismatch",
+                f"adapter expects base model {spec.base_model!r} but pool {pool.name!r} serves {pool.base_model!r}",
+                phase="Failed",
+            )
         return Resolution(pool.name, "PoolResolved", f"served by pool {pool.name!r}", phase="Ready")
     if spec.base_model:
         want = normalize_model(spec.base_model)
         matches = sorted(p.name for p in pools.values() if want in _model_names(p))
         if not matches:
-            return Resolution(None, "NoPoolForBaseModel",
-                              f"no BaseModelPool in this namespace serves base model {spec.base_model!r}")
+            return Resolution(
+                None, "NoPoolForBaseModel", f"no BaseModelPool in this namespace serves base model {spec.base_model!r}"
+            )
         extra = f" (also matches {', '.join(matches[1:])}; set spec.pool to choose)" if len(matches) > 1 else ""
         return Resolution(matches[0], "PoolResolved", f"served by pool {matches[0]!r}{extra}", phase="Ready")
     return Resolution(None, "NoPool", "spec.pool or spec.baseModel is required", phase="Failed")
@@ -86,9 +90,9 @@ def _model_names(pool: PoolInfo) -> set[str]:
 
 @dataclass(frozen=True)
 class NameAssignment:
-    routed: frozenset[str]                        # adapters that get a table entry
-    aliases: Mapping[str, tuple[str, ...]]        # adapter -> aliases it keeps
-    problems: Mapping[str, tuple[str, str]]       # adapter -> (reason, message)
+    routed: frozenset[str]  # adapters that get a table entry
+    aliases: Mapping[str, tuple[str, ...]]  # adapter -> aliases it keeps
+    problems: Mapping[str, tuple[str, str]]  # adapter -> (reason, message)
 
 
 def assign_names(pools: Iterable[PoolInfo], adapters: Mapping[str, tuple[str, ...]]) -> NameAssignment:
@@ -101,8 +105,10 @@ def assign_names(pools: Iterable[PoolInfo], adapters: Mapping[str, tuple[str, ..
     problems: dict[str, tuple[str, str]] = {}
     for name in sorted(adapters):
         if not _ADAPTER_NAME_RE.match(name):
-            problems[name] = ("InvalidName", f"name {name!r} is not a valid model name "
-                                             "(lowercase letters, digits, '.', '_', '-', at most 128)")
+            problems[name] = (
+                "InvalidName",
+                f"name {name!r} is not a valid model name (lowercase letters, digits, '.', '_', '-', at most 128)",
+            )
         elif name in owner:
             problems[name] = ("NameConflict", f"name {name!r} is already used by {owner[name]}")
         else:
@@ -135,8 +141,9 @@ def valid_adapter_name(name: str) -> bool:
 Claimant = tuple[str, str]  # (adapter name, "primary" | "alias")
 
 
-def name_problem(name: str, aliases: Iterable[str], pool_owner: Mapping[str, str],
-                 claimants: Mapping[str, Iterable[Claimant]]) -> tuple[str, str] | None:
+def name_problem(
+    name: str, aliases: Iterable[str], pool_owner: Mapping[str, str], claimants: Mapping[str, Iterable[Claimant]]
+) -> tuple[str, str] | None:
     """The same verdict `assign_names` reaches for one adapter, from an index of claims.
 
     `pool_owner` maps every pool-claimed name to its pool; `claimants` maps a
@@ -144,8 +151,10 @@ def name_problem(name: str, aliases: Iterable[str], pool_owner: Mapping[str, str
     aliases, not to the namespace (the reconcile runs once per adapter).
     """
     if not valid_adapter_name(name):
-        return ("InvalidName", f"name {name!r} is not a valid model name "
-                               "(lowercase letters, digits, '.', '_', '-', at most 128)")
+        return (
+            "InvalidName",
+            f"name {name!r} is not a valid model name (lowercase letters, digits, '.', '_', '-', at most 128)",
+        )
     if name in pool_owner:
         return ("NameConflict", f"name {name!r} is already used by pool {pool_owner[name]}")
 

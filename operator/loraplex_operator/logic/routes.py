@@ -32,7 +32,7 @@ from loraplex_operator.logic.specs import AdapterSpec, PoolSpec, SpecError, pars
 @dataclass(frozen=True)
 class TableBuild:
     table: RoutingTable
-    routed: Mapping[str, str]                      # adapter -> pool
+    routed: Mapping[str, str]  # adapter -> pool
     problems: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # adapter -> (reason, message)
 
 
@@ -54,8 +54,9 @@ def parse_pools(pools: Sequence[dict[str, Any]]) -> dict[str, tuple[PoolSpec, di
 
 def hub_source_ready(body: dict[str, Any]) -> bool:
     status = body.get("status") or {}
-    return bool(status.get("resolvedRevision")) and \
-        status.get("resolvedGeneration") == (body.get("metadata") or {}).get("generation")
+    return bool(status.get("resolvedRevision")) and status.get("resolvedGeneration") == (
+        body.get("metadata") or {}
+    ).get("generation")
 
 
 def _source(spec: AdapterSpec, body: dict[str, Any], pool_spec: PoolSpec) -> tuple[Any, str] | None:
@@ -74,8 +75,9 @@ def _source(spec: AdapterSpec, body: dict[str, Any], pool_spec: PoolSpec) -> tup
     commit = status["resolvedRevision"]
     # The worker has the pool's hub token (HF_TOKEN) and nothing else.
     token_env = "HF_TOKEN" if pool_spec.hub_token_secret is not None else None
-    return HubSource(repo=src.repo, revision=commit, filename=status.get("resolvedFilename") or src.filename,
-                     token_env=token_env), commit
+    return HubSource(
+        repo=src.repo, revision=commit, filename=status.get("resolvedFilename") or src.filename, token_env=token_env
+    ), commit
 
 
 def endpoint_url(ip: str, port: int = c.SIDECAR_PORT) -> str:
@@ -83,9 +85,12 @@ def endpoint_url(ip: str, port: int = c.SIDECAR_PORT) -> str:
     return f"http://{host}:{port}"
 
 
-def build_table(pools: Sequence[dict[str, Any]], adapters: Sequence[dict[str, Any]],
-                ready_pods: Mapping[str, Sequence[ReadyPod]],
-                demand: Mapping[str, int] | None = None) -> TableBuild:
+def build_table(
+    pools: Sequence[dict[str, Any]],
+    adapters: Sequence[dict[str, Any]],
+    ready_pods: Mapping[str, Sequence[ReadyPod]],
+    demand: Mapping[str, int] | None = None,
+) -> TableBuild:
     """Routing table for one namespace. `demand`: home pods each adapter's own load needs (autoscaler)."""
     demand = demand or {}
     parsed_pools = parse_pools(pools)
@@ -97,8 +102,10 @@ def build_table(pools: Sequence[dict[str, Any]], adapters: Sequence[dict[str, An
         pool_entries[name] = PoolEntry(
             base_model=spec.model.name,
             aliases=info.aliases,
-            endpoints=tuple(Endpoint(name=p.name, url=endpoint_url(p.ip)) for p in
-                            sorted(ready_pods.get(name, ()), key=lambda p: p.name)),
+            endpoints=tuple(
+                Endpoint(name=p.name, url=endpoint_url(p.ip))
+                for p in sorted(ready_pods.get(name, ()), key=lambda p: p.name)
+            ),
             load_bound=spec.routing.load_bound,
             activation_timeout_s=spec.routing.activation_timeout_seconds,
         )
@@ -130,7 +137,14 @@ def build_table(pools: Sequence[dict[str, Any]], adapters: Sequence[dict[str, An
     for name in sorted(names.routed):
         spec, pool, source, revision = candidates[name]
         homes = adapter_replication(demand.get(name, 0), spec.min_replicas, spec.max_replicas)
-        entries[name] = AdapterEntry(pool=pool, source=source, aliases=names.aliases[name], scale=spec.scale,
-                                     replication=homes, pinned=spec.pinned, revision=revision)
+        entries[name] = AdapterEntry(
+            pool=pool,
+            source=source,
+            aliases=names.aliases[name],
+            scale=spec.scale,
+            replication=homes,
+            pinned=spec.pinned,
+            revision=revision,
+        )
     table = RoutingTable(pools=pool_entries, adapters=entries)
     return TableBuild(table, {n: e.pool for n, e in entries.items()}, problems)

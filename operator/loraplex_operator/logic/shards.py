@@ -23,9 +23,9 @@ from loraplex.api.routing_table import SCHEMA_VERSION, RoutingTable, dump_table
 from loraplex_operator import constants as c
 from loraplex_operator.logic.manifests import owner_reference
 
-CONFIGMAP_LIMIT = 1024 * 1024          # apiserver limit on a ConfigMap's data
-DEFAULT_BUDGET = 512 * 1024            # target bytes per shard: room for growth before a split
-HARD_LIMIT = 1000 * 1024               # never write a shard above this (metadata needs room too)
+CONFIGMAP_LIMIT = 1024 * 1024  # apiserver limit on a ConfigMap's data
+DEFAULT_BUDGET = 512 * 1024  # target bytes per shard: room for growth before a split
+HARD_LIMIT = 1000 * 1024  # never write a shard above this (metadata needs room too)
 MAX_SHARDS = 256
 
 
@@ -88,29 +88,34 @@ def shard_name(i: int) -> str:
 
 def shard_configmaps(namespace: str, docs: Sequence[str], owners: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """ConfigMaps for the shards, owned by every pool of the namespace (GC'd with the last one)."""
-    refs = [dict(owner_reference(o), controller=False, blockOwnerDeletion=False) for o in sorted(owners, key=lambda o: o["metadata"]["name"])]
+    refs = [
+        dict(owner_reference(o), controller=False, blockOwnerDeletion=False)
+        for o in sorted(owners, key=lambda o: o["metadata"]["name"])
+    ]
     out = []
     for i, doc in enumerate(docs):
         annotations = {
             c.ANNOTATION_SHARDS: str(len(docs)),
             c.ANNOTATION_SHARD_HASH: hashlib.sha256(doc.encode()).hexdigest(),
         }
-        out.append({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": shard_name(i),
-                "namespace": namespace,
-                "labels": {
-                    c.LABEL_ROUTING_TABLE: "true",
-                    c.LABEL_SHARD: str(i),
-                    c.LABEL_MANAGED_BY: c.MANAGED_BY,
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": shard_name(i),
+                    "namespace": namespace,
+                    "labels": {
+                        c.LABEL_ROUTING_TABLE: "true",
+                        c.LABEL_SHARD: str(i),
+                        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+                    },
+                    "annotations": annotations,
+                    "ownerReferences": refs,
                 },
-                "annotations": annotations,
-                "ownerReferences": refs,
-            },
-            "data": {c.TABLE_DATA_KEY: doc},
-        })
+                "data": {c.TABLE_DATA_KEY: doc},
+            }
+        )
     return out
 
 

@@ -33,9 +33,9 @@ class ScalingPolicy:
 
 @dataclass(frozen=True)
 class Load:
-    request_rate: float          # requests per second arriving for the pool
-    mean_service_s: float        # worker busy time per request
-    in_flight: int = 0           # requests being served or waiting right now
+    request_rate: float  # requests per second arriving for the pool
+    mean_service_s: float  # worker busy time per request
+    in_flight: int = 0  # requests being served or waiting right now
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,14 @@ def clamp(n: int, low: int, high: int) -> int:
     return max(low, min(high, n))
 
 
-def decide(policy: ScalingPolicy, current: int, load: Load, now: float,
-           history: tuple[Sample, ...], last_request_time: float | None) -> Decision:
+def decide(
+    policy: ScalingPolicy,
+    current: int,
+    load: Load,
+    now: float,
+    history: tuple[Sample, ...],
+    last_request_time: float | None,
+) -> Decision:
     """The next replica count for a pool, and the history to pass next time."""
     raw = raw_replicas(load, policy.target_utilization)
     hist = _prune(history, now - max(policy.scale_up_window_s, policy.scale_down_window_s)) + ((now, raw),)
@@ -96,8 +102,9 @@ def adapter_replication(need: int, min_replicas: int, max_replicas: int) -> int:
     return clamp(max(need, min_replicas), 1, max(1, min(max_replicas, 64)))
 
 
-def stabilized_need(prev: int | None, last_high: float | None, raw: int, now: float,
-                    down_window_s: float) -> tuple[int, float]:
+def stabilized_need(
+    prev: int | None, last_high: float | None, raw: int, now: float, down_window_s: float
+) -> tuple[int, float]:
     """An adapter's demand with the pool's asymmetry: up at once, down after a quiet window.
 
     Returns (need, last_high) where last_high is when demand last reached `need`.

@@ -37,7 +37,7 @@ class AdapterLoad:
 class StatsSnapshot:
     pools: dict[str, PoolLoad] = field(default_factory=dict)
     adapters: dict[str, AdapterLoad] = field(default_factory=dict)
-    sources: int = 0   # sidecars that answered
+    sources: int = 0  # sidecars that answered
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -58,8 +58,12 @@ def parse_stats(doc: Any) -> StatsSnapshot:
     pools = {}
     for name, p in (doc.get("pools") or {}).items() if isinstance(doc.get("pools"), dict) else ():
         if isinstance(name, str) and isinstance(p, dict):
-            pools[name] = PoolLoad(_num(p.get("requestRate")), _num(p.get("meanServiceSeconds")),
-                                   int(_num(p.get("inFlight"))), _time(p.get("lastRequestTime")))
+            pools[name] = PoolLoad(
+                _num(p.get("requestRate")),
+                _num(p.get("meanServiceSeconds")),
+                int(_num(p.get("inFlight"))),
+                _time(p.get("lastRequestTime")),
+            )
     adapters = {}
     for name, a in (doc.get("adapters") or {}).items() if isinstance(doc.get("adapters"), dict) else ():
         if isinstance(name, str) and isinstance(a, dict) and isinstance(a.get("pool"), str):
@@ -83,13 +87,13 @@ def aggregate(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
         else:
             known = [p.mean_service_s for p in parts if p.mean_service_s > 0]
             mean = sum(known) / len(known) if known else 0.0
-        pools[name] = PoolLoad(rate, mean, sum(p.in_flight for p in parts),
-                               _latest(p.last_request_time for p in parts))
+        pools[name] = PoolLoad(rate, mean, sum(p.in_flight for p in parts), _latest(p.last_request_time for p in parts))
     adapters: dict[str, AdapterLoad] = {}
     for name in sorted({n for s in snapshots for n in s.adapters}):
         parts_a = [s.adapters[name] for s in snapshots if name in s.adapters]
-        adapters[name] = AdapterLoad(parts_a[-1].pool, sum(a.request_rate for a in parts_a),
-                                     _latest(a.last_request_time for a in parts_a))
+        adapters[name] = AdapterLoad(
+            parts_a[-1].pool, sum(a.request_rate for a in parts_a), _latest(a.last_request_time for a in parts_a)
+        )
     return StatsSnapshot(pools, adapters, sum(s.sources for s in snapshots))
 
 

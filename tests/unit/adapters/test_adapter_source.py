@@ -84,8 +84,14 @@ def test_unreachable_url_is_transient(tmp_path):
 
 def test_hub_source_offline_is_a_clear_transient_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    e = entry({"type": "hub", "repo": "someone/some-lora", "revision": "abc123",
-               "filename": "pytorch_lora_weights.safetensors"})
+    e = entry(
+        {
+            "type": "hub",
+            "repo": "someone/some-lora",
+            "revision": "abc123",
+            "filename": "pytorch_lora_weights.safetensors",
+        }
+    )
     with pytest.raises(AdapterSourceError, match="someone/some-lora@abc123"):
         fetch_to_disk("a", e, tmp_path, MB)
 

@@ -27,8 +27,10 @@ def make_tiers(pipe, tmp_path, slots=2, max_rank=8, ram_adapters=3):
 
 def register(tiers, tmp_path, unet, name, pinned=False, **kw):
     path = write_lora(tmp_path / "src" / f"{name}.safetensors", unet, **kw)
-    tiers.register(name, AdapterEntry.model_validate(
-        {"pool": "p", "source": {"type": "path", "path": str(path)}, "pinned": pinned}))
+    tiers.register(
+        name,
+        AdapterEntry.model_validate({"pool": "p", "source": {"type": "path", "path": str(path)}, "pinned": pinned}),
+    )
     return path
 
 

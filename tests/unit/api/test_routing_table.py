@@ -26,10 +26,17 @@ def doc() -> dict:
             "tiny": {"baseModel": "tiny", "activationTimeoutSeconds": 30},
         },
         "adapters": {
-            "pixel-art": {"pool": "sdxl", "source": {"type": "hub", "repo": "acme/pixel", "revision": "abc"},
-                          "aliases": ["pixel"], "scale": 0.8, "replication": 2},
-            "sketch": {"pool": "sdxl", "source": {"type": "url", "url": "https://x.test/s.safetensors",
-                                                   "sha256": "a" * 64}},
+            "pixel-art": {
+                "pool": "sdxl",
+                "source": {"type": "hub", "repo": "acme/pixel", "revision": "abc"},
+                "aliases": ["pixel"],
+                "scale": 0.8,
+                "replication": 2,
+            },
+            "sketch": {
+                "pool": "sdxl",
+                "source": {"type": "url", "url": "https://x.test/s.safetensors", "sha256": "a" * 64},
+            },
             "local": {"pool": "tiny", "source": {"type": "path", "path": "/data/l.safetensors"}, "pinned": True},
         },
     }
@@ -88,9 +95,12 @@ def test_not_a_json_object(raw) -> None:
         (lambda d: d["adapters"]["sketch"].update(aliases=["tiny"]), "already used by pool tiny"),
         (lambda d: d["adapters"]["sketch"].update(aliases=["stabilityai/sdxl-base-1.0"]), "base model of pool sdxl"),
         (lambda d: d["pools"]["tiny"].update(aliases=["sdxl-base"]), "already used by pool sdxl"),
-        (lambda d: d["pools"]["tiny"].update(endpoints=[{"name": "t", "url": "http://a"},
-                                                           {"name": "t", "url": "http://b"}]),
-         "duplicate endpoint name 't'"),
+        (
+            lambda d: d["pools"]["tiny"].update(
+                endpoints=[{"name": "t", "url": "http://a"}, {"name": "t", "url": "http://b"}]
+            ),
+            "duplicate endpoint name 't'",
+        ),
     ],
 )
 def test_aliases_and_names_collide(mutate, needle: str) -> None:
@@ -141,8 +151,7 @@ def test_merge_shards_joins_partial_tables() -> None:
         ({"version": 9}, "shard 1: version"),
         ({"generation": "x"}, "shard 1: generation"),
         ({"adapters": []}, "shard 1: adapters"),
-        ({"adapters": {"orphan": {"pool": "ghost", "source": {"type": "path", "path": "/x"}}}},
-         "adapters.orphan.pool"),
+        ({"adapters": {"orphan": {"pool": "ghost", "source": {"type": "path", "path": "/x"}}}}, "adapters.orphan.pool"),
     ],
 )
 def test_merge_shards_rejects_any_bad_shard(bad, needle: str) -> None:

@@ -39,7 +39,8 @@ def test_chart_crds_are_the_crds_directory() -> None:
     assert source == chart and source
     for name in source:
         assert (ROOT / "crds" / name).read_bytes() == (CHART / "crds" / name).read_bytes(), (
-            f"charts/loraplex/crds/{name} drifted from crds/{name}: cp crds/*.yaml charts/loraplex/crds/")
+            f"charts/loraplex/crds/{name} drifted from crds/{name}: cp crds/*.yaml charts/loraplex/crds/"
+        )
 
 
 def test_default_images_match_the_operator_and_dockerfiles() -> None:
@@ -55,8 +56,18 @@ def test_default_images_match_the_operator_and_dockerfiles() -> None:
         assert 'ENTRYPOINT ["loraplex"]' in text and "USER 10001:10001" in text
 
 
-@pytest.mark.parametrize("sets", [(), ("rbac.scope=namespaced", "rbac.watchNamespaces={team-a,team-b}",
-                                       "gateway.enabled=true", "examplePool.enabled=true")])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        (
+            "rbac.scope=namespaced",
+            "rbac.watchNamespaces={team-a,team-b}",
+            "gateway.enabled=true",
+            "examplePool.enabled=true",
+        ),
+    ],
+)
 def test_helm_lint_is_clean(sets: tuple[str, ...]) -> None:
     h = helm()
     if h is None:
@@ -73,10 +84,15 @@ def test_values_schema_rejects_bad_values() -> None:
     h = helm()
     if h is None:
         pytest.skip("helm is not built (tools/k8s/build.sh)")
-    for bad in ("rbac.scope=everything", "operator.replicas=-1", "nope=1",
-                "operator.leaderElection=false,operator.replicas=2"):
-        out = subprocess.run([h, "template", "lp", str(CHART), "--set", bad], capture_output=True, text=True,
-                             timeout=60)
+    for bad in (
+        "rbac.scope=everything",
+        "operator.replicas=-1",
+        "nope=1",
+        "operator.leaderElection=false,operator.replicas=2",
+    ):
+        out = subprocess.run(
+            [h, "template", "lp", str(CHART), "--set", bad], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode != 0, bad
 
 
@@ -104,8 +120,7 @@ def test_rbac_is_least_privilege() -> None:
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
-    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
-               for v in rule["verbs"]}
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert ("", "secrets", "get") in granted and ("", "secrets", "list") not in granted
     assert ("apps", "deployments", "delete") not in granted  # garbage collection deletes, not us
     assert ("", "pods", "create") not in granted
@@ -116,8 +131,11 @@ def test_rbac_is_least_privilege() -> None:
 def test_namespaced_scope_has_no_cluster_role() -> None:
     docs = render("rbac.scope=namespaced", "rbac.watchNamespaces={team-a,team-b}")
     assert not [d for d in docs if d["kind"].startswith("Cluster")]
-    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and
-             not d["metadata"]["name"].endswith("leader-election")}
+    roles = {
+        d["metadata"]["namespace"]
+        for d in docs
+        if d["kind"] == "Role" and not d["metadata"]["name"].endswith("leader-election")
+    }
     assert roles == {"team-a", "team-b"}
     dep = next(d for d in docs if d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -125,8 +143,13 @@ def test_namespaced_scope_has_no_cluster_role() -> None:
 
 
 def test_gateway_and_example_pool() -> None:
-    docs = render("gateway.enabled=true", "examplePool.enabled=true", "examplePool.adapters[0].name=pixel",
-                  "examplePool.adapters[0].source.type=path", "examplePool.adapters[0].source.path=/l/p.safetensors")
+    docs = render(
+        "gateway.enabled=true",
+        "examplePool.enabled=true",
+        "examplePool.adapters[0].name=pixel",
+        "examplePool.adapters[0].source.type=path",
+        "examplePool.adapters[0].source.path=/l/p.safetensors",
+    )
     gw = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway"))
     ct = gw["spec"]["template"]["spec"]["containers"][0]
     assert ct["args"][0] == "sidecar" and "--worker-url" not in ct["args"]

@@ -20,9 +20,15 @@ from loraplex_operator.controllers.pool_controller import PoolController
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.resolution import PoolInfo
 
-_PLURAL = {"Deployment": "deployments", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
-           "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
-           "ConfigMap": "configmaps"}
+_PLURAL = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "ConfigMap": "configmaps",
+}
 
 
 class FakeKube:
@@ -48,8 +54,14 @@ class FakeKube:
         obj = self.objects.get((plural, namespace or "", name))
         return copy.deepcopy(obj) if obj else None
 
-    def list(self, api_version: str, plural: str, namespace: str | None = None, label_selector: str | None = None,
-             from_cache: bool = False) -> list[dict[str, Any]]:
+    def list(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        from_cache: bool = False,
+    ) -> list[dict[str, Any]]:
         out = []
         for (p, ns, _), obj in sorted(self.objects.items()):
             if p != plural or (namespace and ns != namespace):
@@ -73,8 +85,15 @@ class FakeKube:
         self.calls.append(("delete", plural))
         self.objects.pop((plural, namespace or "", name), None)
 
-    def merge_patch(self, api_version: str, plural: str, namespace: str | None, name: str, patch: dict,
-                    subresource: str | None = None) -> dict[str, Any]:
+    def merge_patch(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: dict,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         self.calls.append(("patch", f"{plural}/{subresource or ''}"))
         obj = self.objects.get((plural, namespace or "", name))
         if obj is None:
@@ -94,24 +113,40 @@ def _merge(dst: dict, patch: dict) -> None:
 
 
 def pool_obj(name: str = "sdxl", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": c.API_VERSION, "kind": c.POOL_KIND,
-            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1},
-            "spec": {"model": {"name": "org/sdxl"}, **spec}}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.POOL_KIND,
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1},
+        "spec": {"model": {"name": "org/sdxl"}, **spec},
+    }
 
 
 def adapter_obj(name: str, **spec: Any) -> dict[str, Any]:
     spec.setdefault("pool", "sdxl")
     spec.setdefault("source", {"type": "path", "path": f"/l/{name}.safetensors"})
-    return {"apiVersion": c.API_VERSION, "kind": c.ADAPTER_KIND,
-            "metadata": {"name": name, "namespace": "ns", "generation": 1}, "spec": spec}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.ADAPTER_KIND,
+        "metadata": {"name": name, "namespace": "ns", "generation": 1},
+        "spec": spec,
+    }
 
 
 def ready_pod(name: str, ip: str, pool: str = "sdxl") -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "ns",
-                         "labels": {c.LABEL_POOL: pool, c.LABEL_COMPONENT: "inference", c.LABEL_STATS: "true",
-                                    "app.kubernetes.io/name": "loraplex-inference",
-                                    "app.kubernetes.io/instance": pool}},
-            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "labels": {
+                c.LABEL_POOL: pool,
+                c.LABEL_COMPONENT: "inference",
+                c.LABEL_STATS: "true",
+                "app.kubernetes.io/name": "loraplex-inference",
+                "app.kubernetes.io/instance": pool,
+            },
+        },
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
 
 
 def table_of(kube: FakeKube) -> Any:
@@ -189,8 +224,12 @@ async def test_writer_gives_up_quietly_on_a_namespace_being_deleted() -> None:
     kube.put("basemodelpools", pool_obj())
 
     def terminating(manifest: dict) -> dict:
-        raise KubeError(403, "Forbidden", 'configmaps "loraplex-routes-0" is forbidden: unable to create new '
-                                          "content in namespace ns because it is being terminated")
+        raise KubeError(
+            403,
+            "Forbidden",
+            'configmaps "loraplex-routes-0" is forbidden: unable to create new '
+            "content in namespace ns because it is being terminated",
+        )
 
     kube.apply = terminating  # type: ignore[method-assign]
     writer.mark("ns")
@@ -230,8 +269,16 @@ async def test_pool_reconcile_reports_unschedulable_pods() -> None:
     controller = PoolController(kube, fast_writer(kube), _NoStats(kube), clock=lambda: 0.0)  # type: ignore[arg-type]
     kube.put("basemodelpools", pool_obj(gpu={"count": 8}))
     pod = ready_pod("sdxl-x", "")
-    pod["status"] = {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                     "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
+    pod["status"] = {
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ]
+    }
     kube.put("pods", pod)
     await controller.reconcile("ns", "sdxl")
     conds = {x["type"]: x for x in kube.get(c.API_VERSION, c.POOL_PLURAL, "ns", "sdxl")["status"]["conditions"]}
@@ -240,8 +287,13 @@ async def test_pool_reconcile_reports_unschedulable_pods() -> None:
 
 
 def _hub_info(**kw: Any) -> ModelInfo:
-    doc = {"id": "org/lora", "sha": "b" * 40, "tags": ["lora"], "cardData": {"base_model": "org/sdxl"},
-           "siblings": [{"rfilename": "w.safetensors", "size": 1234}]}
+    doc = {
+        "id": "org/lora",
+        "sha": "b" * 40,
+        "tags": ["lora"],
+        "cardData": {"base_model": "org/sdxl"},
+        "siblings": [{"rfilename": "w.safetensors", "size": 1234}],
+    }
     doc.update(kw)
     return ModelInfo(**doc)
 
@@ -275,8 +327,12 @@ async def test_hub_adapter_pins_a_commit_once_and_retries_with_backoff() -> None
     outcome = await ctl.reconcile(body, 1, pools, {})
     assert outcome.phase == "Ready"
     status = kube.get(c.API_VERSION, "loraadapters", "ns", "papercut")["status"]
-    assert (status["resolvedRevision"], status["resolvedFilename"], status["resolvedGeneration"], status["size"]) == \
-        ("b" * 40, "w.safetensors", 1, 1234)
+    assert (status["resolvedRevision"], status["resolvedFilename"], status["resolvedGeneration"], status["size"]) == (
+        "b" * 40,
+        "w.safetensors",
+        1,
+        1234,
+    )
     # Pinned for this generation: a restart's re-check does not call the hub again.
     await ctl.reconcile(kube.get(c.API_VERSION, "loraadapters", "ns", "papercut"), 0, pools, {})
     assert calls == ["org/lora"] * 3
@@ -289,8 +345,11 @@ async def test_adapter_failures_have_reasons() -> None:
         "no-pool": (adapter_obj("no-pool", pool="missing"), "PoolNotFound", "Pending"),
         "not-lora": (adapter_obj("not-lora", source={"type": "hub", "repo": "org/x"}), "NotALora", "Failed"),
         "taken": (adapter_obj("taken", aliases=["px"]), "AliasConflict", "Pending"),
-        "ok": (adapter_obj("ok", source={"type": "url", "url": "https://h/x.safetensors", "sha256": "c" * 64}),
-               "Routed", "Ready"),
+        "ok": (
+            adapter_obj("ok", source={"type": "url", "url": "https://h/x.safetensors", "sha256": "c" * 64}),
+            "Routed",
+            "Ready",
+        ),
     }
     claims = {"px": [("taken", "alias"), ("older", "primary")]}
     for name, (obj, reason, phase) in cases.items():
@@ -313,9 +372,11 @@ async def test_autoscaler_polls_sidecars_sizes_the_pool_and_tolerates_dead_ones(
 
     from loraplex_operator.logic.specs import parse_pool_spec
 
-    doc = {"pools": {"sdxl": {"requestRate": 1.0, "meanServiceSeconds": 2.0, "inFlight": 1,
-                              "lastRequestTime": 1000.0}},
-           "adapters": {"pixel": {"pool": "sdxl", "requestRate": 0.9, "lastRequestTime": 999.0}}}
+    doc = {
+        "pools": {"sdxl": {"requestRate": 1.0, "meanServiceSeconds": 2.0, "inFlight": 1, "lastRequestTime": 1000.0}},
+        "adapters": {"pixel": {"pool": "sdxl", "requestRate": 0.9, "lastRequestTime": 999.0}},
+    }
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(doc)
 
@@ -334,8 +395,14 @@ async def test_autoscaler_polls_sidecars_sizes_the_pool_and_tolerates_dead_ones(
         kube.put("pods", ready_pod("sdxl-2", "127.0.0.2"))  # nothing listens there: no data, no crash
         pokes: list[tuple[str, str]] = []
         marks: list[str] = []
-        scaler = Autoscaler(kube, poke_pool=lambda ns, n: pokes.append((ns, n)), mark_table=marks.append,  # type: ignore[arg-type]
-                            stats_timeout_s=1.0, clock=lambda: 1001.0, stats_port=port)
+        scaler = Autoscaler(
+            kube,
+            poke_pool=lambda ns, n: pokes.append((ns, n)),
+            mark_table=marks.append,  # type: ignore[arg-type]
+            stats_timeout_s=1.0,
+            clock=lambda: 1001.0,
+            stats_port=port,
+        )
         scaler.track("ns", "sdxl", parse_pool_spec(pool_obj(replicas=1, maxReplicas=8)["spec"]), 1)
         import aiohttp
 
@@ -346,7 +413,7 @@ async def test_autoscaler_polls_sidecars_sizes_the_pool_and_tolerates_dead_ones(
         assert ("patch", "basemodelpools/scale") in kube.calls
         assert scaler.pool_load("ns", "sdxl").request_rate == 1.0
         assert pokes == [("ns", "sdxl")] and marks == ["ns"]
-        assert scaler.adapter_needs("ns") == {"pixel": 3}   # 0.9 x 2 / 0.7
+        assert scaler.adapter_needs("ns") == {"pixel": 3}  # 0.9 x 2 / 0.7
         assert scaler.polls == 2 and scaler.failed_polls == 1
         await asyncio.sleep(0.05)  # the adapter status patch task
         assert kube.get(c.API_VERSION, "loraadapters", "ns", "pixel")["status"]["requestRate"] == 0.9
@@ -360,8 +427,13 @@ async def test_autoscaler_without_any_stats_changes_nothing() -> None:
     kube = FakeKube()
     kube.put("basemodelpools", pool_obj(replicas=2))
     kube.put("pods", ready_pod("sdxl-1", "127.0.0.1"))
-    scaler = Autoscaler(kube, poke_pool=lambda ns, n: None, mark_table=lambda ns: None,  # type: ignore[arg-type]
-                        stats_timeout_s=0.5, stats_port=9)  # port 9: refused
+    scaler = Autoscaler(
+        kube,
+        poke_pool=lambda ns, n: None,
+        mark_table=lambda ns: None,  # type: ignore[arg-type]
+        stats_timeout_s=0.5,
+        stats_port=9,
+    )  # port 9: refused
     scaler.track("ns", "sdxl", parse_pool_spec(pool_obj(replicas=2)["spec"]), 2)
     import aiohttp
 

@@ -16,9 +16,13 @@ SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 def info(**kw) -> ModelInfo:
     """A ModelInfo built the way huggingface_hub builds it from the API's JSON."""
-    doc = {"id": "org/pixel-lora", "sha": SHA, "tags": ["lora", "diffusers", f"base_model:adapter:{SDXL}"],
-           "cardData": {"base_model": SDXL, "tags": ["lora"]},
-           "siblings": [{"rfilename": "README.md"}, {"rfilename": "pixel.safetensors", "size": 23_000_000}]}
+    doc = {
+        "id": "org/pixel-lora",
+        "sha": SHA,
+        "tags": ["lora", "diffusers", f"base_model:adapter:{SDXL}"],
+        "cardData": {"base_model": SDXL, "tags": ["lora"]},
+        "siblings": [{"rfilename": "README.md"}, {"rfilename": "pixel.safetensors", "size": 23_000_000}],
+    }
     doc.update(kw)
     return ModelInfo(**doc)
 
@@ -36,20 +40,30 @@ def test_base_model_sources_and_normalisation() -> None:
     as_list = info(cardData={"base_model": [SDXL, "other/model"]})
     assert check_hub_metadata(as_list, ["other/model"]).ok
     # a plain dict works too (no huggingface_hub types needed)
-    assert check_hub_metadata({"sha": SHA, "tags": ["LoRA"], "card_data": {"base_model": SDXL},
-                               "siblings": [{"rfilename": "w.safetensors"}]}, [SDXL.upper()]).ok
+    assert check_hub_metadata(
+        {"sha": SHA, "tags": ["LoRA"], "card_data": {"base_model": SDXL}, "siblings": [{"rfilename": "w.safetensors"}]},
+        [SDXL.upper()],
+    ).ok
 
 
-@pytest.mark.parametrize(("kw", "reason"), [
-    ({"tags": ["diffusers"], "cardData": {"base_model": SDXL}}, "NotALora"),
-    ({"tags": ["lora"], "cardData": {}}, "BaseModelUnknown"),
-    ({"cardData": {"base_model": "runwayml/stable-diffusion-v1-5"},
-      "tags": ["lora", "base_model:runwayml/stable-diffusion-v1-5"]}, "BaseModelMismatch"),
-    ({"sha": None}, "NoCommit"),
-    ({"siblings": [{"rfilename": "pixel.bin"}]}, "UnsafeFormat"),
-    ({"siblings": [{"rfilename": "README.md"}]}, "NoWeights"),
-    ({"siblings": [{"rfilename": "a.safetensors"}, {"rfilename": "b.safetensors"}]}, "AmbiguousWeights"),
-])
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"tags": ["diffusers"], "cardData": {"base_model": SDXL}}, "NotALora"),
+        ({"tags": ["lora"], "cardData": {}}, "BaseModelUnknown"),
+        (
+            {
+                "cardData": {"base_model": "runwayml/stable-diffusion-v1-5"},
+                "tags": ["lora", "base_model:runwayml/stable-diffusion-v1-5"],
+            },
+            "BaseModelMismatch",
+        ),
+        ({"sha": None}, "NoCommit"),
+        ({"siblings": [{"rfilename": "pixel.bin"}]}, "UnsafeFormat"),
+        ({"siblings": [{"rfilename": "README.md"}]}, "NoWeights"),
+        ({"siblings": [{"rfilename": "a.safetensors"}, {"rfilename": "b.safetensors"}]}, "AmbiguousWeights"),
+    ],
+)
 def test_problems_have_clear_reasons(kw: dict, reason: str) -> None:
     check = check_hub_metadata(info(**kw), [SDXL])
     assert not check.ok and check.reason == reason and check.message

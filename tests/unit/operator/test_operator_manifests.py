@@ -17,8 +17,11 @@ from loraplex_operator.logic.manifests import (
 )
 from loraplex_operator.logic.specs import parse_pool_spec
 
-OWNER = {"apiVersion": c.API_VERSION, "kind": c.POOL_KIND,
-         "metadata": {"name": "sdxl", "namespace": "team-a", "uid": "1234-uid"}}
+OWNER = {
+    "apiVersion": c.API_VERSION,
+    "kind": c.POOL_KIND,
+    "metadata": {"name": "sdxl", "namespace": "team-a", "uid": "1234-uid"},
+}
 
 
 def _spec(**extra: Any) -> Any:
@@ -41,20 +44,43 @@ def test_deployment_has_worker_and_sidecar_with_contract_args() -> None:
     assert flags["--model"] == "stabilityai/sdxl" and flags["--revision"] == "abc"
     assert flags["--host"] == "127.0.0.1" and flags["--port"] == "8081"
     assert flags["--disk-cache-dir"] == "/var/cache/loraplex" and flags["--hf-home"] == "/models"
-    for flag in ("--dtype", "--gpu-slots", "--ram-cache-mb", "--disk-cache-mb", "--max-rank", "--max-steps",
-                 "--max-width", "--max-height", "--queue-size"):
+    for flag in (
+        "--dtype",
+        "--gpu-slots",
+        "--ram-cache-mb",
+        "--disk-cache-mb",
+        "--max-rank",
+        "--max-steps",
+        "--max-width",
+        "--max-height",
+        "--queue-size",
+    ):
         assert flag in flags
-    assert sidecar["args"] == ["sidecar", "--host", "0.0.0.0", "--port", "8080", "--worker-url",
-                               "http://127.0.0.1:8081", "--pod-name", "$(POD_NAME)",
-                               "--table-configmaps", "$(POD_NAMESPACE)"]
+    assert sidecar["args"] == [
+        "sidecar",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+        "--worker-url",
+        "http://127.0.0.1:8081",
+        "--pod-name",
+        "$(POD_NAME)",
+        "--table-configmaps",
+        "$(POD_NAMESPACE)",
+    ]
     env = {e["name"] for e in sidecar["env"]}
     assert {"POD_NAME", "POD_NAMESPACE"} <= env
 
 
 def test_gpu_request_tolerations_and_scheduling_fields() -> None:
-    spec = _spec(gpu={"resourceName": "amd.com/gpu", "count": 2}, nodeSelector={"pool": "gpu"},
-                 tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-                 priorityClassName="inference-high", affinity={"nodeAffinity": {}})
+    spec = _spec(
+        gpu={"resourceName": "amd.com/gpu", "count": 2},
+        nodeSelector={"pool": "gpu"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        priorityClassName="inference-high",
+        affinity={"nodeAffinity": {}},
+    )
     pod = build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]
     worker = {ct["name"]: ct for ct in pod["containers"]}["worker"]
     assert worker["resources"]["requests"]["amd.com/gpu"] == 2
@@ -117,12 +143,24 @@ def test_model_cache_volume_and_hub_token() -> None:
 
 def test_owner_references_and_labels_on_everything() -> None:
     objs = build_pool_objects(OWNER, _spec(), 1)
-    assert [o["kind"] for o in objs] == ["ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
-                                         "PodDisruptionBudget"]
+    assert [o["kind"] for o in objs] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ]
     for obj in objs:
         ref = obj["metadata"]["ownerReferences"][0]
-        assert ref == {"apiVersion": c.API_VERSION, "kind": c.POOL_KIND, "name": "sdxl", "uid": "1234-uid",
-                       "controller": True, "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": c.API_VERSION,
+            "kind": c.POOL_KIND,
+            "name": "sdxl",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         assert obj["metadata"]["namespace"] == "team-a"
         assert obj["metadata"]["labels"][c.LABEL_POOL] == "sdxl"
 

@@ -21,31 +21,49 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def pool(name: str, model: str = "stabilityai/sdxl", aliases: list[str] | None = None, **extra: Any) -> dict:
-    return {"apiVersion": c.API_VERSION, "kind": c.POOL_KIND,
-            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1},
-            "spec": {"model": {"name": model}, "routing": {"aliases": aliases or []}, **extra}}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.POOL_KIND,
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1},
+        "spec": {"model": {"name": model}, "routing": {"aliases": aliases or []}, **extra},
+    }
 
 
-def adapter(name: str, source: dict[str, Any] | None = None, status: dict[str, Any] | None = None,
-            generation: int = 1, **spec: Any) -> dict:
+def adapter(
+    name: str,
+    source: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+    generation: int = 1,
+    **spec: Any,
+) -> dict:
     spec.setdefault("pool", "sdxl")
-    return {"metadata": {"name": name, "namespace": "ns", "generation": generation},
-            "spec": {"source": source or {"type": "path", "path": f"/loras/{name}.safetensors"}, **spec},
-            "status": status or {}}
+    return {
+        "metadata": {"name": name, "namespace": "ns", "generation": generation},
+        "spec": {"source": source or {"type": "path", "path": f"/loras/{name}.safetensors"}, **spec},
+        "status": status or {},
+    }
 
 
 def hub_adapter(name: str, i: int = 0, **spec: Any) -> dict:
-    return adapter(name, {"type": "hub", "repo": f"some-org/{name}-lora-sdxl-v{i}", "filename": "lora.safetensors"},
-                   {"resolvedRevision": f"{i:040x}", "resolvedGeneration": 1, "resolvedFilename": "lora.safetensors"},
-                   aliases=[f"{name}-alias"], **spec)
+    return adapter(
+        name,
+        {"type": "hub", "repo": f"some-org/{name}-lora-sdxl-v{i}", "filename": "lora.safetensors"},
+        {"resolvedRevision": f"{i:040x}", "resolvedGeneration": 1, "resolvedFilename": "lora.safetensors"},
+        aliases=[f"{name}-alias"],
+        **spec,
+    )
 
 
 def test_pools_endpoints_and_adapters() -> None:
     pods = {"sdxl": [ReadyPod("sdxl-b", "10.0.0.2"), ReadyPod("sdxl-a", "10.0.0.1")]}
-    build = build_table([pool("sdxl", aliases=["base"])],
-                        [adapter("pixel", aliases=["px"], scale=0.5, pinned=True),
-                         adapter("web", {"type": "url", "url": "https://x/y.safetensors", "sha256": "a" * 64})],
-                        pods)
+    build = build_table(
+        [pool("sdxl", aliases=["base"])],
+        [
+            adapter("pixel", aliases=["px"], scale=0.5, pinned=True),
+            adapter("web", {"type": "url", "url": "https://x/y.safetensors", "sha256": "a" * 64}),
+        ],
+        pods,
+    )
     t = build.table
     assert [e.name for e in t.pools["sdxl"].endpoints] == ["sdxl-a", "sdxl-b"]
     assert t.pools["sdxl"].endpoints[0].url == "http://10.0.0.1:8080"
@@ -59,7 +77,7 @@ def test_pools_endpoints_and_adapters() -> None:
 def test_hub_adapter_routed_only_once_pinned_for_this_generation() -> None:
     pinned = hub_adapter("papercut")
     stale = hub_adapter("stale")
-    stale["metadata"]["generation"] = 2           # spec changed since the pin
+    stale["metadata"]["generation"] = 2  # spec changed since the pin
     unpinned = adapter("fresh", {"type": "hub", "repo": "org/fresh"})
     build = build_table([pool("sdxl", hubTokenSecret={"name": "hf"})], [pinned, stale, unpinned], {})
     assert set(build.table.adapters) == {"papercut"}
@@ -69,9 +87,11 @@ def test_hub_adapter_routed_only_once_pinned_for_this_generation() -> None:
 
 def test_resolution_by_base_model_and_problems() -> None:
     pools = [pool("sdxl"), pool("tiny", model="tiny")]
-    build = build_table(pools, [adapter("a", pool=None, baseModel="TINY"),
-                                adapter("b", pool="nope"),
-                                adapter("c", baseModel="other/model")], {})
+    build = build_table(
+        pools,
+        [adapter("a", pool=None, baseModel="TINY"), adapter("b", pool="nope"), adapter("c", baseModel="other/model")],
+        {},
+    )
     assert build.routed == {"a": "tiny"}
     assert build.problems["b"][0] == "PoolNotFound"
     assert build.problems["c"][0] == "BaseModelMismatch"
@@ -79,9 +99,12 @@ def test_resolution_by_base_model_and_problems() -> None:
 
 def test_name_conflicts_are_resolved_deterministically() -> None:
     pools = [pool("sdxl", aliases=["base"])]
-    adapters = [adapter("sdxl"),                     # a pool's name: not routed
-                adapter("zeta", aliases=["shared"]), adapter("alpha", aliases=["shared", "base"]),
-                adapter("own", aliases=["alpha"])]   # another adapter's name
+    adapters = [
+        adapter("sdxl"),  # a pool's name: not routed
+        adapter("zeta", aliases=["shared"]),
+        adapter("alpha", aliases=["shared", "base"]),
+        adapter("own", aliases=["alpha"]),
+    ]  # another adapter's name
     for order in (adapters, list(reversed(adapters))):
         build = build_table(pools, order, {})
         assert set(build.table.adapters) == {"zeta", "alpha", "own"}
@@ -97,8 +120,10 @@ def test_name_problem_agrees_with_assign_names() -> None:
     names = [f"a{i}" for i in range(12)] + ["p1", "Bad_Name"]
     for _ in range(300):
         pools = [PoolInfo("p1", "m1", tuple(rng.sample(["x", "y", "a3"], rng.randint(0, 2))))]
-        adapters = {n: tuple(rng.sample(names + ["x", "z", "m1"], rng.randint(0, 3)))
-                    for n in rng.sample(names, rng.randint(1, len(names)))}
+        adapters = {
+            n: tuple(rng.sample(names + ["x", "z", "m1"], rng.randint(0, 3)))
+            for n in rng.sample(names, rng.randint(1, len(names)))
+        }
         verdict = assign_names(pools, adapters)
         owner: dict[str, str] = {}
         for p in pools:
@@ -117,12 +142,18 @@ def test_name_problem_agrees_with_assign_names() -> None:
 
 def test_resolve_pool_reasons() -> None:
     pools = {"sdxl": PoolInfo("sdxl", "org/sdxl", ("sdxl-base",))}
-    assert resolve_pool(parse_adapter_spec({"pool": "sdxl", "baseModel": "sdxl-base",
-                                            "source": {"type": "path", "path": "/x"}}), pools).pool == "sdxl"
+    assert (
+        resolve_pool(
+            parse_adapter_spec({"pool": "sdxl", "baseModel": "sdxl-base", "source": {"type": "path", "path": "/x"}}),
+            pools,
+        ).pool
+        == "sdxl"
+    )
     r = resolve_pool(parse_adapter_spec({"baseModel": "x/y", "source": {"type": "path", "path": "/x"}}), pools)
     assert (r.pool, r.reason, r.phase) == (None, "NoPoolForBaseModel", "Pending")
-    r = resolve_pool(parse_adapter_spec({"pool": "sdxl", "baseModel": "x/y",
-                                         "source": {"type": "path", "path": "/x"}}), pools)
+    r = resolve_pool(
+        parse_adapter_spec({"pool": "sdxl", "baseModel": "x/y", "source": {"type": "path", "path": "/x"}}), pools
+    )
     assert (r.reason, r.phase) == ("BaseModelMismatch", "Failed")
 
 

@@ -16,13 +16,19 @@ from loraplex_operator.logic.sizing import (
 def test_raw_replicas_is_littles_law_over_target() -> None:
     # 0.5 req/s x 10 s = 5 busy workers; at 70% utilisation -> ceil(7.14) = 8
     assert raw_replicas(Load(0.5, 10.0), 0.7) == 8
-    assert raw_replicas(Load(0.14, 10.0), 0.7) == 2           # 1.4 / 0.7 = 2 exactly, no float creep to 3
+    assert raw_replicas(Load(0.14, 10.0), 0.7) == 2  # 1.4 / 0.7 = 2 exactly, no float creep to 3
     assert raw_replicas(Load(0.0, 10.0), 0.7) == 0
     assert raw_replicas(Load(0.0, 0.0, in_flight=3), 1.0) == 3  # a burst held by the activator counts
 
 
-POLICY = ScalingPolicy(min_replicas=1, max_replicas=10, target_utilization=0.5, scale_up_window_s=0,
-                       scale_down_window_s=60, idle_to_zero_s=300)
+POLICY = ScalingPolicy(
+    min_replicas=1,
+    max_replicas=10,
+    target_utilization=0.5,
+    scale_up_window_s=0,
+    scale_down_window_s=60,
+    idle_to_zero_s=300,
+)
 
 
 def _run(policy: ScalingPolicy, steps: list[tuple[float, Load, float | None]], current: int) -> list[Decision]:
@@ -36,9 +42,9 @@ def _run(policy: ScalingPolicy, steps: list[tuple[float, Load, float | None]], c
 
 def test_scale_up_is_immediate_and_clamped() -> None:
     d = decide(POLICY, 1, Load(1.0, 2.0), now=100.0, history=(), last_request_time=100.0)
-    assert (d.replicas, d.reason) == (4, "ScaleUp")          # 2 busy / 0.5
+    assert (d.replicas, d.reason) == (4, "ScaleUp")  # 2 busy / 0.5
     d = decide(POLICY, 1, Load(100.0, 2.0), now=100.0, history=(), last_request_time=100.0)
-    assert d.replicas == 10                                  # max
+    assert d.replicas == 10  # max
 
 
 def test_scale_up_window_takes_the_lowest_recent_recommendation() -> None:
@@ -98,9 +104,9 @@ def test_history_is_bounded() -> None:
 
 def test_adapter_replication() -> None:
     assert adapter_replication(0, 1, 8) == 1
-    assert adapter_replication(0, 2, 8) == 2      # warm minimum
-    assert adapter_replication(5, 1, 8) == 5      # own demand
-    assert adapter_replication(50, 1, 8) == 8     # its maximum
+    assert adapter_replication(0, 2, 8) == 2  # warm minimum
+    assert adapter_replication(5, 1, 8) == 5  # own demand
+    assert adapter_replication(50, 1, 8) == 8  # its maximum
     assert adapter_replication(500, 1, 100) == 64  # the routing table's bound
 
 

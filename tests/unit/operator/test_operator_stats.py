@@ -47,8 +47,14 @@ def test_aggregate_sums_rates_and_weights_service_time() -> None:
 
 
 def test_garbage_is_no_data_not_an_error() -> None:
-    for doc in (None, [], "x", {"pools": "nope"}, {"pools": {"p": {"requestRate": "fast", "inFlight": -3}}},
-                {"adapters": {"a": {"requestRate": 1}}}):
+    for doc in (
+        None,
+        [],
+        "x",
+        {"pools": "nope"},
+        {"pools": {"p": {"requestRate": "fast", "inFlight": -3}}},
+        {"adapters": {"a": {"requestRate": 1}}},
+    ):
         snap = parse_stats(doc)
         for p in snap.pools.values():
             assert p.request_rate == 0.0 and p.in_flight == 0
@@ -67,5 +73,5 @@ def test_lease_actions() -> None:
     assert lease_action(None, "me", 0) == "create"
     assert lease_action(mine, "me", 100) == "renew"
     assert lease_action(theirs, "me", 5) == "wait"
-    assert lease_action(theirs, "me", 15) == "acquire"   # unchanged for a whole lease: expired
+    assert lease_action(theirs, "me", 15) == "acquire"  # unchanged for a whole lease: expired
     assert lease_action(LeaseRecord("", 15, "t", 0), "me", 0) == "acquire"  # released

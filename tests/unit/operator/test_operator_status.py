@@ -10,8 +10,14 @@ from loraplex_operator.logic.podstate import summarize_pods
 from loraplex_operator.logic.poolstatus import PoolObservation, pool_status
 
 
-def pod(name: str, ready: bool = True, ip: str | None = "10.0.0.1", unschedulable: str | None = None,
-        waiting: str | None = None, deleting: bool = False) -> dict[str, Any]:
+def pod(
+    name: str,
+    ready: bool = True,
+    ip: str | None = "10.0.0.1",
+    unschedulable: str | None = None,
+    waiting: str | None = None,
+    deleting: bool = False,
+) -> dict[str, Any]:
     conds = [{"type": "Ready", "status": "True" if ready else "False"}]
     if unschedulable:
         conds.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable})
@@ -27,13 +33,16 @@ def pod(name: str, ready: bool = True, ip: str | None = "10.0.0.1", unschedulabl
 
 
 def deployment(generation: int = 1, observed: int = 1, updated: int = 1, conditions: list | None = None) -> dict:
-    return {"metadata": {"generation": generation},
-            "status": {"observedGeneration": observed, "updatedReplicas": updated, "conditions": conditions or []}}
+    return {
+        "metadata": {"generation": generation},
+        "status": {"observedGeneration": observed, "updatedReplicas": updated, "conditions": conditions or []},
+    }
 
 
 def obs(pods: list[dict], desired: int = 1, dep: dict | None = None, **kw: Any) -> PoolObservation:
-    return PoolObservation(generation=3, desired=desired, selector="a=b", deployment=dep or deployment(),
-                           pods=summarize_pods(pods), **kw)
+    return PoolObservation(
+        generation=3, desired=desired, selector="a=b", deployment=dep or deployment(), pods=summarize_pods(pods), **kw
+    )
 
 
 def conds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -41,16 +50,20 @@ def conds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_pod_summary() -> None:
-    s = summarize_pods([pod("b"), pod("a", ip="10.0.0.2"), pod("c", ready=False), pod("d", ip=None),
-                        pod("e", deleting=True)])
+    s = summarize_pods(
+        [pod("b"), pod("a", ip="10.0.0.2"), pod("c", ready=False), pod("d", ip=None), pod("e", deleting=True)]
+    )
     assert [p.name for p in s.ready] == ["a", "b"]
     assert s.total == 4  # the deleting pod is not counted
 
 
 def test_ready_pool() -> None:
     st = pool_status(obs([pod("a")]), None, now=0.0)
-    assert conds(st) == {"Ready": ("True", "AllReplicasReady"), "Progressing": ("False", "Stable"),
-                         "Degraded": ("False", "AsExpected")}
+    assert conds(st) == {
+        "Ready": ("True", "AllReplicasReady"),
+        "Progressing": ("False", "Stable"),
+        "Degraded": ("False", "AsExpected"),
+    }
     assert st["observedGeneration"] == 3 and st["readyReplicas"] == 1 and st["selector"] == "a=b"
     assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] for c in st["conditions"])
 
@@ -67,8 +80,11 @@ def test_unschedulable_pool_is_degraded_with_the_scheduler_message() -> None:
 def test_failing_containers_and_deployment_failures() -> None:
     st = pool_status(obs([pod("a", ready=False, waiting="ImagePullBackOff")]), None, 0.0)
     assert conds(st)["Degraded"] == ("True", "ImagePullBackOff")
-    dep = deployment(conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                                  "message": "too slow"}])
+    dep = deployment(
+        conditions=[
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
+        ]
+    )
     st = pool_status(obs([pod("a", ready=False)], dep=dep), None, 0.0)
     assert conds(st)["Degraded"] == ("True", "ProgressDeadlineExceeded")
     st = pool_status(obs([pod("a")], apply_error="cannot apply Deployment"), None, 0.0)
@@ -76,16 +92,22 @@ def test_failing_containers_and_deployment_failures() -> None:
 
 
 def test_progressing_reasons() -> None:
-    assert conds(pool_status(obs([], dep=deployment(generation=2, observed=1)), None, 0))["Progressing"] == \
-        ("True", "Reconciling")
-    assert conds(pool_status(obs([pod("a")], desired=2, dep=deployment(updated=1)), None, 0))["Progressing"] == \
-        ("True", "RollingOut")
-    assert conds(pool_status(obs([pod("a"), pod("b", ready=False)], desired=2, dep=deployment(updated=2)),
-                             None, 0))["Progressing"] == ("True", "ScalingUp")
-    assert conds(pool_status(obs([pod("a"), pod("b")], desired=1), None, 0))["Progressing"] == \
-        ("True", "ScalingDown")
-    assert conds(pool_status(obs([], desired=0, dep=deployment(updated=0)), None, 0))["Ready"] == \
-        ("True", "ScaledToZero")
+    assert conds(pool_status(obs([], dep=deployment(generation=2, observed=1)), None, 0))["Progressing"] == (
+        "True",
+        "Reconciling",
+    )
+    assert conds(pool_status(obs([pod("a")], desired=2, dep=deployment(updated=1)), None, 0))["Progressing"] == (
+        "True",
+        "RollingOut",
+    )
+    assert conds(pool_status(obs([pod("a"), pod("b", ready=False)], desired=2, dep=deployment(updated=2)), None, 0))[
+        "Progressing"
+    ] == ("True", "ScalingUp")
+    assert conds(pool_status(obs([pod("a"), pod("b")], desired=1), None, 0))["Progressing"] == ("True", "ScalingDown")
+    assert conds(pool_status(obs([], desired=0, dep=deployment(updated=0)), None, 0))["Ready"] == (
+        "True",
+        "ScaledToZero",
+    )
 
 
 def test_transition_time_kept_while_status_unchanged_so_no_rewrite() -> None:
@@ -116,11 +138,17 @@ def test_merge_conditions_orders_types() -> None:
 def test_adapter_status_phases() -> None:
     ready = adapter_status(Outcome("Ready", "Routed", "", "sdxl", {"resolvedRevision": "abc"}), None, 4, 0)
     assert ready["phase"] == "Ready" and ready["pool"] == "sdxl" and ready["resolvedRevision"] == "abc"
-    assert conds(ready) == {"Ready": ("True", "Routed"), "Progressing": ("False", "Resolved"),
-                            "Degraded": ("False", "AsExpected")}
+    assert conds(ready) == {
+        "Ready": ("True", "Routed"),
+        "Progressing": ("False", "Resolved"),
+        "Degraded": ("False", "AsExpected"),
+    }
     pending = adapter_status(Outcome("Pending", "HubUnreachable", "cannot reach the hub"), None, 4, 0)
-    assert conds(pending) == {"Ready": ("False", "HubUnreachable"), "Progressing": ("True", "HubUnreachable"),
-                              "Degraded": ("False", "AsExpected")}
+    assert conds(pending) == {
+        "Ready": ("False", "HubUnreachable"),
+        "Progressing": ("True", "HubUnreachable"),
+        "Degraded": ("False", "AsExpected"),
+    }
     failed = adapter_status(Outcome("Failed", "NotALora", "no lora tag"), None, 4, 0)
     assert conds(failed)["Degraded"] == ("True", "NotALora")
     assert find(failed["conditions"], "Ready")["message"] == "no lora tag"

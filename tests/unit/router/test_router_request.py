@@ -13,14 +13,16 @@ from inference_pod.router.request import resolve_request, route_header, validate
 from loraplex.api.errors import ApiError
 from loraplex.api.routing_table import parse_table
 
-TABLE = parse_table({
-    "pools": {"sdxl": {"baseModel": "sdxl-base"}, "flux": {"baseModel": "flux-base"}},
-    "adapters": {
-        "pixel": {"pool": "sdxl", "source": {"type": "hub", "repo": "a/pixel"}, "aliases": ["px"], "scale": 0.7},
-        "ink": {"pool": "sdxl", "source": {"type": "path", "path": "/ink.safetensors"}},
-        "fluxy": {"pool": "flux", "source": {"type": "url", "url": "https://x.test/f.safetensors"}},
-    },
-})
+TABLE = parse_table(
+    {
+        "pools": {"sdxl": {"baseModel": "sdxl-base"}, "flux": {"baseModel": "flux-base"}},
+        "adapters": {
+            "pixel": {"pool": "sdxl", "source": {"type": "hub", "repo": "a/pixel"}, "aliases": ["px"], "scale": 0.7},
+            "ink": {"pool": "sdxl", "source": {"type": "path", "path": "/ink.safetensors"}},
+            "fluxy": {"pool": "flux", "source": {"type": "url", "url": "https://x.test/f.safetensors"}},
+        },
+    }
+)
 
 
 def err(fn, *args) -> ApiError:
@@ -32,11 +34,17 @@ def err(fn, *args) -> ApiError:
 def test_validate_generation() -> None:
     assert validate_generation({"model": "px"}) == ("px", [])
     assert validate_generation({"model": "sdxl-base", "adapters": [{"name": "ink", "scale": 1}, "px"]}) == (
-        "sdxl-base", ["ink", "px"])
+        "sdxl-base",
+        ["ink", "px"],
+    )
     assert validate_generation({"model": "m", "adapters": None}) == ("m", [])
     cases = [
-        ([], 400, None), ({}, 400, "model"), ({"model": ""}, 400, "model"), ({"model": ["x"]}, 400, "model"),
-        ({"model": "m", "adapters": {}}, 400, "adapters"), ({"model": "m", "adapters": [3]}, 400, "adapters[0]"),
+        ([], 400, None),
+        ({}, 400, "model"),
+        ({"model": ""}, 400, "model"),
+        ({"model": ["x"]}, 400, "model"),
+        ({"model": "m", "adapters": {}}, 400, "adapters"),
+        ({"model": "m", "adapters": [3]}, 400, "adapters[0]"),
         ({"model": "m", "adapters": [{"name": 1}]}, 400, "adapters[0].name"),
         ({"model": "m", "adapters": ["a", {"name": "b", "scale": True}]}, 400, "adapters[1].scale"),
     ]

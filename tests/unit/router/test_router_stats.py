@@ -80,12 +80,34 @@ def test_snapshot_shape_is_json() -> None:
     stats.waiting("tiny", +1)
     stats.served("tiny")
     snap = json.loads(json.dumps(stats.snapshot()))
-    assert set(snap) == {"pod", "mode", "time", "uptimeSeconds", "windowSeconds", "rejected", "table",
-                         "pools", "adapters"}
-    assert snap["table"] == {"loaded": True, "generation": 7, "lastReloadTime": pytest.approx(1.7e9 + 1000),
-                             "reloadErrors": 1}
-    assert set(snap["pools"]["tiny"]) == {"requestRate", "meanServiceSeconds", "meanLatencySeconds", "inFlight",
-                                          "waiting", "requests", "errors", "served", "lastRequestTime"}
+    assert set(snap) == {
+        "pod",
+        "mode",
+        "time",
+        "uptimeSeconds",
+        "windowSeconds",
+        "rejected",
+        "table",
+        "pools",
+        "adapters",
+    }
+    assert snap["table"] == {
+        "loaded": True,
+        "generation": 7,
+        "lastReloadTime": pytest.approx(1.7e9 + 1000),
+        "reloadErrors": 1,
+    }
+    assert set(snap["pools"]["tiny"]) == {
+        "requestRate",
+        "meanServiceSeconds",
+        "meanLatencySeconds",
+        "inFlight",
+        "waiting",
+        "requests",
+        "errors",
+        "served",
+        "lastRequestTime",
+    }
     assert snap["pools"]["tiny"]["waiting"] == 1 and snap["pools"]["tiny"]["served"] == 1
     assert snap["rejected"] == 1 and snap["pod"] == "pod-0" and snap["mode"] == "pod"
 

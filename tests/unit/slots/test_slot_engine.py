@@ -174,8 +174,10 @@ def test_per_sample_adapters_match_one_by_one(engine_factory, pristine):
 
 def test_text_encoder_lora_matches_diffusers(engine_factory, ref, inputs):
     sd = make_adapter(ref, rank=4, seed=51, fmt="kohya", alpha=8.0, text_encoders=True)
-    engine, pipe = engine_factory(components=("unet", "text_encoder", "text_encoder_2"),
-                                  target_suffixes=("to_q", "to_k", "to_v", "to_out.0", *TE_TARGETS))
+    engine, pipe = engine_factory(
+        components=("unet", "text_encoder", "text_encoder_2"),
+        target_suffixes=("to_q", "to_k", "to_v", "to_out.0", *TE_TARGETS),
+    )
     lora = _load(engine, pipe, 0, sd)
     assert lora.components() == {"unet", "text_encoder", "text_encoder_2"}
     engine.activate([(0, 0.9)])
@@ -250,8 +252,9 @@ def test_bf16_model_as_accurate_as_diffusers(pristine, inputs, compute_dtype):
     exact.load_lora_weights(dict(a), adapter_name="a")
     exact.load_lora_weights(dict(b), adapter_name="b")
     low = copy.deepcopy(exact).to(torch.bfloat16)
-    low_inputs = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
-                  for k, v in inputs.items()}
+    low_inputs = {
+        k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()
+    }
     low_inputs["added_cond_kwargs"] = {k: v.to(torch.bfloat16) for k, v in inputs["added_cond_kwargs"].items()}
     pipe = copy.deepcopy(pristine).to(torch.bfloat16)
     engine = SlotEngine(pipe, n_slots=2, max_rank=8, compute_dtype=compute_dtype)

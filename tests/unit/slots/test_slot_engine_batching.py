@@ -19,9 +19,14 @@ COMMON = {"steps": 2, "guidance_scale": 5.0, "width": 64, "height": 64}
 @pytest.fixture(scope="module")
 def setup(tiny_pipe):
     pipe = copy.deepcopy(tiny_pipe)
-    engine = SlotEngine(pipe, n_slots=3, max_rank=8, max_active=2,
-                        components=("unet", "text_encoder", "text_encoder_2"),
-                        target_suffixes=("to_q", "to_k", "to_v", "to_out.0", *TE_TARGETS))
+    engine = SlotEngine(
+        pipe,
+        n_slots=3,
+        max_rank=8,
+        max_active=2,
+        components=("unet", "text_encoder", "text_encoder_2"),
+        target_suffixes=("to_q", "to_k", "to_v", "to_out.0", *TE_TARGETS),
+    )
     cfg = pipe.unet.config
     for slot, (rank, te) in enumerate([(4, False), (8, True), (2, False)]):
         sd = make_adapter(pipe, rank=rank, seed=70 + slot, text_encoders=te, fmt="kohya", alpha=rank / 2)
@@ -33,9 +38,17 @@ def setup(tiny_pipe):
 def _one_by_one(pipe, engine, item):
     engine.activate(list(item.adapters))
     try:
-        return pipe(prompt=item.prompt, negative_prompt=item.negative_prompt, num_inference_steps=COMMON["steps"],
-                    guidance_scale=COMMON["guidance_scale"], width=COMMON["width"], height=COMMON["height"],
-                    num_images_per_prompt=item.n, generator=item.generator, output_type="np").images
+        return pipe(
+            prompt=item.prompt,
+            negative_prompt=item.negative_prompt,
+            num_inference_steps=COMMON["steps"],
+            guidance_scale=COMMON["guidance_scale"],
+            width=COMMON["width"],
+            height=COMMON["height"],
+            num_images_per_prompt=item.n,
+            generator=item.generator,
+            output_type="np",
+        ).images
     finally:
         engine.activate([])
 
@@ -43,6 +56,7 @@ def _one_by_one(pipe, engine, item):
 def _items(negative):
     def gen(seed):
         return torch.Generator().manual_seed(seed)
+
     neg = "blurry" if negative else None
     return [
         BatchItem("a red cube", ((0, 1.0),), gen(1), negative_prompt=neg),

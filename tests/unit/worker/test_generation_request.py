@@ -4,8 +4,7 @@ from inference_pod.worker.config import Limits
 from inference_pod.worker.request import parse_request
 from loraplex.api.errors import ApiError
 
-LIM = Limits(max_steps=30, max_width=512, max_height=256, max_prompt_chars=50, max_images=2,
-             max_adapters_per_request=2)
+LIM = Limits(max_steps=30, max_width=512, max_height=256, max_prompt_chars=50, max_images=2, max_adapters_per_request=2)
 
 
 def parse(body, openai=False):
@@ -19,27 +18,30 @@ def test_defaults_and_openai_size():
     assert (r.width, r.height, r.n) == (128, 96, 2)
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"prompt": "p"}, "model"),
-    ({"model": 3, "prompt": "p"}, "model"),
-    ({"model": "a"}, "prompt"),
-    ({"model": "a", "prompt": "x" * 51}, "prompt"),
-    ({"model": "a", "prompt": "p", "steps": 31}, "steps"),
-    ({"model": "a", "prompt": "p", "steps": 0}, "steps"),
-    ({"model": "a", "prompt": "p", "steps": "5"}, "steps"),
-    ({"model": "a", "prompt": "p", "width": 100}, "width"),
-    ({"model": "a", "prompt": "p", "height": 264}, "height"),
-    ({"model": "a", "prompt": "p", "size": "big"}, "size"),
-    ({"model": "a", "prompt": "p", "size": "1024x1024"}, "size"),
-    ({"model": "a", "prompt": "p", "seed": -1}, "seed"),
-    ({"model": "a", "prompt": "p", "n": 3}, "n"),
-    ({"model": "a", "prompt": "p", "guidance_scale": 99}, "guidance_scale"),
-    ({"model": "a", "prompt": "p", "bogus": 1}, "bogus"),
-    ({"model": "a", "prompt": "p", "adapters": "x"}, "adapters"),
-    ({"model": "a", "prompt": "p", "adapters": [{"name": "x", "scale": "hi"}]}, "adapters[0].scale"),
-    ({"model": "a", "prompt": "p", "adapters": [{"nom": "x"}]}, "adapters[0].name"),
-    ({"model": "a", "prompt": "p", "adapters": ["a", "b", "c"]}, "adapters"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"prompt": "p"}, "model"),
+        ({"model": 3, "prompt": "p"}, "model"),
+        ({"model": "a"}, "prompt"),
+        ({"model": "a", "prompt": "x" * 51}, "prompt"),
+        ({"model": "a", "prompt": "p", "steps": 31}, "steps"),
+        ({"model": "a", "prompt": "p", "steps": 0}, "steps"),
+        ({"model": "a", "prompt": "p", "steps": "5"}, "steps"),
+        ({"model": "a", "prompt": "p", "width": 100}, "width"),
+        ({"model": "a", "prompt": "p", "height": 264}, "height"),
+        ({"model": "a", "prompt": "p", "size": "big"}, "size"),
+        ({"model": "a", "prompt": "p", "size": "1024x1024"}, "size"),
+        ({"model": "a", "prompt": "p", "seed": -1}, "seed"),
+        ({"model": "a", "prompt": "p", "n": 3}, "n"),
+        ({"model": "a", "prompt": "p", "guidance_scale": 99}, "guidance_scale"),
+        ({"model": "a", "prompt": "p", "bogus": 1}, "bogus"),
+        ({"model": "a", "prompt": "p", "adapters": "x"}, "adapters"),
+        ({"model": "a", "prompt": "p", "adapters": [{"name": "x", "scale": "hi"}]}, "adapters[0].scale"),
+        ({"model": "a", "prompt": "p", "adapters": [{"nom": "x"}]}, "adapters[0].name"),
+        ({"model": "a", "prompt": "p", "adapters": ["a", "b", "c"]}, "adapters"),
+    ],
+)
 def test_bad_fields_are_named(body, param):
     with pytest.raises(ApiError) as e:
         parse(body)

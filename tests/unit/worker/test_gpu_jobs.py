@@ -26,6 +26,7 @@ async def test_jobs_run_one_at_a_time_in_order():
                 running.remove(i)
                 order.append(i)
             return i * 10
+
         return fn
 
     results = await asyncio.gather(*(q.submit(job(i), 5) for i in range(5)))

@@ -33,8 +33,7 @@ def test_tokenizer_is_generated_locally_and_round_trips(tmp_path):
 def test_generation_is_deterministic_per_seed(tiny_pipe):
     def run(seed):
         g = torch.Generator().manual_seed(seed)
-        return tiny_pipe("a fox", num_inference_steps=1, width=32, height=32, generator=g,
-                         output_type="np").images
+        return tiny_pipe("a fox", num_inference_steps=1, width=32, height=32, generator=g, output_type="np").images
 
     a, b, c = run(1), run(1), run(2)
     assert (a == b).all()
