@@ -52,10 +52,11 @@ class BurstResult:
 
     def report(self) -> str:
         ready = f"{self.ready_s:7.1f} s" if self.ready_s is not None else "   (not measured / timed out)"
+        rate = self.adapters / max(self.create_s, 1e-9)
         return "\n".join(
             [
                 f"operator burst: {self.adapters} LoraAdapters created at once",
-                f"  created by the client       {self.create_s:7.1f} s  ({self.adapters / max(self.create_s, 1e-9):.0f}/s)",
+                f"  created by the client       {self.create_s:7.1f} s  ({rate:.0f}/s)",
                 f"  all in the routing table    {self.table_s:7.1f} s  after the first create",
                 f"  all adapters status Ready   {ready}",
                 f"  ConfigMap writes            {self.writes:7d}     (deletes {self.deletes})",

@@ -80,8 +80,8 @@ def start(name: str, args: list[str], port: int, log_dir: Path, env: dict | None
     log = log_dir / f"{name}.log"
     popen = subprocess.Popen(
         [sys.executable, "-m", *args],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdout=open(log, "wb"),  # noqa: SIM115 (the child keeps it; closed when the process ends)
+        stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         env={**os.environ, **(env or {})},

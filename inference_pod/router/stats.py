@@ -282,10 +282,9 @@ class RouterStats:
             n, _ = pc.arrivals.totals(now)
             sn, ssum = pc.service.totals(now)
             ln, lsum = pc.latency.totals(now)
-            if sn:
-                mean_service = ssum / sn
-            else:  # idle window: the lifetime mean is the best estimate of the next one
-                mean_service = pc.service_total / pc.service_count if pc.service_count else 0.0
+            # In an idle window the lifetime mean is the best estimate of the next service time.
+            lifetime = pc.service_total / pc.service_count if pc.service_count else 0.0
+            mean_service = ssum / sn if sn else lifetime
             pools[name] = {
                 "requestRate": n / span,
                 "meanServiceSeconds": mean_service,
