@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -72,6 +73,7 @@ def make_lora_state_dict(
     if fmt == "peft" and alpha is not None:
         raise ValueError("peft state dicts carry no alpha (diffusers reads it from a config)")
     g = torch.Generator().manual_seed(seed)
+    unet_config: Any = getattr(unet, "config", None)  # a diffusers UNet's config (for SGM block names)
     parts: list[tuple[str, str, nn.Linear]] = [("unet", p, m) for p, m in target_linears(unet, suffixes)]
     for comp, encoder in (text_encoders or {}).items():
         parts += [(comp, p, m) for p, m in target_linears(encoder, TEXT_ENCODER_TARGETS)]
@@ -86,7 +88,7 @@ def make_lora_state_dict(
             continue
         name = path
         if comp == "unet" and (fmt == "sgm" or (fmt == "sgm-mixed" and i % 2)):
-            name = sgm_path(path, unet.config.layers_per_block)
+            name = sgm_path(path, unet_config.layers_per_block)
         key = KOHYA_PREFIX[comp] + name.replace(".", "_")
         sd[f"{key}.lora_down.weight"] = down.to(dtype)
         sd[f"{key}.lora_up.weight"] = up.to(dtype)

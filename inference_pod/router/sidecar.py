@@ -19,13 +19,9 @@ peer's sidecar, adding
   {requested name or alias: canonical adapter}} so the worker knows where each
   adapter comes from.
 
-Retries: the next candidate is tried on a connection error, a connect
-timeout, a dropped connection, or an answer of 429 (queue full), 502 or 503
-(pod gone, draining, not ready). Not on 500 (a deterministic failure would
-repeat), 504 (the request's deadline is already spent) or other 4xx. A
-generation has no side effects, so a retry is safe with or without a seed.
-When every candidate answered a retryable status the last answer is passed
-through. A pool with no ready endpoint answers 503, unless the pool sets
+Retries (the next candidate on a connection error or a 429/502/503 answer) are
+`forwarding.classify`'s table; forwarding itself is `forwarding.Forwarder`.
+A pool with no ready endpoint answers 503, unless the pool sets
 activationTimeoutSeconds: then the request is held until a table update
 brings a ready endpoint (the activator for pools scaled to zero).
 
@@ -36,23 +32,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pod.router.auth import TokenFile
-from inference_pod.router.placement import choose_endpoint
-from inference_pod.router.request import Resolved, resolve_request, route_header, validate_generation
+from inference_pod.router.forwarding import Forwarder, respond, service_seconds
+from inference_pod.router.request import resolve_request, route_header, validate_generation
 from inference_pod.router.stats import RouterStats
 from inference_pod.router.table_source import (
     AsyncTable,
@@ -70,9 +63,6 @@ log = logging.getLogger("loraplex.sidecar")
 
 GENERATION_PATHS = ("/v1/generate", "/v1/images/generations")
 OPEN_PATHS = frozenset({"/v1/stats", "/metrics", "/healthz", "/readyz"})
-RETRY_STATUSES = frozenset({429, 502, 503})
-# Request headers worth passing upstream; everything else stays here.
-FORWARD_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 
 
 @dataclass(frozen=True)
@@ -101,35 +91,6 @@ class SidecarConfig:
         return self.pod_name or "gateway"
 
 
-@dataclass
-class Upstream:
-    """One upstream answer, read whole."""
-
-    status: int
-    headers: Any
-    body: bytes
-    seconds: float
-    endpoint: str
-
-
-def _ms_header(headers: Any, name: str) -> float | None:
-    try:
-        return float(headers[name])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _service_seconds(up: Upstream) -> float | None:
-    """Worker busy time (swap + inference) from its timing headers; else the round trip less queueing."""
-    if not 200 <= up.status < 300:
-        return None
-    inference = _ms_header(up.headers, hdr.INFERENCE_MS)
-    if inference is not None:
-        return (inference + (_ms_header(up.headers, hdr.SWAP_MS) or 0.0)) / 1000.0
-    queue = _ms_header(up.headers, hdr.QUEUE_MS) or 0.0
-    return max(0.0, up.seconds - queue / 1000.0)
-
-
 class Sidecar:
     """The router's state and HTTP handlers; `app` is the aiohttp application."""
 
@@ -139,9 +100,16 @@ class Sidecar:
         self.stats = stats or RouterStats(pod=config.pod_name, mode=config.mode, window_s=config.stats_window_s)
         self.tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
         self.worker_url = config.worker_url.rstrip("/") if config.worker_url else None
-        self.outstanding: dict[str, int] = {}
+        self.forwarder = Forwarder(
+            self.stats,
+            worker_url=self.worker_url,
+            pod_name=config.pod_name,
+            hop_name=config.hop_name,
+            connect_timeout_s=config.connect_timeout_s,
+            max_attempts=config.max_attempts,
+        )
         self.view: AsyncTable | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
         self._worker_ready: tuple[float, bool] = (0.0, False)
         source.add_error_listener(self._on_table_error)
         self.app = self._build_app()
@@ -176,12 +144,11 @@ class Sidecar:
             self.view.table = self.source.table
         if self.view.table is not None:
             self.stats.table_loaded(self.view.table.generation)
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=15)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        await self.forwarder.start()
+        self.session = self.forwarder.session
 
     async def _cleanup(self, app: web.Application) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.forwarder.close()
         await asyncio.get_running_loop().run_in_executor(None, self.source.stop)
 
     def _on_table_error(self, message: str) -> None:
@@ -246,7 +213,7 @@ class Sidecar:
         if now - checked < 1.0:  # the kubelet and the tests poll often; the worker need not hear each one
             return ok
         try:
-            assert self.session is not None
+            assert self.session is not None and self.worker_url is not None
             async with self.session.get(self.worker_url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                 ok = r.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -327,9 +294,11 @@ class Sidecar:
         self.stats.request_started(resolved.pool, resolved.adapters)
         status, service_s, upstream_s = 500, None, 0.0
         try:
-            up, attempts = await self._route(request, body, table, resolved, t0)
-            status, service_s, upstream_s = up.status, _service_seconds(up), up.seconds
-            return self._respond(up, t0, attempts)
+            deadline = t0 + self.config.request_timeout_s
+            table, pool, ready = await self._ready_endpoints(table, resolved.pool, deadline)
+            up, attempts = await self.forwarder.route(request, body, table, pool, ready, resolved, deadline)
+            status, service_s, upstream_s = up.status, service_seconds(up), up.seconds
+            return respond(up, t0, attempts)
         except ApiError as e:
             status = e.status
             raise
@@ -343,68 +312,6 @@ class Sidecar:
                 service_s,
                 overhead_s=total - upstream_s if upstream_s else None,
             )
-
-    async def _route(
-        self, request: web.Request, body: bytes, table: RoutingTable, r: Resolved, t0: float
-    ) -> tuple[Upstream, int]:
-        """Send to the chosen pod, falling back along the candidate list; (answer, attempts)."""
-        deadline = t0 + self.config.request_timeout_s
-        table, pool, ready = await self._ready_endpoints(table, r.pool, deadline)
-        by_name = {e.name: e for e in ready}
-        if r.adapters:
-            key, replication = r.adapters[0], table.adapters[r.adapters[0]].replication
-        else:  # the base model is warm everywhere: any pod is a home
-            key, replication = f"pool:{r.pool}", len(ready)
-        candidates = choose_endpoint(key, by_name, replication, self.outstanding, pool.load_bound)
-        headers = self._forward_headers(request)
-        headers[hdr.ROUTE] = route_header(table, r)
-        last: Upstream | None = None
-        last_error = ""
-        attempts = 0
-        for name in candidates[: max(1, self.config.max_attempts)]:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            attempts += 1
-            target = self._target(by_name[name]) + request.path_qs
-            # Peers check the same bearer token; the local worker does not need it.
-            hdrs = headers if self._is_local(name) else self._with_auth(headers, request)
-            self.outstanding[name] = self.outstanding.get(name, 0) + 1
-            try:
-                up = await self._post(target, body, hdrs, remaining, name)
-            except aiohttp.ConnectionTimeoutError as e:
-                last_error = f"{name}: connect timeout ({e})"
-                self.stats.attempt(r.pool, "retry_connect")
-                continue
-            except TimeoutError:
-                self.stats.attempt(r.pool, "timeout")
-                raise ApiError(
-                    504, f"No answer from pod '{name}' within the request timeout.", code="upstream_timeout"
-                ) from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-                last_error = f"{name}: {type(e).__name__}: {e}"
-                self.stats.attempt(r.pool, "retry_connect")
-                continue
-            finally:
-                n = self.outstanding[name] - 1
-                if n:
-                    self.outstanding[name] = n
-                else:
-                    del self.outstanding[name]
-            if up.status in RETRY_STATUSES:
-                last = up
-                last_error = f"{name}: HTTP {up.status}"
-                self.stats.attempt(r.pool, "retry_status")
-                continue
-            self.stats.attempt(r.pool, "ok" if up.status < 500 else "failed")
-            return up, attempts
-        if last is not None:  # every candidate said "not now": pass the last answer on
-            return last, attempts
-        raise ApiError(
-            502,
-            f"No pod of pool '{r.pool}' could be reached ({last_error or 'timed out'}).",
-            code="upstream_unavailable",
-        )
 
     async def _ready_endpoints(
         self, table: RoutingTable, pool_name: str, deadline: float
@@ -426,18 +333,18 @@ class Sidecar:
         try:
             while (remaining := hold_until - time.monotonic()) > 0:
                 await self.view.wait_changed(remaining)
-                table = self.view.table
-                pool = table.pools.get(pool_name) if table else None
-                if pool is None:
+                current = self.view.table
+                entry = current.pools.get(pool_name) if current else None
+                if current is None or entry is None:
                     raise ApiError(
                         404,
                         f"Pool '{pool_name}' was removed while the request waited.",
                         param="model",
                         code="model_not_found",
                     )
-                ready = [e for e in pool.endpoints if e.ready]
+                ready = [e for e in entry.endpoints if e.ready]
                 if ready:
-                    return table, pool, ready
+                    return current, entry, ready
         finally:
             self.stats.waiting(pool_name, -1)
         raise ApiError(
@@ -446,45 +353,6 @@ class Sidecar:
             code="no_ready_endpoint",
             headers={"Retry-After": "5"},
         )
-
-    def _is_local(self, endpoint_name: str) -> bool:
-        return self.worker_url is not None and endpoint_name == self.config.pod_name
-
-    def _target(self, ep: Endpoint) -> str:
-        return self.worker_url if self._is_local(ep.name) else ep.url.rstrip("/")
-
-    def _forward_headers(self, request: web.Request) -> dict[str, str]:
-        headers = {h: request.headers[h] for h in FORWARD_REQUEST_HEADERS if h in request.headers}
-        headers.setdefault("Content-Type", "application/json")
-        headers[hdr.HOP] = self.config.hop_name
-        return headers
-
-    def _with_auth(self, headers: dict[str, str], request: web.Request) -> dict[str, str]:
-        auth = request.headers.get("Authorization")
-        return {**headers, "Authorization": auth} if auth else headers
-
-    async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float, endpoint: str) -> Upstream:
-        assert self.session is not None
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.config.connect_timeout_s)
-        t = time.monotonic()
-        async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-            data = await resp.read()
-            return Upstream(resp.status, resp.headers, data, time.monotonic() - t, endpoint)
-
-    def _respond(self, up: Upstream, t0: float, attempts: int | None = None) -> web.Response:
-        headers: CIMultiDict[str] = CIMultiDict()
-        for k, v in up.headers.items():
-            if k.lower() in ("content-type", "retry-after") or (
-                k.lower().startswith(hdr.PREFIX.lower()) and k.lower() != hdr.ROUTER_MS.lower()
-            ):
-                headers[k] = v
-        headers.setdefault(hdr.POD, up.endpoint)  # a peer sidecar already said who served it
-        # Time this router added, plus what a peer router added on its side.
-        router_ms = (time.monotonic() - t0 - up.seconds) * 1000 + (_ms_header(up.headers, hdr.ROUTER_MS) or 0.0)
-        headers[hdr.ROUTER_MS] = f"{router_ms:.3f}"
-        if attempts is not None:
-            headers[hdr.ATTEMPTS] = str(attempts)
-        return web.Response(status=up.status, body=up.body, headers=headers)
 
     def _route_for(self, body: bytes) -> str | None:
         table = self.view.table if self.view else None
@@ -496,39 +364,10 @@ class Sidecar:
 
     async def _serve_hop(self, request: web.Request, body: bytes, t0: float) -> web.Response:
         """A request another router already placed here: local worker only, never forwarded again."""
-        hop = request.headers[hdr.HOP]
-        if self.worker_url is None:
-            raise ApiError(
-                502,
-                f"Request routed here by '{hop}', but this router has no local worker "
-                "(loop guard: routed requests are not forwarded again).",
-                code="loop_detected",
-            )
-        headers = self._forward_headers(request)
-        headers[hdr.HOP] = hop
         # A router sent its route along; a hand-made hop request gets ours, if the model resolves here.
         route = request.headers.get(hdr.ROUTE) or self._route_for(body)
-        if route:
-            headers[hdr.ROUTE] = route
-        pool = "unknown"
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            pool = str(json.loads(route)["pool"]) if route else pool
-        self.stats.served(pool)
-        remaining = t0 + self.config.request_timeout_s - time.monotonic()
-        name = self.config.pod_name or "local"
-        try:
-            up = await self._post(self.worker_url + request.path_qs, body, headers, remaining, name)
-        except aiohttp.ConnectionTimeoutError:
-            raise ApiError(502, "The local worker did not accept the connection.", code="worker_unavailable") from None
-        except TimeoutError:
-            raise ApiError(
-                504, "No answer from the local worker within the request timeout.", code="upstream_timeout"
-            ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise ApiError(
-                502, f"The local worker is unreachable ({type(e).__name__}).", code="worker_unavailable"
-            ) from None
-        return self._respond(up, t0)
+        up = await self.forwarder.serve_hop(request, body, route, t0 + self.config.request_timeout_s)
+        return respond(up, t0)
 
 
 def parse_args(argv: list[str] | None) -> SidecarConfig:

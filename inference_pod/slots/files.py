@@ -87,10 +87,10 @@ def _open(engine: SlotEngine, path: Path) -> tuple[BinaryIO, int, int]:
 
 
 def _read_into(f: BinaryIO, dst: torch.Tensor, name: str) -> None:
-    buf = memoryview(dst.view(torch.uint8).numpy()).cast("B")
+    buf = memoryview(dst.view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
     got = 0
     while got < len(buf):
-        n = f.readinto(buf[got:])
+        n = f.readinto(buf[got:])  # type: ignore[attr-defined]  # real files are BufferedReader
         if not n:
             raise AdapterFormatError(f"{name} is truncated")
         got += n

@@ -33,7 +33,7 @@ class Job:
     deadline: float = field(compare=False)
     enqueued: float = field(compare=False, default_factory=time.monotonic)
     started: float | None = field(compare=False, default=None)
-    future: asyncio.Future | None = field(compare=False, default=None)
+    future: asyncio.Future = field(compare=False, kw_only=True)
 
 
 class GpuJobQueue:

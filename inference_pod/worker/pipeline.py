@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", 
         from diffusers import DiffusionPipeline
 
         local = Path(model)
-        kwargs = {"dtype": dt}
+        kwargs: dict[str, Any] = {"dtype": dt}
         if not local.exists():
             kwargs["revision"] = revision or "main"
             if dt == torch.float16:

@@ -17,6 +17,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from aiohttp import web
@@ -45,7 +46,7 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.jobs = GpuJobQueue(cfg.limits.queue_size)
         self.ready = False
-        self.pipe = None
+        self.pipe: Any = None  # a diffusers pipeline once loaded
         self.engine: SlotEngine | None = None
         self.tiers: AdapterTiers | None = None
         self.base_names: set[str] = {cfg.model, *BASE_NAMES}

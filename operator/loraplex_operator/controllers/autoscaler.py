@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import Kube, KubeError
@@ -239,7 +240,7 @@ class Autoscaler:
     async def _patch_adapter(self, ns: str, name: str, a: AdapterLoad) -> None:
         from loraplex_operator.logic.conditions import rfc3339
 
-        status = {"requestRate": round(a.request_rate, 3)}
+        status: dict[str, Any] = {"requestRate": round(a.request_rate, 3)}
         if a.last_request_time:
             status["lastRequestTime"] = rfc3339(a.last_request_time)
         try:

@@ -98,16 +98,16 @@ def build_table(
 
     pool_entries = {}
     for name, info in infos.items():
-        spec = parsed_pools[name][0]
+        pool_spec = parsed_pools[name][0]
         pool_entries[name] = PoolEntry(
-            base_model=spec.model.name,
+            base_model=pool_spec.model.name,
             aliases=info.aliases,
             endpoints=tuple(
                 Endpoint(name=p.name, url=endpoint_url(p.ip))
                 for p in sorted(ready_pods.get(name, ()), key=lambda p: p.name)
             ),
-            load_bound=spec.routing.load_bound,
-            activation_timeout_s=spec.routing.activation_timeout_seconds,
+            load_bound=pool_spec.routing.load_bound,
+            activation_timeout_s=pool_spec.routing.activation_timeout_seconds,
         )
 
     candidates: dict[str, tuple[AdapterSpec, str, Any, str]] = {}
