@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inference_pod.adapters.formats import canonicalize, load_adapter_file  # noqa: E402
 from inference_pod.local.lora_factory import make_lora_state_dict, target_linears  # noqa: E402
 from inference_pod.slots import host_memory  # noqa: E402
+from inference_pod.slots.batching import activate_per_sample  # noqa: E402
 from inference_pod.slots.engine import SlotEngine  # noqa: E402
 from inference_pod.slots.files import load_prepared_file, save_prepared  # noqa: E402
 
@@ -417,7 +418,7 @@ def bench_batching(unet, timer: Timer, sds: dict, latent: int, requests: int, re
                 unet(**one)
 
     def batched():
-        engine.activate_per_sample([[(s, 1.0)] for s in range(requests)])
+        activate_per_sample(engine, [[(s, 1.0)] for s in range(requests)])
         with torch.inference_mode():
             unet(**many)
 

@@ -1,8 +1,8 @@
-"""Several generation requests in one pipeline call, each with its own adapters.
+"""Several generation requests in one pipeline call, each with its own adapters: the engine's per-sample mode.
 
-The slot engine's per-sample mode gives every image of a batch its own
-(slot, scale) list; the UNet's classifier-free guidance batch
-[uncond..., cond...] repeats that list, and the text encoders see it once
+An extension of the slot engine, outside its core: `activate_per_sample` sets the engine's states to a CUSTOM
+update (`per_sample_update`) that gives every image of a batch its own (slot, scale) list; the UNet's
+classifier-free guidance batch [uncond..., cond...] repeats that list, and the text encoders see it once
 per prompt batch. Each image keeps its own generator, so a batched request
 produces what it would alone (within float tolerance).
 
@@ -22,7 +22,76 @@ from dataclasses import dataclass
 
 import torch
 
-from inference_pod.slots.engine import SlotEngine
+from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
+from inference_pod.slots.layers import SlotLoraLinear
+
+
+def activate_per_sample(
+    engine: SlotEngine, samples: list[list[tuple[int, float]]], components: tuple[str, ...] | None = None
+) -> None:
+    """Give each sample of the next batch its own adapters (an empty list: none for that sample).
+
+    `samples[i]` is sample i's (slot, scale) list. A layer seeing a batch of m * len(samples) rows applies the list
+    m times over, which is how the UNet's classifier-free guidance batch [uncond..., cond...] lines up. Allocates
+    small tensors: this is a per-batch call, not the switch path. `engine.activate` ends the mode.
+    """
+    if not samples:
+        raise ValueError("no samples")
+    k = max(1, max(len(s) for s in samples))
+    if k > engine.max_active:
+        raise AdapterMismatchError(f"at most {engine.max_active} adapters per request")
+    flat = [s for sample in samples for s, _ in sample]
+    engine.check_slots(flat)
+    rank = max([engine.slot_rank[s] for s in flat] + [1])
+    n = len(samples)
+    index = torch.zeros(n, k, dtype=torch.long)
+    scales = torch.zeros(n, k)
+    for i, sample in enumerate(samples):
+        for j, (s, w) in enumerate(sample):
+            index[i, j] = s
+            scales[i, j] = w  # padding entries keep scale 0 (slot 0 times zero)
+    rows_dtype = engine.state.rows.dtype
+    flat_index = index.view(-1).to(engine.device)
+    rows = scales.repeat_interleave(rank, dim=1).to(engine.device, rows_dtype)
+    rows_full = scales.repeat_interleave(engine.max_rank, dim=1).to(engine.device, rows_dtype)
+    epoch = engine.new_epoch()
+    for comp in components or engine.components:
+        engine.states[comp].custom(
+            per_sample_update, k=k, rank=rank, epoch=epoch, index=flat_index, rows=rows, rows_full=rows_full
+        )
+
+
+def per_sample_update(x: torch.Tensor, y: torch.Tensor, layer: SlotLoraLinear) -> torch.Tensor:
+    """y + each sample's own low-rank update: index [N*K], rows [N, K*r] for N samples.
+
+    A batch of m*N rows repeats them m times (classifier-free guidance runs [uncond..., cond...] through the UNet).
+    Under torch.compile all max_rank rows are read (`rows_full`), as in the shared path.
+    """
+    st = layer.state
+    if torch.compiler.is_compiling():
+        a_all, bt_all, rows = layer.lora_a, layer.lora_bt, st.rows_full
+    else:
+        a_all, bt_all, rows = layer.lora_a[:, : st.rank], layer.lora_bt[:, : st.rank], st.rows
+    index = st.index
+    n_in, n_out = a_all.shape[2], bt_all.shape[2]
+    cd = st.compute_dtype or a_all.dtype
+    out = y if y.is_contiguous() else y.contiguous()
+    n, kr = rows.shape
+    batch = x.shape[0]
+    if batch % n:
+        raise RuntimeError(f"per-sample adapters were set for {n} samples, but a layer got a batch of {batch}")
+    rep = batch // n
+    if rep > 1:
+        index = index.repeat(rep)
+        rows = rows.repeat(rep, 1)
+    a = a_all.index_select(0, index).view(batch, kr, n_in).to(cd)
+    bt = bt_all.index_select(0, index).view(batch, kr, n_out).to(cd)
+    h = torch.bmm(x.reshape(batch, -1, n_in).to(cd), a.transpose(1, 2)) * rows.to(cd).unsqueeze(1)
+    if out.dtype == cd:
+        out.view(batch, -1, n_out).baddbmm_(h, bt)
+    else:
+        out.view(batch, -1, n_out).add_(torch.bmm(h, bt).to(out.dtype))
+    return out
 
 
 @dataclass(frozen=True)
@@ -74,7 +143,7 @@ def generate_batch(
     if all(s == samples[0] for s in samples):
         engine.activate(samples[0])  # one shared set: the cheaper shared path
     else:
-        engine.activate_per_sample(samples)
+        activate_per_sample(engine, samples)
     try:
         out = pipe(
             prompt=prompts,

@@ -19,8 +19,8 @@ rows of a slot: one contiguous block of r*D elements. So
   rank-64 slots costs rank-8 compute), via views, without gathering.
 
 Several adapters per request are applied as one concatenated low-rank pair
-(K*r rows, per-row scales), and a per-sample mode lets one batch carry
-requests for different adapters (see slot_batching.py).
+(K*r rows, per-row scales). `slots.batching` extends the engine with a
+per-sample mode (one batch carrying requests for different adapters).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch import nn
 
 from inference_pod.adapters.formats import CanonicalLora
 from inference_pod.slots import host_memory
-from inference_pod.slots.layers import OFF, PER_SAMPLE, SHARED, ActiveState, SlotLoraLinear
+from inference_pod.slots.layers import ActiveState, SlotLoraLinear
 from inference_pod.slots.targets import UNET_TARGETS
 
 __all__ = ["AdapterMismatchError", "ModuleLayout", "PreparedAdapter", "SlotEngine", "SlotLoraLinear"]
@@ -113,33 +113,55 @@ class SlotEngine:
         targets = self._find_targets(pipe, target_suffixes)
         if not targets:
             raise ValueError(f"no Linear modules match the target suffixes {target_suffixes}")
+        self._lay_out(targets)
+        self._allocate_storage()
+        self.compute_dtype = self._pick_compute_dtype(compute_dtype)
+        self._init_states()
+        self._originals: list[tuple[str, nn.Linear]] = targets
+        self._install_layers(targets)
+
+    def _lay_out(self, targets: list[tuple[str, nn.Linear]]) -> None:
+        """Column offsets of every module's A and B^T inside one rank row of width D (`width`)."""
         layouts: list[ModuleLayout] = []
         off = 0
         for name, mod in targets:
             layouts.append(ModuleLayout(name, mod.in_features, mod.out_features, off, off + mod.in_features))
             off += mod.in_features + mod.out_features
         self.width = off  # D: elements per rank row
-        self.slot_numel = max_rank * off
+        self.slot_numel = self.max_rank * off
         self.layouts = {lay.name: lay for lay in layouts}
+
+    def _allocate_storage(self) -> None:
+        """All slots in one [n_slots, max_rank, D] tensor (huge pages on a CPU)."""
+        shape = (self.n_slots, self.max_rank, self.width)
         if self.device.type == "cpu":
-            self.storage = host_memory.zeros((n_slots, max_rank, off), self.dtype)
+            self.storage = host_memory.zeros(shape, self.dtype)
         else:
-            self.storage = torch.zeros(n_slots, max_rank, off, dtype=self.dtype, device=self.device)
-        self.slot_rank = [0] * n_slots  # rows of each slot that may be non-zero
-        # bf16/fp16 matmuls with a handful of rows run ~10x slower than fp32 on
-        # CPUs without native 16-bit kernels (measured: 1.4-2.8 ms vs 0.25-0.45 ms
-        # per SDXL attention layer on AVX2); there the update is computed in fp32.
+            self.storage = torch.zeros(*shape, dtype=self.dtype, device=self.device)
+        self.slot_rank = [0] * self.n_slots  # rows of each slot that may be non-zero
+
+    def _pick_compute_dtype(self, compute_dtype: torch.dtype | None | str) -> torch.dtype | None:
+        """The low-rank matmuls' dtype; None: the slots' own.
+
+        bf16/fp16 matmuls with a handful of rows run ~10x slower than fp32 on CPUs without native 16-bit kernels
+        (measured: 1.4-2.8 ms vs 0.25-0.45 ms per SDXL attention layer on AVX2); there "auto" computes in fp32.
+        """
         if compute_dtype == "auto":
             slow16 = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16)
-            compute_dtype = torch.float32 if slow16 and not _fast_on_cpu(self.dtype) else None
+            return torch.float32 if slow16 and not _fast_on_cpu(self.dtype) else None
         if compute_dtype == self.dtype:
-            compute_dtype = None
-        self.compute_dtype: torch.dtype | None = compute_dtype  # type: ignore[assignment]
+            return None
+        assert compute_dtype is None or isinstance(compute_dtype, torch.dtype), compute_dtype
+        return compute_dtype
+
+    def _init_states(self) -> None:
+        """One ActiveState per component, and the host arrays activate() writes the active slots into."""
         rows_dtype = self.compute_dtype or self.dtype
-        # One state per component: the per-sample mode gives the UNet and the
-        # text encoders different batch layouts; activate() sets them all.
+        # One state per component, so an extension can give the UNet and the text encoders different batch
+        # layouts; activate() sets them all.
         self.states = {
-            c: ActiveState(max_rank, max_active, rows_dtype, self.device, self.compute_dtype) for c in self.components
+            c: ActiveState(self.max_rank, self.max_active, rows_dtype, self.device, self.compute_dtype)
+            for c in self.components
         }
         st0 = self.state
         # Host arrays activate() writes into: on CPU (fp32 rows) they are the
@@ -152,11 +174,14 @@ class SlotEngine:
         self._active: tuple[tuple[int, float], ...] = ()
         self._rows_views: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray]] = {}
         self._epoch = 0  # one counter for all states, so a layer's cached views can never match a stale epoch
-        self._originals: list[tuple[str, nn.Linear]] = targets
-        for (name, mod), lay in zip(targets, layouts, strict=True):
+
+    def _install_layers(self, targets: list[tuple[str, nn.Linear]]) -> None:
+        """Wrap every target Linear in a SlotLoraLinear reading its A and B^T columns of the slot storage."""
+        for name, mod in targets:
+            lay = self.layouts[name]
             a = self.storage[:, :, lay.a_offset : lay.a_offset + lay.in_features]
             bt = self.storage[:, :, lay.b_offset : lay.b_offset + lay.out_features]
-            self._replace(pipe, name, SlotLoraLinear(mod, a, bt, self.states[name.split(".", 1)[0]]))
+            self._replace(self._pipe, name, SlotLoraLinear(mod, a, bt, self.states[name.split(".", 1)[0]]))
 
     def _host(self, t: torch.Tensor, np_dtype) -> np.ndarray:
         return t.numpy() if self._direct else np.zeros(t.shape, np_dtype)
@@ -281,7 +306,7 @@ class SlotEngine:
         if old and any(s == slot for s, _ in self._active):
             self.activate(list(self._active))
 
-    def _check_slots(self, slots: list[int]) -> None:
+    def check_slots(self, slots: list[int]) -> None:
         for s in slots:
             if not 0 <= s < self.n_slots:
                 raise AdapterMismatchError(f"slot {s} does not exist (the engine has {self.n_slots})")
@@ -289,56 +314,74 @@ class SlotEngine:
     def activate(self, slots_and_scales: list[tuple[int, float]]) -> None:
         """Make these slots active with these scales for every sample; an empty list means the base model alone.
 
-        The switch path: numpy stores into preallocated state tensors and a
-        few attribute writes; nothing proportional to the number of layers.
+        The switch path: numpy stores into preallocated state tensors and a few attribute writes; nothing
+        proportional to the number of layers.
+
+        Aliasing invariant: on a CPU with fp32 rows (`_direct`) the host arrays written here ARE the memory of the
+        state tensors the layers read (`index_by_k[k]`, `rows_by_k[k]`, `rows_full_by_k[k]` of the first
+        component's state), so every slot is validated before the first store and a refused activation leaves the
+        live state untouched. Elsewhere they are staging arrays, uploaded once per switch. Every component's state
+        then points at those same first-state tensors: one upload serves the UNet and the text encoders. The
+        several-adapter `rows` is a cached view of the first k*r entries of `rows_by_k[k]` (`_rows_view`).
         """
         k = len(slots_and_scales)
         if k == 0:
             self._active = ()
             for st in self.states.values():
-                st.mode = OFF
+                st.off()
             return
         if k > self.max_active:
             raise AdapterMismatchError(f"at most {self.max_active} adapters per request")
-        R = self.max_rank
+        max_rank = self.max_rank
         st0 = self.state
-        hi, hf = self._host_index[k], self._host_rows_full[k]
+        host_index, host_rows_full = self._host_index[k], self._host_rows_full[k]
         if k == 1:
             slot, scale = slots_and_scales[0]
             if not 0 <= slot < self.n_slots:
-                self._check_slots([slot])
-            r = self.slot_rank[slot] or 1
-            hi[0] = slot
-            hf[:] = scale
+                self.check_slots([slot])
+            rank = self.slot_rank[slot] or 1
+            host_index[0] = slot
+            host_rows_full[:] = scale
             rows = st0.rows_by_k[1]  # the single-adapter eager path passes the scale as alpha
         else:
             # Validate everything before the first store: on CPU these arrays are the live state.
             slot_rank, n_slots = self.slot_rank, self.n_slots
-            r = 1
+            rank = 1
             for s, _ in slots_and_scales:
                 if not 0 <= s < n_slots:
-                    self._check_slots([s])
-                r = max(r, slot_rank[s])
-            rows, hr = self._rows_view(k, r)
+                    self.check_slots([s])
+                rank = max(rank, slot_rank[s])
+            rows, host_rows = self._rows_view(k, rank)
             for i, (s, w) in enumerate(slots_and_scales):
-                hi[i] = s
-                hf[i * R : (i + 1) * R] = w
-                hr[i * r : (i + 1) * r] = w
+                host_index[i] = s
+                host_rows_full[i * max_rank : (i + 1) * max_rank] = w
+                host_rows[i * rank : (i + 1) * rank] = w
             if not self._direct:
-                rows.copy_(torch.from_numpy(hr))
+                rows.copy_(torch.from_numpy(host_rows))
         index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
         if not self._direct:
-            index.copy_(torch.from_numpy(hi))
-            rows_full.copy_(torch.from_numpy(hf))
+            index.copy_(torch.from_numpy(host_index))
+            rows_full.copy_(torch.from_numpy(host_rows_full))
         self._active = tuple(slots_and_scales)
         slot, scale = slots_and_scales[0]
         self._epoch += 1
-        epoch = self._epoch
         for st in self.states.values():
-            # Every component reads the first state's tensors: one upload per switch.
-            st.index, st.rows, st.rows_full = index, rows, rows_full
-            st.k, st.slot, st.scale, st.rank, st.epoch = k, slot, float(scale), r, epoch
-            st.mode = SHARED
+            st.share(
+                k=k,
+                slot=slot,
+                scale=float(scale),
+                rank=rank,
+                epoch=self._epoch,
+                index=index,
+                rows=rows,
+                rows_full=rows_full,
+            )
+
+    def new_epoch(self) -> int:
+        """For extensions that set the states themselves: forget the shared activation; a fresh epoch number."""
+        self._active = ()
+        self._epoch += 1
+        return self._epoch
 
     def _rows_view(self, k: int, r: int) -> tuple[torch.Tensor, np.ndarray]:
         """The first k*r entries of the K=k rows tensor and of its host array (cached: no allocation)."""
@@ -347,40 +390,3 @@ class SlotEngine:
         if view is None:
             view = self._rows_views[key] = (self.state.rows_by_k[k][: k * r], self._host_rows[k][: k * r])
         return view
-
-    def activate_per_sample(
-        self, samples: list[list[tuple[int, float]]], components: tuple[str, ...] | None = None
-    ) -> None:
-        """Give each sample of the next batch its own adapters (an empty list: none for that sample).
-
-        `samples[i]` is sample i's (slot, scale) list. A layer seeing a batch of
-        m * len(samples) rows applies the list m times over, which is how the
-        UNet's classifier-free guidance batch [uncond..., cond...] lines up.
-        Allocates small tensors: this is a per-batch call, not the switch path.
-        """
-        if not samples:
-            raise ValueError("no samples")
-        k = max(1, max(len(s) for s in samples))
-        if k > self.max_active:
-            raise AdapterMismatchError(f"at most {self.max_active} adapters per request")
-        flat = [s for sample in samples for s, _ in sample]
-        self._check_slots(flat)
-        r = max([self.slot_rank[s] for s in flat] + [1])
-        n = len(samples)
-        index = torch.zeros(n, k, dtype=torch.long)
-        scales = torch.zeros(n, k)
-        for i, sample in enumerate(samples):
-            for j, (s, w) in enumerate(sample):
-                index[i, j] = s
-                scales[i, j] = w  # padding entries keep scale 0 (slot 0 times zero)
-        rows_dtype = self.state.rows.dtype
-        index = index.view(-1).to(self.device)
-        rows = scales.repeat_interleave(r, dim=1).to(self.device, rows_dtype)
-        rows_full = scales.repeat_interleave(self.max_rank, dim=1).to(self.device, rows_dtype)
-        self._active = ()
-        self._epoch += 1
-        for comp in components or self.components:
-            st = self.states[comp]
-            st.index, st.rows, st.rows_full = index, rows, rows_full
-            st.k, st.rank, st.epoch = k, r, self._epoch
-            st.mode = PER_SAMPLE

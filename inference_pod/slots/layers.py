@@ -1,33 +1,39 @@
 """The LoRA layer of the slot engine: nn.Linear plus the low-rank update of whichever slots are active.
 
-Every wrapped layer of a component shares one `ActiveState`. Three forward
-paths, all reading factors from the engine's slot storage through views:
-- one adapter (the common case, eager): views of the active slot's first
-  `rank` rows, cached per activation; two small matmuls, scale as alpha;
-- several adapters, or one per sample (eager): the active slots' rows are
-  gathered and applied as one concatenated low-rank pair with per-row scales;
-- under torch.compile: the same gathered form over all max_rank rows, reading
-  only tensors whose values change in place, so the graph survives switches.
+Every wrapped layer of a component shares one `ActiveState`. The forward paths, all reading factors from the
+engine's slot storage through views:
+- one adapter (the common case, eager): views of the active slot's first `rank` rows, cached per activation; two
+  small matmuls, scale as alpha;
+- several adapters (eager): the active slots' rows are gathered and applied as one concatenated low-rank pair with
+  per-row scales;
+- under torch.compile: the same gathered form over all max_rank rows, reading only tensors whose values change in
+  place, so the graph survives switches;
+- `CUSTOM`: an extension computes the update (the per-sample batching of `slots.batching`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-OFF, SHARED, PER_SAMPLE = 0, 1, 2
+OFF, SHARED, CUSTOM = 0, 1, 2
+
+# An extension's update: (x, y, layer) -> y plus the layer's low-rank update.
+Update = Callable[[torch.Tensor, torch.Tensor, "SlotLoraLinear"], torch.Tensor]
 
 
 class ActiveState:
     """Which slots are active and with what scales, for the wrapped layers of one component.
 
-    Eager layers read the Python scalars (`k`, `slot`, `scale`, `rank`,
-    `epoch`) and, for several adapters, `index` and `rows` (a scale per rank
-    row: `rank` rows per adapter). Compiled graphs read only `mode`, `index`
-    and `rows_full` (max_rank rows per adapter), whose shapes depend on the
-    number of active adapters alone; their values change in place, in tensors
-    preallocated per K, so a switch neither allocates nor recompiles.
+    Eager layers read the Python scalars (`k`, `slot`, `scale`, `rank`, `epoch`) and, for several adapters, `index`
+    and `rows` (a scale per rank row: `rank` rows per adapter). Compiled graphs read only `mode`, `index` and
+    `rows_full` (max_rank rows per adapter), whose shapes depend on the number of active adapters alone; their
+    values change in place, in tensors preallocated per K (`index_by_k`, `rows_by_k`, `rows_full_by_k`), so a
+    switch neither allocates nor recompiles. Only the engine (and its extensions) change a state, through `off`,
+    `share` and `custom`.
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class ActiveState:
         self.scale = 0.0
         self.rank = 1  # rows eager layers read: the largest rank among the active slots
         self.epoch = 0  # bumped whenever what eager layers cache (views of the active rows) changes
+        self.update: Update | None = None  # the CUSTOM mode's update
         ks = range(max_active + 1)
         self.index_by_k = [torch.zeros(k, dtype=torch.long, device=device) for k in ks]
         self.rows_by_k = [torch.zeros(k * max_rank, dtype=rows_dtype, device=device) for k in ks]
@@ -53,6 +60,44 @@ class ActiveState:
         self.index = self.index_by_k[0]
         self.rows = self.rows_by_k[0]
         self.rows_full = self.rows_full_by_k[0]
+
+    def off(self) -> None:
+        """No adapter: the layers compute the base model alone."""
+        self.mode = OFF
+
+    def share(
+        self,
+        *,
+        k: int,
+        slot: int,
+        scale: float,
+        rank: int,
+        epoch: int,
+        index: torch.Tensor,
+        rows: torch.Tensor,
+        rows_full: torch.Tensor,
+    ) -> None:
+        """K adapters for every sample: `slot`/`scale` are the first one's, `rank` the largest active rank."""
+        self.index, self.rows, self.rows_full = index, rows, rows_full
+        self.k, self.slot, self.scale, self.rank, self.epoch = k, slot, scale, rank, epoch
+        self.mode = SHARED
+
+    def custom(
+        self,
+        update: Update,
+        *,
+        k: int,
+        rank: int,
+        epoch: int,
+        index: torch.Tensor,
+        rows: torch.Tensor,
+        rows_full: torch.Tensor,
+    ) -> None:
+        """An extension's own update (e.g. per-sample adapters), reading these index and scale tensors."""
+        self.index, self.rows, self.rows_full = index, rows, rows_full
+        self.k, self.rank, self.epoch = k, rank, epoch
+        self.update = update
+        self.mode = CUSTOM
 
 
 class SlotLoraLinear(nn.Linear):
@@ -83,13 +128,14 @@ class SlotLoraLinear(nn.Linear):
         mode = st.mode
         if mode == OFF:
             return y
+        if mode == CUSTOM:
+            assert st.update is not None
+            return st.update(x, y, self)
         if torch.compiler.is_compiling():
             # Full max-rank rows and tensor indices only: nothing here depends on
             # which slots are active, so a switch never invalidates the graph.
-            return _add_gathered(
-                x, y, self.lora_a, self.lora_bt, st.index, st.rows_full, mode == PER_SAMPLE, st.compute_dtype
-            )
-        if mode == SHARED and st.k == 1:
+            return add_gathered(x, y, self.lora_a, self.lora_bt, st.index, st.rows_full, st.compute_dtype)
+        if st.k == 1:
             views = self._views
             if views[0] != st.epoch:
                 views[0], views[1], views[2] = (
@@ -99,9 +145,7 @@ class SlotLoraLinear(nn.Linear):
                 )
             return _add_single(x, y, views[1], views[2], st.scale, st.compute_dtype)
         r = st.rank
-        return _add_gathered(
-            x, y, self.lora_a[:, :r], self.lora_bt[:, :r], st.index, st.rows, mode == PER_SAMPLE, st.compute_dtype
-        )
+        return add_gathered(x, y, self.lora_a[:, :r], self.lora_bt[:, :r], st.index, st.rows, st.compute_dtype)
 
 
 def _add_single(
@@ -122,50 +166,27 @@ def _add_single(
     return out
 
 
-def _add_gathered(
+def add_gathered(
     x: torch.Tensor,
     y: torch.Tensor,
     a_all: torch.Tensor,
     bt_all: torch.Tensor,
     index: torch.Tensor,
     rows: torch.Tensor,
-    per_sample: bool,
     cd: torch.dtype | None,
 ) -> torch.Tensor:
-    """y + (x A^T * rows) Bt for the gathered slots.
-
-    Shared: index [K], rows [K*r]; the K adapters' rows are concatenated into
-    one [K*r] low-rank pair. Per sample: index [N*K], rows [N, K*r] for N
-    samples; a batch of m*N rows repeats them m times (classifier-free
-    guidance runs [uncond..., cond...] through the UNet).
-    """
+    """y + (x A^T * rows) Bt for the gathered slots: index [K], rows [K*r]; the K adapters' rows are concatenated
+    into one [K*r] low-rank pair."""
     r = a_all.shape[1]
     n_in, n_out = a_all.shape[2], bt_all.shape[2]
     cd = cd or a_all.dtype
     out = y if y.is_contiguous() else y.contiguous()
-    if not per_sample:
-        kr = index.shape[0] * r
-        a = a_all.index_select(0, index).view(kr, n_in).to(cd)
-        bt = bt_all.index_select(0, index).view(kr, n_out).to(cd)
-        h = (F.linear(x.to(cd), a) * rows.to(cd)).view(-1, kr)
-        if out.dtype == cd:
-            out.view(-1, n_out).addmm_(h, bt)
-        else:
-            out.view(-1, n_out).add_(torch.mm(h, bt).to(out.dtype))
-        return out
-    n, kr = rows.shape
-    batch = x.shape[0]
-    if batch % n:
-        raise RuntimeError(f"per-sample adapters were set for {n} samples, but a layer got a batch of {batch}")
-    rep = batch // n
-    if rep > 1:
-        index = index.repeat(rep)
-        rows = rows.repeat(rep, 1)
-    a = a_all.index_select(0, index).view(batch, kr, n_in).to(cd)
-    bt = bt_all.index_select(0, index).view(batch, kr, n_out).to(cd)
-    h = torch.bmm(x.reshape(batch, -1, n_in).to(cd), a.transpose(1, 2)) * rows.to(cd).unsqueeze(1)
+    kr = index.shape[0] * r
+    a = a_all.index_select(0, index).view(kr, n_in).to(cd)
+    bt = bt_all.index_select(0, index).view(kr, n_out).to(cd)
+    h = (F.linear(x.to(cd), a) * rows.to(cd)).view(-1, kr)
     if out.dtype == cd:
-        out.view(batch, -1, n_out).baddbmm_(h, bt)
+        out.view(-1, n_out).addmm_(h, bt)
     else:
-        out.view(batch, -1, n_out).add_(torch.bmm(h, bt).to(out.dtype))
+        out.view(-1, n_out).add_(torch.mm(h, bt).to(out.dtype))
     return out

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from inference_pod.adapters.formats import canonicalize
+from inference_pod.slots.batching import activate_per_sample
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine, SlotLoraLinear
 from tests.unit.slots.slot_engine_helpers import TE_TARGETS, make_adapter, slice_inputs, unet_inputs, unet_out
 
@@ -160,13 +161,13 @@ def test_per_sample_adapters_match_one_by_one(engine_factory, pristine):
     n = len(samples)
     # Classifier-free guidance layout: [uncond..., cond...], the adapters repeat.
     inputs = unet_inputs(pristine, batch=2 * n, seed=5)
-    engine.activate_per_sample(samples)
+    activate_per_sample(engine, samples)
     batched = unet_out(pipe, inputs)
     for i, sample in enumerate(samples):
         engine.activate(sample)
         one = unet_out(pipe, slice_inputs(inputs, [i, n + i]))
         torch.testing.assert_close(batched[[i, n + i]], one, **TOL)
-    engine.activate_per_sample(samples)
+    activate_per_sample(engine, samples)
     with pytest.raises(RuntimeError, match="per-sample adapters were set for 4 samples"):
         unet_out(pipe, unet_inputs(pristine, batch=3))
     engine.activate([])
