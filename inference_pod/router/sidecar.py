@@ -372,11 +372,12 @@ class Sidecar:
 
 def parse_args(argv: list[str] | None) -> SidecarConfig:
     p = argparse.ArgumentParser(
-        prog="python -m inference_pod.router",
+        prog="loraplex sidecar",
         description="loraplex router sidecar (or, without --worker-url, the gateway)",
     )
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8080)
+    d = SidecarConfig()  # the defaults are the config's
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--worker-url", help="this pod's worker, e.g. http://127.0.0.1:8081; absent = gateway mode")
     p.add_argument(
         "--pod-name",
@@ -388,13 +389,15 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
     src.add_argument(
         "--table-configmaps", metavar="NAMESPACE", help="watch the routing-table ConfigMaps of this namespace"
     )
-    p.add_argument("--table-label-selector", default=TABLE_LABEL_SELECTOR)
+    p.add_argument("--table-label-selector", default=d.table_label_selector)
     p.add_argument("--auth-tokens-file", help="bearer tokens, one per line; enables auth on the public API")
-    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per client request, all tries")
-    p.add_argument("--connect-timeout", type=float, default=2.0, help="seconds to connect to a pod")
-    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
-    p.add_argument("--max-attempts", type=int, default=3, help="pods tried per request")
-    p.add_argument("--stats-window", type=float, default=60.0, help="seconds of the request-rate window")
+    p.add_argument(
+        "--request-timeout", type=float, default=d.request_timeout_s, help="seconds per client request, all tries"
+    )
+    p.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s, help="seconds to connect to a pod")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-attempts", type=int, default=d.max_attempts, help="pods tried per request")
+    p.add_argument("--stats-window", type=float, default=d.stats_window_s, help="seconds of the request-rate window")
     p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
     a = p.parse_args(argv)
     if a.worker_url and not a.pod_name:

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated Linear module name suffixes that adapters may target",
     )
     p.add_argument("--text-encoder-lora", action="store_true", help="also apply LoRA layers to the text encoders")
-    p.add_argument("--torch-threads", type=int, default=int(os.environ.get("LORAPLEX_TORCH_THREADS", "0")))
+    p.add_argument(
+        "--torch-threads", type=int, default=int(os.environ.get("LORAPLEX_TORCH_THREADS", str(d.torch_threads)))
+    )
     p.add_argument("--default-steps", type=int, default=d.default_steps)
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--hf-home", default=None, help="HF_HOME for the base model cache (a volume in a pod)")

@@ -25,6 +25,7 @@ from loraplex_operator.controllers.app import Operator, OperatorConfig
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
+    d = OperatorConfig()  # the defaults are the config's; the environment (the chart) overrides some
     p = argparse.ArgumentParser(
         prog="loraplex operator", description="Run the loraplex Kubernetes operator (BaseModelPool, LoraAdapter)."
     )
@@ -36,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="namespaces",
         help="watch only this namespace (repeatable); default: all namespaces",
     )
-    p.add_argument("--health-host", default="0.0.0.0")
+    p.add_argument("--health-host", default=d.health_host)
     p.add_argument(
         "--health-port",
         type=int,
-        default=int(env("LORAPLEX_HEALTH_PORT", "8080")),
+        default=int(env("LORAPLEX_HEALTH_PORT", str(d.health_port))),
         help="liveness endpoint port (GET /healthz)",
     )
     p.add_argument(
@@ -49,18 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="run without a Lease (one replica only)",
     )
-    p.add_argument("--lease-namespace", default=env("LORAPLEX_LEASE_NAMESPACE") or env("POD_NAMESPACE") or "default")
-    p.add_argument("--lease-name", default=env("LORAPLEX_LEASE_NAME", "loraplex-operator"))
+    p.add_argument(
+        "--lease-namespace", default=env("LORAPLEX_LEASE_NAMESPACE") or env("POD_NAMESPACE") or d.lease_namespace
+    )
+    p.add_argument("--lease-name", default=env("LORAPLEX_LEASE_NAME", d.lease_name))
     p.add_argument(
         "--identity",
-        default=env("LORAPLEX_IDENTITY", ""),
+        default=env("LORAPLEX_IDENTITY", d.identity),
         help="leader-election identity (default: $POD_NAME, else host-pid)",
     )
-    p.add_argument("--resync-seconds", type=float, default=60.0)
-    p.add_argument("--stats-timeout", type=float, default=2.0, help="seconds per sidecar /v1/stats call")
-    p.add_argument("--hub-timeout", type=float, default=10.0, help="seconds per hub metadata call")
-    p.add_argument("--debounce", type=float, default=0.5, help="routing table: quiet time before a write")
-    p.add_argument("--max-delay", type=float, default=3.0, help="routing table: longest wait before a write")
+    p.add_argument("--resync-seconds", type=float, default=d.resync_s)
+    p.add_argument("--stats-timeout", type=float, default=d.stats_timeout_s, help="seconds per sidecar /v1/stats call")
+    p.add_argument("--hub-timeout", type=float, default=d.hub_timeout_s, help="seconds per hub metadata call")
+    p.add_argument("--debounce", type=float, default=d.debounce_s, help="routing table: quiet time before a write")
+    p.add_argument("--max-delay", type=float, default=d.max_delay_s, help="routing table: longest wait before a write")
     p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
     p.add_argument(
         "--check",

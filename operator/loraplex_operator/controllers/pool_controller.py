@@ -23,7 +23,7 @@ from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.controllers.autoscaler import Autoscaler
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.conditions import Condition, merge_conditions, status_changed
-from loraplex_operator.logic.manifests import build_pool_objects, selector_labels, selector_string
+from loraplex_operator.logic.manifests import build_pool_objects, selector_string
 from loraplex_operator.logic.podstate import summarize_pods
 from loraplex_operator.logic.poolstatus import PoolObservation, pool_status
 from loraplex_operator.logic.specs import SpecError, parse_pool_spec
@@ -122,13 +122,7 @@ class PoolController:
 
         deployment, pods = await asyncio.gather(
             kube.run(kube.get, "apps/v1", "deployments", namespace, name),
-            kube.run(
-                kube.list,
-                "v1",
-                "pods",
-                namespace,
-                ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items())),
-            ),
+            kube.run(kube.list, "v1", "pods", namespace, selector_string(name)),
         )
         load = self.autoscaler.pool_load(namespace, name)
         obs = PoolObservation(
