@@ -44,7 +44,6 @@ LABEL_STATS = "loraplex.io/stats"
 # Routing table shards.
 LABEL_SHARD = "loraplex.io/shard"
 ANNOTATION_SHARDS = "loraplex.io/shards"
-ANNOTATION_TABLE_HASH = "loraplex.io/table-sha256"
 ANNOTATION_SHARD_HASH = "loraplex.io/shard-sha256"
 
 # Ports and paths of the inference pod (sidecar is the only exposed port).

@@ -63,11 +63,6 @@ def find(conditions: Iterable[dict[str, Any]] | None, type_: str) -> dict[str, A
     return None
 
 
-def is_true(conditions: Iterable[dict[str, Any]] | None, type_: str) -> bool:
-    cond = find(conditions, type_)
-    return cond is not None and cond.get("status") == "True"
-
-
 def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """Would writing `new` change any field it sets? (Fields it omits are left alone by a merge patch.)"""
     old = old or {}
