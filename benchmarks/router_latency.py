@@ -34,6 +34,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loraplex.api import headers as hdr  # noqa: E402
 from tests.helpers.procs import PYTHON, ProcHandle, free_port, start_process, wait_ready  # noqa: E402
 
 ECHO_BODY = {"model": "echo", "prompt": "x"}
@@ -58,7 +59,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[fl
     t = time.perf_counter()
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
         await r.read()
-        router = r.headers.get("X-Loraplex-Router-Ms")
+        router = r.headers.get(hdr.ROUTER_MS)
     return time.perf_counter() - t, float(router) if router else None
 
 

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraplex.api import headers as hdr
+
 DEMO_ADAPTERS = (  # name, key format, rank, seed
     ("pixel-art", "peft", 4, 11),
     ("watercolor", "kohya", 8, 22),
@@ -199,9 +201,9 @@ def run_local(
                 (
                     i,
                     model,
-                    headers.get("X-Loraplex-Swap-Tier", "?"),
-                    headers.get("X-Loraplex-Swap-Ms", "?"),
-                    headers.get("X-Loraplex-Inference-Ms", "?"),
+                    headers.get(hdr.SWAP_TIER, "?"),
+                    headers.get(hdr.SWAP_MS, "?"),
+                    headers.get(hdr.INFERENCE_MS, "?"),
                     f"{total_ms:.0f}",
                     out.name,
                 )
