@@ -20,7 +20,9 @@ import time
 from collections.abc import Sequence
 
 from loraplex.logs import setup_logging
+from loraplex_operator.clients.kube import Kube
 from loraplex_operator.controllers.app import Operator, OperatorConfig
+from loraplex_operator.controllers.check import run_check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,9 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kopf").setLevel(max(logging.WARNING, level))
     logging.getLogger("kopf.objects").addFilter(_expected_retries_are_info)
     if args.check:
-        from loraplex_operator.clients.kube import Kube
-        from loraplex_operator.controllers.check import run_check
-
         return run_check(Kube(workers=1), args.lease_namespace, args.lease_name, args.leader_election, time.time())
     namespaces = args.namespaces
     if namespaces is None:

@@ -19,11 +19,13 @@ from typing import Any
 
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import Kube, KubeError
+from loraplex_operator.clients.sidecars import fetch_stats
+from loraplex_operator.logic.conditions import rfc3339
 from loraplex_operator.logic.podstate import is_pod_ready
 from loraplex_operator.logic.routes import endpoint_url
 from loraplex_operator.logic.sizing import Load, Sample, ScalingPolicy, decide, raw_replicas, stabilized_need
 from loraplex_operator.logic.specs import PoolSpec
-from loraplex_operator.logic.stats import AdapterLoad, PoolLoad, StatsSnapshot, aggregate, fetch_stats
+from loraplex_operator.logic.stats import AdapterLoad, PoolLoad, StatsSnapshot, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +240,6 @@ class Autoscaler:
             self.mark_table(ns)
 
     async def _patch_adapter(self, ns: str, name: str, a: AdapterLoad) -> None:
-        from loraplex_operator.logic.conditions import rfc3339
-
         status: dict[str, Any] = {"requestRate": round(a.request_rate, 3)}
         if a.last_request_time:
             status["lastRequestTime"] = rfc3339(a.last_request_time)

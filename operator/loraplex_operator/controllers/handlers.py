@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import load_configuration
 from loraplex_operator.controllers.adapter_controller import Retry
 from loraplex_operator.logic.resolution import PoolInfo
 from loraplex_operator.logic.routes import pool_info
@@ -165,8 +166,6 @@ def connection_info() -> kopf.ConnectionInfo:
     A registry of our own has no default login handler, and kopf's would
     read the kubeconfig path the client library fixed at import time.
     """
-    from loraplex_operator.clients.kube import load_configuration
-
     config = load_configuration()
     header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []

@@ -9,13 +9,10 @@ wrong type is treated as absent, never as an error that stops scaling.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,17 +92,3 @@ def aggregate(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
             parts_a[-1].pool, sum(a.request_rate for a in parts_a), _latest(a.last_request_time for a in parts_a)
         )
     return StatsSnapshot(pools, adapters, sum(s.sources for s in snapshots))
-
-
-async def fetch_stats(session: Any, url: str, timeout_s: float) -> StatsSnapshot | None:
-    """GET one sidecar's stats; None on any failure (a pod without a live sidecar is normal)."""
-    import aiohttp
-
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            if resp.status != 200:
-                return None
-            return parse_stats(await resp.json(content_type=None))
-    except (TimeoutError, aiohttp.ClientError, ValueError, OSError) as e:
-        log.debug("stats from %s unavailable: %s", url, e)
-        return None
