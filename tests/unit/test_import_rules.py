@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,38 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
         "inference_pod.worker.sibling",
         "inference_pod.worker",
     ]
+
+
+def test_the_operator_runs_without_the_data_plane_dependencies() -> None:
+    """`pip install .[operator]` has no torch, diffusers, prometheus_client...: the operator must not need them."""
+    blocked = [
+        "torch",
+        "diffusers",
+        "transformers",
+        "peft",
+        "safetensors",
+        "accelerate",
+        "prometheus_client",
+        "PIL",
+        "numpy",
+        "psutil",
+        "inference_pod",
+    ]
+    code = (
+        "import sys\n"
+        f"blocked = {blocked!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(f'{name} is not in the operator extra')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import loraplex_operator.controllers.app, loraplex_operator.__main__\n"
+        "from loraplex.cli import main\n"
+        "try:\n"
+        "    main(['operator', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    sys.exit(e.code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "loraplex operator" in out.stdout
