@@ -1,6 +1,6 @@
 """The router sidecar: the only port an inference pod exposes (also the gateway Deployment).
 
-    python -m inference_pod.router --port 8080 --worker-url http://127.0.0.1:8081 \
+    loraplex sidecar --port 8080 --worker-url http://127.0.0.1:8081 \
         --pod-name sdxl-0 --table-file table.json [--auth-tokens-file tokens]
 
 A generation request (POST /v1/generate or /v1/images/generations) names a
