@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import crd_docs  # noqa: E402
 
-
 # The apiserver refuses anything but name/generateName under the top-level metadata (its schema is implicit).
 IMPLICIT = {"metadata"}
 
