@@ -31,11 +31,13 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,12 +49,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference_pod import host_memory  # noqa: E402
-from inference_pod.adapter_format import canonicalize, load_adapter_file  # noqa: E402
-from inference_pod.slot_engine import SlotEngine  # noqa: E402
-from inference_pod.slot_files import load_prepared_file, save_prepared  # noqa: E402
+from inference_pod.adapters.formats import canonicalize, load_adapter_file  # noqa: E402
+from inference_pod.local.lora_factory import make_lora_state_dict, target_linears  # noqa: E402
+from inference_pod.slots import host_memory  # noqa: E402
+from inference_pod.slots.batching import activate_per_sample  # noqa: E402
+from inference_pod.slots.engine import SlotEngine  # noqa: E402
+from inference_pod.slots.files import load_prepared_file, save_prepared  # noqa: E402
 
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 SDXL_UNET = {  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, the fields that shape the network
     "sample_size": 128,
     "in_channels": 4,
@@ -74,6 +77,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 # -- model and adapters ---------------------------------------------------------------------------------
+
 
 def build_unet(config: dict, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The UNet straight in `dtype` on `device`: no fp32 copy, no random init through Python loops."""
@@ -97,26 +101,16 @@ def build_unet(config: dict, device: torch.device, dtype: torch.dtype) -> nn.Mod
             for start in range(0, flat.numel(), pool.numel()):
                 n = min(pool.numel(), flat.numel() - start)
                 src = torch.roll(pool, off)[:n] if n < pool.numel() else pool
-                flat[start:start + n].copy_(src)
-            flat.mul_(fan_in ** -0.5)
+                flat[start : start + n].copy_(src)
+            flat.mul_(fan_in**-0.5)
             off = (off + 7919) % pool.numel()
     unet.eval().requires_grad_(False)
     return unet
 
 
-def target_linears(unet: nn.Module) -> list[tuple[str, nn.Linear]]:
-    return [(n, m) for n, m in unet.named_modules()
-            if isinstance(m, nn.Linear) and any(n == s or n.endswith("." + s) for s in TARGETS)]
-
-
 def make_lora(unet: nn.Module, rank: int, seed: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, mod in target_linears(unet):
-        sd[f"unet.{name}.lora_A.weight"] = (torch.randn(rank, mod.in_features, generator=g)
-                                            / mod.in_features ** 0.5).to(dtype)
-        sd[f"unet.{name}.lora_B.weight"] = (torch.randn(mod.out_features, rank, generator=g) * 0.1).to(dtype)
-    return sd
+    """A peft-format adapter whose up factors are randn * 0.1 (the one LoRA factory, scaled)."""
+    return make_lora_state_dict(unet, rank=rank, seed=seed, strength=0.1 * rank**0.5, dtype=dtype)
 
 
 def unet_inputs(unet: nn.Module, batch: int, latent: int, device, dtype, seed: int = 0) -> dict:
@@ -127,12 +121,16 @@ def unet_inputs(unet: nn.Module, batch: int, latent: int, device, dtype, seed: i
     def r(*shape):
         return torch.randn(*shape, generator=g).to(device, dtype)
 
-    return {"sample": r(batch, cfg.in_channels, latent, latent), "timestep": torch.tensor(500, device=device),
-            "encoder_hidden_states": r(batch, 77, cfg.cross_attention_dim),
-            "added_cond_kwargs": {"text_embeds": r(batch, text), "time_ids": r(batch, 6)}}
+    return {
+        "sample": r(batch, cfg.in_channels, latent, latent),
+        "timestep": torch.tensor(500, device=device),
+        "encoder_hidden_states": r(batch, 77, cfg.cross_attention_dim),
+        "added_cond_kwargs": {"text_embeds": r(batch, text), "time_ids": r(batch, 6)},
+    }
 
 
 # -- timing -------------------------------------------------------------------------------------------------
+
 
 class Timer:
     """Medians of wall time; or, with cpu_time, of this process's CPU time (on a shared CPU machine
@@ -143,8 +141,13 @@ class Timer:
         self.sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.clock = time.process_time if cpu_time and device.type == "cpu" else time.perf_counter
 
-    def __call__(self, fn: Callable[[], object], inner: int = 1, reps: int | None = None,
-                 setup: Callable[[], object] | None = None) -> float:
+    def __call__(
+        self,
+        fn: Callable[[], object],
+        inner: int = 1,
+        reps: int | None = None,
+        setup: Callable[[], object] | None = None,
+    ) -> float:
         """Median seconds per call of fn over reps repetitions (each `inner` calls in a row)."""
         times = []
         for _ in range(reps or self.reps):
@@ -182,6 +185,7 @@ def fmt_t(s: float) -> str:
 
 # -- diffusers ----------------------------------------------------------------------------------------------
 
+
 def bench_diffusers(unet, timer: Timer, files: dict, sds: dict, reps: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for rank in (8, 64):
@@ -214,8 +218,11 @@ def bench_diffusers(unet, timer: Timer, files: dict, sds: dict, reps: int) -> di
     unet.load_lora_adapter(dict(sds[8, 0]), prefix="unet", adapter_name="hs")
     for rank in (8, 64):
         which = iter([1, 0] * (reps + 1))
-        out[f"hotswap_{rank}"] = timer(lambda rank=rank, which=which: unet.load_lora_adapter(
-            dict(sds[rank, next(which)]), prefix="unet", adapter_name="hs", hotswap=True))
+        out[f"hotswap_{rank}"] = timer(
+            lambda rank=rank, which=which: unet.load_lora_adapter(
+                dict(sds[rank, next(which)]), prefix="unet", adapter_name="hs", hotswap=True
+            )
+        )
     unet.delete_adapters("hs")
     unet.unload_lora()
     unet._prepare_lora_hotswap_kwargs = None
@@ -224,6 +231,7 @@ def bench_diffusers(unet, timer: Timer, files: dict, sds: dict, reps: int) -> di
 
 
 # -- this engine ----------------------------------------------------------------------------------------------
+
 
 def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quick: bool) -> dict[str, float]:
     out: dict[str, float] = {}
@@ -252,7 +260,9 @@ def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quic
             which = iter([0, 1] * (timer.reps + 1))
             out[f"ram_{rank}_in_{slot_rank}"] = timer(
                 lambda rank=rank, which=which, engine=engine, prepared=prepared: engine.load(
-                    2, prepared[rank, next(which)]))
+                    2, prepared[rank, next(which)]
+                )
+            )
         # disk -> slot from a prepared file, beside the raw read of the original file
         for rank in (8, 64):
             if rank > slot_rank:
@@ -263,11 +273,16 @@ def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quic
             read_raw(files[rank], buf)  # page cache warm for both files
             out[f"raw_read_{rank}"] = timer(lambda rank=rank, buf=buf: read_raw(files[rank], buf))
             out[f"disk_{rank}_in_{slot_rank}"] = timer(
-                lambda pfile=pfile, engine=engine: load_prepared_file(engine, 2, pfile))
+                lambda pfile=pfile, engine=engine: load_prepared_file(engine, 2, pfile)
+            )
             out[f"file_mb_{rank}"] = files[rank].stat().st_size / 1e6
             if slot_rank == 64:
-                out[f"cold_{rank}"] = timer(lambda rank=rank, engine=engine: engine.load(
-                    2, engine.prepare(load_adapter_file(files[rank], cfg))), reps=3)
+                out[f"cold_{rank}"] = timer(
+                    lambda rank=rank, engine=engine: engine.load(
+                        2, engine.prepare(load_adapter_file(files[rank], cfg))
+                    ),
+                    reps=3,
+                )
         if slot_rank == 8:
             # RSS over 1,000 switches (load into a slot + activate)
             keys = [(8, 0), (8, 1)]
@@ -290,6 +305,7 @@ def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quic
 
 # -- forward overhead ----------------------------------------------------------------------------------------
 
+
 def capture_target_shapes(config: dict, latent: int, dtype) -> collections.Counter:
     """(input shape, out_features) of every target layer in one forward, traced on the meta device."""
     from diffusers import UNet2DConditionModel
@@ -310,7 +326,7 @@ def bench_layers(shapes: collections.Counter, timer: Timer, device, dtype, rank:
     Each round times the three back to back; the overheads are medians of the
     per-round differences, which cancels the drift of a shared machine.
     """
-    from inference_pod.slot_engine import SlotLoraLinear
+    from inference_pod.slots.engine import SlotLoraLinear
 
     totals = {"plain": 0.0, "engine": 0.0, "peft": 0.0}
     g = torch.Generator().manual_seed(1)
@@ -347,8 +363,12 @@ def bench_layers(shapes: collections.Counter, timer: Timer, device, dtype, rank:
             extra = statistics.median(v - p for v, p in zip(rounds[key], rounds["plain"], strict=True))
             totals[key] += (plain + extra) * count
         engine.uninstall()
-    return {"layers_plain": totals["plain"], "layers_engine": totals["engine"], "layers_peft": totals["peft"],
-            "layers_n": sum(shapes.values())}
+    return {
+        "layers_plain": totals["plain"],
+        "layers_engine": totals["engine"],
+        "layers_peft": totals["peft"],
+        "layers_n": sum(shapes.values()),
+    }
 
 
 def bench_forward(unet, timer: Timer, sd: dict, latent: int, reps: int) -> dict[str, float]:
@@ -374,8 +394,11 @@ def bench_forward(unet, timer: Timer, sd: dict, latent: int, reps: int) -> dict[
         print(f"  forward: base {base[-1]:.3f} s, rank-8 adapter {lora[-1]:.3f} s", flush=True)
     engine.activate([])
     engine.uninstall()
-    return {"fwd_base": statistics.median(base), "fwd_lora": statistics.median(lora),
-            "fwd_ratio": statistics.median(b / a for a, b in zip(base, lora, strict=True))}
+    return {
+        "fwd_base": statistics.median(base),
+        "fwd_lora": statistics.median(lora),
+        "fwd_ratio": statistics.median(b / a for a, b in zip(base, lora, strict=True)),
+    }
 
 
 def bench_batching(unet, timer: Timer, sds: dict, latent: int, requests: int, reps: int) -> dict[str, float]:
@@ -395,7 +418,7 @@ def bench_batching(unet, timer: Timer, sds: dict, latent: int, requests: int, re
                 unet(**one)
 
     def batched():
-        engine.activate_per_sample([[(s, 1.0)] for s in range(requests)])
+        activate_per_sample(engine, [[(s, 1.0)] for s in range(requests)])
         with torch.inference_mode():
             unet(**many)
 
@@ -409,11 +432,14 @@ def bench_batching(unet, timer: Timer, sds: dict, latent: int, requests: int, re
 
 # -- report -----------------------------------------------------------------------------------------------------
 
+
 def report(r: dict, args, unet_params: float) -> None:
     print()
-    print(f"Adapter switching, {'tiny' if args.quick else 'SDXL'} UNet ({unet_params / 1e9:.2f} B params), "
-          f"{args.dtype}, {args.device}, torch threads {torch.get_num_threads()}, medians of {args.reps}"
-          + (" (layers, forwards and batching in process CPU time)" if args.cpu_time else ""))
+    print(
+        f"Adapter switching, {'tiny' if args.quick else 'SDXL'} UNet ({unet_params / 1e9:.2f} B params), "
+        f"{args.dtype}, {args.device}, torch threads {torch.get_num_threads()}, medians of {args.reps}"
+        + (" (layers, forwards and batching in process CPU time)" if args.cpu_time else "")
+    )
     if "switch_8" in r and "set_adapters_8" in r:
         report_switching(r, args)
     report_forward(r, args)
@@ -434,17 +460,28 @@ def report_switching(r: dict, args) -> None:
         ("RAM -> slot, rank 8 into rank-8 slots", r["ram_8_in_8"], 2e-3, fastest_ram[8], "hotswap/load"),
         ("RAM -> slot, rank 8 into rank-64 slots", r["ram_8_in_64"], 10e-3, fastest_ram[8], "hotswap/load"),
         ("RAM -> slot, rank 64 into rank-64 slots", r["ram_64_in_64"], None, fastest_ram[64], "hotswap/load"),
-        ("disk -> slot, rank 8 (prepared file)", r["disk_8_in_8"], 2 * r["raw_read_8"], fastest_disk[8],
-         "load+delete"),
-        ("disk -> slot, rank 8 into rank-64 slots", r["disk_8_in_64"], 2 * r["raw_read_8"], fastest_disk[8],
-         "load+delete"),
-        ("disk -> slot, rank 64 (prepared file)", r["disk_64_in_64"], 2 * r["raw_read_64"], fastest_disk[64],
-         "load+delete"),
+        ("disk -> slot, rank 8 (prepared file)", r["disk_8_in_8"], 2 * r["raw_read_8"], fastest_disk[8], "load+delete"),
+        (
+            "disk -> slot, rank 8 into rank-64 slots",
+            r["disk_8_in_64"],
+            2 * r["raw_read_8"],
+            fastest_disk[8],
+            "load+delete",
+        ),
+        (
+            "disk -> slot, rank 64 (prepared file)",
+            r["disk_64_in_64"],
+            2 * r["raw_read_64"],
+            fastest_disk[64],
+            "load+delete",
+        ),
         ("first use: original file -> slot, rank 8", r["cold_8"], None, fastest_disk[8], "load+delete"),
     ]
-    print(f"rank-8 adapter: {r['file_mb_8']:.1f} MB file ({r['n_tensors']} tensors), prepared "
-          f"{r['prepared_mb_8']:.1f} MB; slot {r['slot_mb_8']:.1f} MB (rank 8) / {r['slot_mb_64']:.1f} MB (rank 64); "
-          f"raw file read {fmt_t(r['raw_read_8'])} (rank 8), {fmt_t(r['raw_read_64'])} (rank 64)")
+    print(
+        f"rank-8 adapter: {r['file_mb_8']:.1f} MB file ({r['n_tensors']} tensors), prepared "
+        f"{r['prepared_mb_8']:.1f} MB; slot {r['slot_mb_8']:.1f} MB (rank 8) / {r['slot_mb_64']:.1f} MB (rank 64); "
+        f"raw file read {fmt_t(r['raw_read_8'])} (rank 8), {fmt_t(r['raw_read_64'])} (rank 64)"
+    )
     print()
     head = f"| {'operation':42} | {'median':>10} | {'target':>10} | {'met':>3} | {'diffusers':>10} | {'speed-up':>8} |"
     print(head)
@@ -452,47 +489,57 @@ def report_switching(r: dict, args) -> None:
     for name, value, target, ref, _ in rows:
         tgt = fmt_t(target) if target else "-"
         met = ok(value, target) if target else "-"
-        print(f"| {name:42} | {fmt_t(value):>10} | {tgt:>10} | {met:>3} | {fmt_t(ref):>10} | "
-              f"{ref / value:>7.0f}x |")
+        print(f"| {name:42} | {fmt_t(value):>10} | {tgt:>10} | {met:>3} | {fmt_t(ref):>10} | {ref / value:>7.0f}x |")
     print()
     print("diffusers (PEFT layers) on the same UNet, same run:")
     for k in (8, 64):
-        print(f"  rank {k:2}: load_lora_adapter from disk {fmt_t(r[f'load_disk_{k}'])}, from RAM "
-              f"{fmt_t(r[f'load_ram_{k}'])}, delete_adapters {fmt_t(r[f'delete_{k}'])}, set_adapters "
-              f"{fmt_t(r[f'set_adapters_{k}'])}, hotswap from RAM {fmt_t(r[f'hotswap_{k}'])}")
-    print("  (speed-up: resident vs set_adapters; RAM vs the faster of hotswap and load+delete from RAM; "
-          "disk vs load from the file + delete)")
-    print(f"RSS over 1,000 switches (load into a slot + activate): {r['rss_before']:.0f} MB -> "
-          f"{r['rss_after']:.0f} MB ({r['rss_after'] - r['rss_before']:+.1f} MB)")
+        print(
+            f"  rank {k:2}: load_lora_adapter from disk {fmt_t(r[f'load_disk_{k}'])}, from RAM "
+            f"{fmt_t(r[f'load_ram_{k}'])}, delete_adapters {fmt_t(r[f'delete_{k}'])}, set_adapters "
+            f"{fmt_t(r[f'set_adapters_{k}'])}, hotswap from RAM {fmt_t(r[f'hotswap_{k}'])}"
+        )
+    print(
+        "  (speed-up: resident vs set_adapters; RAM vs the faster of hotswap and load+delete from RAM; "
+        "disk vs load from the file + delete)"
+    )
+    print(
+        f"RSS over 1,000 switches (load into a slot + activate): {r['rss_before']:.0f} MB -> "
+        f"{r['rss_after']:.0f} MB ({r['rss_after'] - r['rss_before']:+.1f} MB)"
+    )
 
 
 def report_forward(r: dict, args) -> None:
     if "layers_plain" in r:
         print()
         lp, le, lpe = r["layers_plain"], r["layers_engine"], r["layers_peft"]
-        print(f"The {r['layers_n']} target layers of one {args.latent}x{args.latent}-latent forward, timed alone: plain "
-              f"{fmt_t(lp)}, with this engine's rank-8 update {fmt_t(le)} ({(le - lp) / lp * 100:+.1f}%), "
-              f"PEFT-style unfused rank-8 {fmt_t(lpe)} ({(lpe - lp) / lp * 100:+.1f}%)")
+        print(
+            f"The {r['layers_n']} target layers of one {args.latent}x{args.latent}-latent forward, timed alone: plain "
+            f"{fmt_t(lp)}, with this engine's rank-8 update {fmt_t(le)} ({(le - lp) / lp * 100:+.1f}%), "
+            f"PEFT-style unfused rank-8 {fmt_t(lpe)} ({(lpe - lp) / lp * 100:+.1f}%)"
+        )
     if "fwd_base" in r:
         fb = r["fwd_base"]
-        print(f"Whole UNet forward, batch 1, {args.latent}x{args.latent} latent: no adapter {fmt_t(fb)}, rank-8 "
-              f"adapter {fmt_t(r['fwd_lora'])} (median ratio {r['fwd_ratio']:.4f}, target <= 1.03: "
-              f"{ok(r['fwd_ratio'], 1.03)})")
+        print(
+            f"Whole UNet forward, batch 1, {args.latent}x{args.latent} latent: no adapter {fmt_t(fb)}, rank-8 "
+            f"adapter {fmt_t(r['fwd_lora'])} (median ratio {r['fwd_ratio']:.4f}, target <= 1.03: "
+            f"{ok(r['fwd_ratio'], 1.03)})"
+        )
         if "layers_plain" in r:
             extra = r["layers_engine"] - r["layers_plain"]
-            print(f"  layer-level estimate of the adapter's share of that forward: {extra / fb * 100:.2f}% "
-                  f"(PEFT-style {(r['layers_peft'] - r['layers_plain']) / fb * 100:.2f}%)")
+            print(
+                f"  layer-level estimate of the adapter's share of that forward: {extra / fb * 100:.2f}% "
+                f"(PEFT-style {(r['layers_peft'] - r['layers_plain']) / fb * 100:.2f}%)"
+            )
     if "batch_seq" in r:
         s, b = r["batch_seq"], r["batch_bat"]
-        print(f"Batching {args.batch_requests} requests with different adapters (UNet forwards, CFG batch 2 each): "
-              f"one by one {fmt_t(s)}, one per-sample batch {fmt_t(b)}: throughput x{s / b:.2f}")
+        print(
+            f"Batching {args.batch_requests} requests with different adapters (UNet forwards, CFG batch 2 each): "
+            f"one by one {fmt_t(s)}, one per-sample batch {fmt_t(b)}: throughput x{s / b:.2f}"
+        )
 
 
 def quiet() -> None:
     """diffusers/peft warn on every adapter load in this loop (missing keys of the other adapter)."""
-    import logging
-    import warnings
-
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -509,13 +556,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--forward-reps", type=int, default=2, help="whole-UNet forward pairs (slow on a CPU)")
     p.add_argument("--skip-forward", action="store_true", help="drop the forward section")
     p.add_argument("--latent", type=int, default=0, help="latent size for forwards (default 32; 128 on cuda)")
-    p.add_argument("--sections", default="diffusers,engine,layers,forward",
-                   help="comma-separated: diffusers, engine, layers, forward, batching")
+    p.add_argument(
+        "--sections",
+        default="diffusers,engine,layers,forward",
+        help="comma-separated: diffusers, engine, layers, forward, batching",
+    )
     p.add_argument("--batching", action="store_true", help="add the batching section")
     p.add_argument("--batch-requests", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--cpu-time", action="store_true",
-                   help="time the layers and forwards in process CPU time (use with --threads 1 on a shared CPU)")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the layers and forwards in process CPU time (use with --threads 1 on a shared CPU)",
+    )
     p.add_argument("--quick", action="store_true", help="the tiny pipeline's UNet (CI smoke)")
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -529,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.dtype]
     args.latent = args.latent or (128 if device.type == "cuda" else 32)
     if args.quick:
-        from inference_pod.tiny_model import build_tiny_pipeline
+        from inference_pod.worker.tiny_model import build_tiny_pipeline
 
         unet = build_tiny_pipeline().unet.to(device, dtype).requires_grad_(False)
         config = dict(unet.config)
@@ -567,8 +620,7 @@ def main(argv: list[str] | None = None) -> None:
         results.update(bench_forward(unet, compute_timer, sds[8, 0], args.latent, args.forward_reps))
     if "batching" in sections:
         print("batching ...", flush=True)
-        results.update(bench_batching(unet, compute_timer, sds, args.latent, args.batch_requests,
-                                      args.forward_reps))
+        results.update(bench_batching(unet, compute_timer, sds, args.latent, args.batch_requests, args.forward_reps))
     report(results, args, n_params)
 
 

@@ -35,10 +35,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loraplex.api.routing_table import merge_shards  # noqa: E402
 from loraplex_operator import constants as c  # noqa: E402
-from loraplex_operator.kube import Kube, KubeError, resource_path  # noqa: E402
-
-from inference_pod.routing_table import merge_shards  # noqa: E402
+from loraplex_operator.clients.kube import Kube, KubeError, resource_path  # noqa: E402
 
 
 @dataclass
@@ -54,14 +53,17 @@ class BurstResult:
 
     def report(self) -> str:
         ready = f"{self.ready_s:7.1f} s" if self.ready_s is not None else "   (not measured / timed out)"
-        return "\n".join([
-            f"operator burst: {self.adapters} LoraAdapters created at once",
-            f"  created by the client       {self.create_s:7.1f} s  ({self.adapters / max(self.create_s, 1e-9):.0f}/s)",
-            f"  all in the routing table    {self.table_s:7.1f} s  after the first create",
-            f"  all adapters status Ready   {ready}",
-            f"  ConfigMap writes            {self.writes:7d}     (deletes {self.deletes})",
-            f"  shards                      {self.shards:7d}     largest {self.largest_shard_bytes:,} bytes",
-        ])
+        rate = self.adapters / max(self.create_s, 1e-9)
+        return "\n".join(
+            [
+                f"operator burst: {self.adapters} LoraAdapters created at once",
+                f"  created by the client       {self.create_s:7.1f} s  ({rate:.0f}/s)",
+                f"  all in the routing table    {self.table_s:7.1f} s  after the first create",
+                f"  all adapters status Ready   {ready}",
+                f"  ConfigMap writes            {self.writes:7d}     (deletes {self.deletes})",
+                f"  shards                      {self.shards:7d}     largest {self.largest_shard_bytes:,} bytes",
+            ]
+        )
 
 
 class ShardWatch:
@@ -73,8 +75,11 @@ class ShardWatch:
         self.writes = self.deletes = 0
         self.changed = threading.Condition()
         self._stop = threading.Event()
-        initial = kube.request("GET", resource_path("v1", "configmaps", namespace),
-                               query={"labelSelector": f"{c.LABEL_ROUTING_TABLE}=true"})
+        initial = kube.request(
+            "GET",
+            resource_path("v1", "configmaps", namespace),
+            query={"labelSelector": f"{c.LABEL_ROUTING_TABLE}=true"},
+        )
         for cm in initial.get("items", []):
             self.docs[cm["metadata"]["name"]] = cm["data"][c.TABLE_DATA_KEY]
         self._rv = initial["metadata"]["resourceVersion"]
@@ -89,9 +94,14 @@ class ShardWatch:
         while not self._stop.is_set():
             w = watch.Watch()
             try:
-                for ev in w.stream(core.list_namespaced_config_map, self.namespace,
-                                   label_selector=f"{c.LABEL_ROUTING_TABLE}=true", resource_version=self._rv,
-                                   timeout_seconds=30, _request_timeout=40):
+                for ev in w.stream(
+                    core.list_namespaced_config_map,
+                    self.namespace,
+                    label_selector=f"{c.LABEL_ROUTING_TABLE}=true",
+                    resource_version=self._rv,
+                    timeout_seconds=30,
+                    _request_timeout=40,
+                ):
                     obj = ev["object"]
                     self._rv = obj.metadata.resource_version
                     with self.changed:
@@ -130,9 +140,15 @@ class ShardWatch:
 
 def adapter_body(namespace: str, name: str, pool: str) -> dict[str, Any]:
     sha = hashlib.sha256(name.encode()).hexdigest()
-    return {"apiVersion": c.API_VERSION, "kind": c.ADAPTER_KIND, "metadata": {"name": name, "namespace": namespace},
-            "spec": {"pool": pool, "source": {"type": "url", "url": f"https://loras.example.com/{name}.safetensors",
-                                              "sha256": sha}}}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.ADAPTER_KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "pool": pool,
+            "source": {"type": "url", "url": f"https://loras.example.com/{name}.safetensors", "sha256": sha},
+        },
+    }
 
 
 def _ready_count(kube: Kube, namespace: str) -> int:
@@ -140,12 +156,24 @@ def _ready_count(kube: Kube, namespace: str) -> int:
     return sum(1 for a in items if (a.get("status") or {}).get("phase") == "Ready")
 
 
-def run_burst(kube: Kube, namespace: str, n: int, pool: str = "burst", table_timeout: float = 600,
-              ready_timeout: float = 600, wait_ready: bool = True) -> BurstResult:
+def run_burst(
+    kube: Kube,
+    namespace: str,
+    n: int,
+    pool: str = "burst",
+    table_timeout: float = 600,
+    ready_timeout: float = 600,
+    wait_ready: bool = True,
+) -> BurstResult:
     """Create the pool, then n adapters at once; measure. The namespace must exist."""
-    kube.create({"apiVersion": c.API_VERSION, "kind": c.POOL_KIND, "metadata": {"name": pool, "namespace": namespace},
-                 "spec": {"model": {"name": "tiny"}, "replicas": 0, "minReplicas": 0, "maxReplicas": 1,
-                          "gpu": {"count": 0}}})
+    kube.create(
+        {
+            "apiVersion": c.API_VERSION,
+            "kind": c.POOL_KIND,
+            "metadata": {"name": pool, "namespace": namespace},
+            "spec": {"model": {"name": "tiny"}, "replicas": 0, "minReplicas": 0, "maxReplicas": 1, "gpu": {"count": 0}},
+        }
+    )
     deadline = time.monotonic() + 120
     while not kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true"):
         if time.monotonic() > deadline:
@@ -191,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ready", action="store_true", help="do not wait for every adapter's status")
     a = p.parse_args(argv)
 
-    from loraplex_operator.kube import load_configuration
+    from loraplex_operator.clients.kube import load_configuration
 
     config_path = os.environ.get("KUBECONFIG", "")
     import yaml
@@ -207,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     egress_log: Path | None = None
     try:
         if own_ns:
-            kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                              "metadata": {"name": ns}})
+            kube.request(
+                "POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            )
         if a.start_operator:
             from tests.helpers.procs import PYTHON, free_port, start_process
 
@@ -216,11 +245,27 @@ def main(argv: list[str] | None = None) -> int:
             egress_log = Path(tempfile.mkdtemp(prefix="loraplex-burst-")) / "egress.log"
             # Pod IPs of the test cluster are fake: the guard refuses anything off this machine,
             # the hub client points at a closed local port, and every target is recorded.
-            proc = start_process([PYTHON, "-m", "loraplex_operator", "--no-leader-election", "--namespace", ns,
-                                  "--health-host", "127.0.0.1", "--health-port", str(port)], port,
-                                 ready_path="/healthz",
-                                 env={"LORAPLEX_EGRESS": "local", "LORAPLEX_EGRESS_LOG": str(egress_log),
-                                      "HF_ENDPOINT": "http://127.0.0.1:9"})
+            proc = start_process(
+                [
+                    PYTHON,
+                    "-m",
+                    "loraplex_operator",
+                    "--no-leader-election",
+                    "--namespace",
+                    ns,
+                    "--health-host",
+                    "127.0.0.1",
+                    "--health-port",
+                    str(port),
+                ],
+                port,
+                ready_path="/healthz",
+                env={
+                    "LORAPLEX_EGRESS": "local",
+                    "LORAPLEX_EGRESS_LOG": str(egress_log),
+                    "HF_ENDPOINT": "http://127.0.0.1:9",
+                },
+            )
         result = run_burst(kube, ns, a.adapters, wait_ready=not a.no_ready)
         print(result.report())
         print(json.dumps(result.__dict__))

@@ -34,6 +34,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loraplex.api import headers as hdr  # noqa: E402
 from tests.helpers.procs import PYTHON, ProcHandle, free_port, start_process, wait_ready  # noqa: E402
 
 ECHO_BODY = {"model": "echo", "prompt": "x"}
@@ -58,7 +59,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[fl
     t = time.perf_counter()
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
         await r.read()
-        router = r.headers.get("X-Loraplex-Router-Ms")
+        router = r.headers.get(hdr.ROUTER_MS)
     return time.perf_counter() - t, float(router) if router else None
 
 
@@ -84,13 +85,15 @@ async def measure(url: str, body: dict, n_seq: int, n_conc: int, concurrency: in
         t = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         rps = n_conc / (time.perf_counter() - t)
-    return Stats(percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, rps,
-                 statistics.median(router) if router else None)
+    return Stats(
+        percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, rps, statistics.median(router) if router else None
+    )
 
 
 def write_table(path: Path, endpoints: dict[str, str]) -> None:
-    pools = {pool: {"baseModel": pool, "endpoints": [{"name": f"{pool}-0", "url": url}]}
-             for pool, url in endpoints.items()}
+    pools = {
+        pool: {"baseModel": pool, "endpoints": [{"name": f"{pool}-0", "url": url}]} for pool, url in endpoints.items()
+    }
     path.write_text(json.dumps({"version": 1, "generation": 1, "pools": pools, "adapters": {}}))
 
 
@@ -98,25 +101,71 @@ def start_stack(tmp: Path, with_worker: bool) -> dict[str, ProcHandle]:
     procs: dict[str, ProcHandle] = {}
     if with_worker:
         port = free_port()
-        procs["worker"] = start_process([PYTHON, "-m", "inference_pod.worker", "--model", "tiny", "--host",
-                                         "127.0.0.1", "--port", str(port), "--disk-cache-dir", str(tmp / "cache")],
-                                        port, ready_path=None, log_dir=tmp)
+        procs["worker"] = start_process(
+            [
+                PYTHON,
+                "-m",
+                "inference_pod.worker",
+                "--model",
+                "tiny",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disk-cache-dir",
+                str(tmp / "cache"),
+            ],
+            port,
+            ready_path=None,
+            log_dir=tmp,
+        )
     port = free_port()
-    procs["echo"] = start_process([PYTHON, str(REPO / "tests" / "helpers" / "echo_server.py"), "--port", str(port),
-                                   "--name", "echo-0"], port, log_dir=tmp)
+    procs["echo"] = start_process(
+        [PYTHON, str(REPO / "tests" / "helpers" / "echo_server.py"), "--port", str(port), "--name", "echo-0"],
+        port,
+        log_dir=tmp,
+    )
     backends = {"echo": procs["echo"]} | ({"tiny": procs["worker"]} if with_worker else {})
     sc_ports = {pool: free_port() for pool in backends}
     table = tmp / "table.json"
     write_table(table, {pool: f"http://127.0.0.1:{p}" for pool, p in sc_ports.items()})
     for pool, backend in backends.items():
-        cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(sc_ports[pool]),
-               "--worker-url", backend.url, "--pod-name", f"{pool}-0", "--table-file", str(table),
-               "--log-level", "WARNING"]
+        cmd = [
+            PYTHON,
+            "-m",
+            "inference_pod.router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(sc_ports[pool]),
+            "--worker-url",
+            backend.url,
+            "--pod-name",
+            f"{pool}-0",
+            "--table-file",
+            str(table),
+            "--log-level",
+            "WARNING",
+        ]
         procs[f"sidecar-{pool}"] = start_process(cmd, sc_ports[pool], ready_path="/healthz", log_dir=tmp)
     port = free_port()
-    procs["gateway"] = start_process([PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port",
-                                      str(port), "--table-file", str(table), "--log-level", "WARNING"],
-                                     port, log_dir=tmp)
+    procs["gateway"] = start_process(
+        [
+            PYTHON,
+            "-m",
+            "inference_pod.router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--table-file",
+            str(table),
+            "--log-level",
+            "WARNING",
+        ],
+        port,
+        log_dir=tmp,
+    )
     if with_worker:
         wait_ready(procs["worker"], timeout=300)
         wait_ready(procs["sidecar-tiny"], timeout=60)
@@ -140,16 +189,37 @@ def main(argv: list[str] | None = None) -> int:
             echo, worker = procs["echo"].url, procs.get("worker")
             cases = [
                 ("cheap/echo", "direct", echo, ECHO_BODY, a.requests, a.throughput_requests, a.concurrency),
-                ("cheap/echo", "sidecar", procs["sidecar-echo"].url, ECHO_BODY, a.requests,
-                 a.throughput_requests, a.concurrency),
-                ("cheap/echo", "gateway+sidecar", procs["gateway"].url, ECHO_BODY, a.requests,
-                 a.throughput_requests, a.concurrency),
+                (
+                    "cheap/echo",
+                    "sidecar",
+                    procs["sidecar-echo"].url,
+                    ECHO_BODY,
+                    a.requests,
+                    a.throughput_requests,
+                    a.concurrency,
+                ),
+                (
+                    "cheap/echo",
+                    "gateway+sidecar",
+                    procs["gateway"].url,
+                    ECHO_BODY,
+                    a.requests,
+                    a.throughput_requests,
+                    a.concurrency,
+                ),
             ]
             if worker:
                 sc = procs["sidecar-tiny"].url
                 cases += [
-                    ("cheap/worker", "direct", worker.url, REJECT_BODY, a.requests, a.throughput_requests,
-                     a.concurrency),
+                    (
+                        "cheap/worker",
+                        "direct",
+                        worker.url,
+                        REJECT_BODY,
+                        a.requests,
+                        a.throughput_requests,
+                        a.concurrency,
+                    ),
                     ("cheap/worker", "sidecar", sc, REJECT_BODY, a.requests, a.throughput_requests, a.concurrency),
                     ("generate/tiny", "direct", worker.url, GEN_BODY, a.gen_requests, a.gen_requests, 2),
                     ("generate/tiny", "sidecar", sc, GEN_BODY, a.gen_requests, a.gen_requests, 2),
@@ -164,22 +234,31 @@ def main(argv: list[str] | None = None) -> int:
             for h in procs.values():
                 h.terminate()
 
-    print(f"\nRouter overhead on loopback, median of {a.runs} runs "
-          f"(throughput: {a.concurrency} concurrent clients; generation: 2)\n")
-    hdr = f"{'case':<15}{'path':<17}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'+p50 ms':>9}{'p50 x':>7}" \
-          f"{'req/s x':>9}{'router ms':>11}"
+    print(
+        f"\nRouter overhead on loopback, median of {a.runs} runs "
+        f"(throughput: {a.concurrency} concurrent clients; generation: 2)\n"
+    )
+    hdr = (
+        f"{'case':<15}{'path':<17}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'+p50 ms':>9}{'p50 x':>7}"
+        f"{'req/s x':>9}{'router ms':>11}"
+    )
     print(hdr)
     print("-" * len(hdr))
     direct: dict[str, Stats] = {}
     for (case, path), runs in results.items():
-        med = Stats(statistics.median(s.p50_ms for s in runs), statistics.median(s.p99_ms for s in runs),
-                    statistics.median(s.rps for s in runs),
-                    statistics.median(s.router_ms for s in runs) if runs[0].router_ms is not None else None)
+        med = Stats(
+            statistics.median(s.p50_ms for s in runs),
+            statistics.median(s.p99_ms for s in runs),
+            statistics.median(s.rps for s in runs),
+            statistics.median(s.router_ms for s in runs) if runs[0].router_ms is not None else None,
+        )
         base = direct.setdefault(case, med)
         router = f"{med.router_ms:.2f}" if med.router_ms is not None else "-"
-        print(f"{case:<15}{path:<17}{med.p50_ms:>9.2f}{med.p99_ms:>9.2f}{med.rps:>9.1f}"
-              f"{med.p50_ms - base.p50_ms:>+9.2f}{med.p50_ms / base.p50_ms:>7.2f}{med.rps / base.rps:>9.2f}"
-              f"{router:>11}")
+        print(
+            f"{case:<15}{path:<17}{med.p50_ms:>9.2f}{med.p99_ms:>9.2f}{med.rps:>9.1f}"
+            f"{med.p50_ms - base.p50_ms:>+9.2f}{med.p50_ms / base.p50_ms:>7.2f}{med.rps / base.rps:>9.2f}"
+            f"{router:>11}"
+        )
     return 0
 
 

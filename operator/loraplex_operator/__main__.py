@@ -16,35 +16,62 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
-from .app import Operator, OperatorConfig
+from loraplex.logs import setup_logging
+from loraplex_operator.clients.kube import Kube
+from loraplex_operator.controllers.app import Operator, OperatorConfig
+from loraplex_operator.controllers.check import run_check
 
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="loraplex operator",
-                                description="Run the loraplex Kubernetes operator (BaseModelPool, LoraAdapter).")
-    p.add_argument("--namespace", "-n", action="append", default=None, dest="namespaces",
-                   help="watch only this namespace (repeatable); default: all namespaces")
-    p.add_argument("--health-host", default="0.0.0.0")
-    p.add_argument("--health-port", type=int, default=int(env("LORAPLEX_HEALTH_PORT", "8080")),
-                   help="liveness endpoint port (GET /healthz)")
-    p.add_argument("--no-leader-election", dest="leader_election", action="store_false",
-                   help="run without a Lease (one replica only)")
-    p.add_argument("--lease-namespace",
-                   default=env("LORAPLEX_LEASE_NAMESPACE") or env("POD_NAMESPACE") or "default")
-    p.add_argument("--lease-name", default=env("LORAPLEX_LEASE_NAME", "loraplex-operator"))
-    p.add_argument("--identity", default=env("LORAPLEX_IDENTITY", ""),
-                   help="leader-election identity (default: $POD_NAME, else host-pid)")
-    p.add_argument("--resync-seconds", type=float, default=60.0)
-    p.add_argument("--stats-timeout", type=float, default=2.0, help="seconds per sidecar /v1/stats call")
-    p.add_argument("--hub-timeout", type=float, default=10.0, help="seconds per hub metadata call")
-    p.add_argument("--debounce", type=float, default=0.5, help="routing table: quiet time before a write")
-    p.add_argument("--max-delay", type=float, default=3.0, help="routing table: longest wait before a write")
-    p.add_argument("--log-level", default=env("LORAPLEX_LOG_LEVEL", "INFO"))
-    p.add_argument("--check", action="store_true",
-                   help="do not run: check that the CRDs are served and a leader holds the lease (helm test)")
+    d = OperatorConfig()  # the defaults are the config's; the environment (the chart) overrides some
+    p = argparse.ArgumentParser(
+        prog="loraplex operator", description="Run the loraplex Kubernetes operator (BaseModelPool, LoraAdapter)."
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        dest="namespaces",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    p.add_argument("--health-host", default=d.health_host)
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(env("LORAPLEX_HEALTH_PORT", str(d.health_port))),
+        help="liveness endpoint port (GET /healthz)",
+    )
+    p.add_argument(
+        "--no-leader-election",
+        dest="leader_election",
+        action="store_false",
+        help="run without a Lease (one replica only)",
+    )
+    p.add_argument(
+        "--lease-namespace", default=env("LORAPLEX_LEASE_NAMESPACE") or env("POD_NAMESPACE") or d.lease_namespace
+    )
+    p.add_argument("--lease-name", default=env("LORAPLEX_LEASE_NAME", d.lease_name))
+    p.add_argument(
+        "--identity",
+        default=env("LORAPLEX_IDENTITY", d.identity),
+        help="leader-election identity (default: $POD_NAME, else host-pid)",
+    )
+    p.add_argument("--resync-seconds", type=float, default=d.resync_s)
+    p.add_argument("--stats-timeout", type=float, default=d.stats_timeout_s, help="seconds per sidecar /v1/stats call")
+    p.add_argument("--hub-timeout", type=float, default=d.hub_timeout_s, help="seconds per hub metadata call")
+    p.add_argument("--debounce", type=float, default=d.debounce_s, help="routing table: quiet time before a write")
+    p.add_argument("--max-delay", type=float, default=d.max_delay_s, help="routing table: longest wait before a write")
+    p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="do not run: check that the CRDs are served and a leader holds the lease (helm test)",
+    )
     return p
 
 
@@ -58,26 +85,28 @@ def _expected_retries_are_info(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = setup_logging(args.log_level)
     # kopf logs every handler run at INFO; with thousands of adapters that drowns the useful lines.
-    logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("kopf").setLevel(max(logging.WARNING, level))
     logging.getLogger("kopf.objects").addFilter(_expected_retries_are_info)
     if args.check:
-        import time
-
-        from .check import run_check
-        from .kube import Kube
-
         return run_check(Kube(workers=1), args.lease_namespace, args.lease_name, args.leader_election, time.time())
     namespaces = args.namespaces
     if namespaces is None:
         namespaces = [n.strip() for n in os.environ.get("LORAPLEX_WATCH_NAMESPACES", "").split(",") if n.strip()]
     cfg = OperatorConfig(
-        namespaces=namespaces, health_host=args.health_host, health_port=args.health_port,
-        leader_election=args.leader_election, lease_namespace=args.lease_namespace, lease_name=args.lease_name,
-        identity=args.identity, resync_s=args.resync_seconds, stats_timeout_s=args.stats_timeout,
-        hub_timeout_s=args.hub_timeout, debounce_s=args.debounce, max_delay_s=args.max_delay,
+        namespaces=namespaces,
+        health_host=args.health_host,
+        health_port=args.health_port,
+        leader_election=args.leader_election,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        identity=args.identity,
+        resync_s=args.resync_seconds,
+        stats_timeout_s=args.stats_timeout,
+        hub_timeout_s=args.hub_timeout,
+        debounce_s=args.debounce,
+        max_delay_s=args.max_delay,
     )
     return asyncio.run(_run(cfg))
 

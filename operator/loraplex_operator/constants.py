@@ -6,6 +6,11 @@ that a rename cannot leave a manifest builder and a watcher disagreeing.
 
 from __future__ import annotations
 
+# The routing table's ConfigMap names are the data plane's contract too: defined in loraplex.api.names.
+from loraplex.api.names import LABEL_ROUTING_TABLE, TABLE_CONFIGMAP_PREFIX, TABLE_DATA_KEY
+
+__all__ = ["LABEL_ROUTING_TABLE", "TABLE_CONFIGMAP_PREFIX", "TABLE_DATA_KEY"]
+
 GROUP = "loraplex.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -37,13 +42,9 @@ LABEL_POOL = "loraplex.io/pool"
 LABEL_STATS = "loraplex.io/stats"
 
 # Routing table shards.
-LABEL_ROUTING_TABLE = "loraplex.io/routing-table"
 LABEL_SHARD = "loraplex.io/shard"
 ANNOTATION_SHARDS = "loraplex.io/shards"
-ANNOTATION_TABLE_HASH = "loraplex.io/table-sha256"
 ANNOTATION_SHARD_HASH = "loraplex.io/shard-sha256"
-TABLE_CONFIGMAP_PREFIX = "loraplex-routes"
-TABLE_DATA_KEY = "table.json"
 
 # Ports and paths of the inference pod (sidecar is the only exposed port).
 SIDECAR_PORT = 8080

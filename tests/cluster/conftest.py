@@ -25,11 +25,10 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from loraplex_operator.kube import Kube, load_configuration
 
+from loraplex_operator.clients.kube import Kube, load_configuration
 from tests.cluster.operator_support import (
     CLUSTER_DIR,
     OPERATOR_SA,
@@ -50,13 +49,6 @@ from tests.cluster.operator_support import (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def control_plane() -> Iterator[ControlPlane]:
     env_config = os.environ.get("KUBECONFIG")
@@ -64,25 +56,33 @@ def control_plane() -> Iterator[ControlPlane]:
     if env_config:
         context = current_context(env_config)
         if context != TEST_CONTEXT and not os.environ.get("LORAPLEX_TEST_ANY_CLUSTER"):
-            pytest.fail(f"refusing to run cluster tests against context {context!r} of KUBECONFIG={env_config}: "
-                        f"only a context named {TEST_CONTEXT!r} is marked for tests "
-                        "(or set LORAPLEX_TEST_ANY_CLUSTER=1 for a disposable cluster)", pytrace=False)
+            pytest.fail(
+                f"refusing to run cluster tests against context {context!r} of KUBECONFIG={env_config}: "
+                f"only a context named {TEST_CONTEXT!r} is marked for tests "
+                "(or set LORAPLEX_TEST_ANY_CLUSTER=1 for a disposable cluster)",
+                pytrace=False,
+            )
         kubeconfig = env_config
     else:
         script = ROOT / "tools" / "k8s" / "cluster.sh"
-        built = subprocess.run(["bash", str(ROOT / "tools" / "k8s" / "build.sh"), "--check"],
-                               capture_output=True).returncode == 0
+        built = (
+            subprocess.run(
+                ["bash", str(ROOT / "tools" / "k8s" / "build.sh"), "--check"], capture_output=True
+            ).returncode
+            == 0
+        )
         if not built and os.environ.get("LORAPLEX_BUILD_K8S") == "0":
-            pytest.skip("the Kubernetes binaries are not built and LORAPLEX_BUILD_K8S=0 "
-                        "(run tools/k8s/build.sh, or unset LORAPLEX_BUILD_K8S to build them here)")
+            pytest.skip(
+                "the Kubernetes binaries are not built and LORAPLEX_BUILD_K8S=0 "
+                "(run tools/k8s/build.sh, or unset LORAPLEX_BUILD_K8S to build them here)"
+            )
         kubeconfig = str(CLUSTER_DIR / "kubeconfig")
         was_up = subprocess.run(["bash", str(script), "status"], capture_output=True).returncode == 0
         if not was_up:
             # `up` builds what is missing first (a long first time), then starts in ~10-30 s.
             out = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=7200)
             if out.returncode != 0:
-                pytest.fail(f"tools/k8s/cluster.sh up failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}",
-                            pytrace=False)
+                pytest.fail(f"tools/k8s/cluster.sh up failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}", pytrace=False)
             started = True
         os.environ["KUBECONFIG"] = kubeconfig
     cp = ControlPlane(kubeconfig, started)
@@ -104,6 +104,7 @@ def kube(control_plane: ControlPlane) -> Kube:
 
 # -- CRDs and the chart -----------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def crds(control_plane: ControlPlane) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
@@ -116,16 +117,26 @@ def chart(crds: None) -> Iterator[Release]:
     # operator.replicas=0: the chart's Deployment, RBAC and ServiceAccount, but the operator under
     # test is this checkout's, run as that ServiceAccount (on a real cluster, a released image
     # would otherwise compete for the Lease).
-    helm("upgrade", "--install", RELEASE, str(ROOT / "charts" / "loraplex"), "--namespace", SYSTEM_NS,
-         "--create-namespace", "--set", "operator.replicas=0", "--wait=false")
+    helm(
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(ROOT / "charts" / "loraplex"),
+        "--namespace",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--set",
+        "operator.replicas=0",
+        "--wait=false",
+    )
     yield Release(RELEASE, SYSTEM_NS, OPERATOR_SA)
 
 
 # -- the operator -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
-def operator_kubeconfig(chart: Release, control_plane: ControlPlane,
-                        tmp_path_factory: pytest.TempPathFactory) -> str:
+def operator_kubeconfig(chart: Release, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     return service_account_kubeconfig(control_plane.kubeconfig, SYSTEM_NS, OPERATOR_SA, path)
 
@@ -147,11 +158,12 @@ def operator(operator_kubeconfig: str, tmp_path_factory: pytest.TempPathFactory)
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     short = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:30].strip("-")
     name = f"t-{short}-{uuid.uuid4().hex[:5]}"
-    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                      "metadata": {"name": name, "labels": {"loraplex.io/test": "1"}}})
+    kube.request(
+        "POST",
+        "/api/v1/namespaces",
+        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"loraplex.io/test": "1"}}},
+    )
     # Pods are refused until the namespace's default ServiceAccount exists.
     wait_until("default ServiceAccount", lambda: kube.get("v1", "serviceaccounts", name, "default"), 30)
     yield name
     kube.delete("v1", "namespaces", None, name)
-
-

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube, KubeError
 
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import Kube, KubeError
 from tests.helpers.local_routes import route_is_local  # noqa: F401 - re-exported for the cluster tests
 from tests.helpers.procs import PYTHON, ProcHandle, free_port, http_get, start_process
 
@@ -30,23 +30,26 @@ CLUSTER_DIR = Path(os.environ.get("LORAPLEX_CLUSTER_DIR", Path.home() / ".cache"
 TEST_CONTEXT = "loraplex-test"
 SYSTEM_NS = "loraplex-system"
 RELEASE = "loraplex"
-OPERATOR_SA = f"{RELEASE}-operator"          # chart: <fullname>-operator, fullname == release here
+OPERATOR_SA = f"{RELEASE}-operator"  # chart: <fullname>-operator, fullname == release here
 LEASE_NAME = f"{RELEASE}-operator"
 
 # -- small helpers --------------------------------------------------------------
+
 
 def tool(name: str) -> str:
     path = BIN / name
     return str(path) if path.exists() else name
 
 
-def kubectl(*args: str, check: bool = True, input: str | None = None, timeout: float = 120,
-            kubeconfig: str | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    *args: str, check: bool = True, input: str | None = None, timeout: float = 120, kubeconfig: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
-    out = subprocess.run([tool("kubectl"), *args], capture_output=True, text=True, input=input, timeout=timeout,
-                         env=env)
+    out = subprocess.run(
+        [tool("kubectl"), *args], capture_output=True, text=True, input=input, timeout=timeout, env=env
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
     return out
@@ -83,6 +86,7 @@ def current_context(kubeconfig: str) -> str:
 
 # -- the control plane ----------------------------------------------------------
 
+
 @dataclass
 class ControlPlane:
     kubeconfig: str
@@ -100,14 +104,15 @@ class Release:
 def service_account_kubeconfig(admin_kubeconfig: str, namespace: str, sa: str, path: Path) -> str:
     """A kubeconfig that authenticates as a ServiceAccount (bound token from the TokenRequest API)."""
     token = kubectl("-n", namespace, "create", "token", sa, "--duration=3h").stdout.strip()
-    raw = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json",
-                             kubeconfig=admin_kubeconfig).stdout)
+    raw = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json", kubeconfig=admin_kubeconfig).stdout)
     cluster = raw["clusters"][0]["cluster"]
     if "certificate-authority" in cluster and "certificate-authority-data" not in cluster:
         ca = Path(cluster.pop("certificate-authority")).read_bytes()
         cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
     doc = {
-        "apiVersion": "v1", "kind": "Config", "current-context": TEST_CONTEXT,
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": TEST_CONTEXT,
         "clusters": [{"name": TEST_CONTEXT, "cluster": cluster}],
         "users": [{"name": f"{namespace}:{sa}", "user": {"token": token}}],
         "contexts": [{"name": TEST_CONTEXT, "context": {"cluster": TEST_CONTEXT, "user": f"{namespace}:{sa}"}}],
@@ -117,8 +122,8 @@ def service_account_kubeconfig(admin_kubeconfig: str, namespace: str, sa: str, p
     return str(path)
 
 
-
 # -- the operator -------------------------------------------------------------------
+
 
 class OperatorProcess:
     """`python -m loraplex_operator` run as the chart's ServiceAccount; restartable."""
@@ -134,13 +139,31 @@ class OperatorProcess:
     def start(self, lead: bool = True) -> None:
         """Start; with `lead`, wait until it holds the lease and kopf runs (else: until it is up)."""
         port = free_port()
-        cmd = [PYTHON, "-m", "loraplex_operator", "--health-host", "127.0.0.1", "--health-port", str(port),
-               "--lease-namespace", SYSTEM_NS, "--lease-name", LEASE_NAME,
-               # A fixed identity: a restarted process takes its lease back at once, like a restarted container.
-               "--identity", self.identity, "--resync-seconds", "30"]
-        env = {"KUBECONFIG": self.kubeconfig, "HF_ENDPOINT": "http://127.0.0.1:9", "LORAPLEX_LOG_LEVEL": "INFO",
-               # Every address the operator dials is recorded (loraplex/egress.py); tests check them.
-               "LORAPLEX_EGRESS_LOG": str(self.egress_log)}
+        cmd = [
+            PYTHON,
+            "-m",
+            "loraplex_operator",
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            str(port),
+            "--lease-namespace",
+            SYSTEM_NS,
+            "--lease-name",
+            LEASE_NAME,
+            # A fixed identity: a restarted process takes its lease back at once, like a restarted container.
+            "--identity",
+            self.identity,
+            "--resync-seconds",
+            "30",
+        ]
+        env = {
+            "KUBECONFIG": self.kubeconfig,
+            "HF_ENDPOINT": "http://127.0.0.1:9",
+            "LORAPLEX_LOG_LEVEL": "INFO",
+            # Every address the operator dials is recorded (loraplex/egress.py); tests check them.
+            "LORAPLEX_EGRESS_LOG": str(self.egress_log),
+        }
         self.handle = start_process(cmd, port, ready_path="/healthz", timeout=60, env=env, log_dir=self.log_dir)
         self.starts += 1
         if lead:
@@ -171,6 +194,7 @@ class OperatorProcess:
 
 # -- traffic stays on the machine -------------------------------------------------------
 
+
 def dialled_targets(egress_log: Path) -> list[tuple[str, str]]:
     """(host, verdict) for every target the guard recorded."""
     if not egress_log.exists():
@@ -181,12 +205,23 @@ def dialled_targets(egress_log: Path) -> list[tuple[str, str]]:
 
 # -- objects ---------------------------------------------------------------------------
 
+
 def pool_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": {"name": "tiny", "dtype": "float32"}, "replicas": 1, "minReplicas": 0,
-                            "maxReplicas": 3, "gpu": {"count": 1}, "resources": {"cpu": "1", "memory": "1Gi"}}
+    base: dict[str, Any] = {
+        "model": {"name": "tiny", "dtype": "float32"},
+        "replicas": 1,
+        "minReplicas": 0,
+        "maxReplicas": 3,
+        "gpu": {"count": 1},
+        "resources": {"cpu": "1", "memory": "1Gi"},
+    }
     base.update(spec)
-    return {"apiVersion": c.API_VERSION, "kind": c.POOL_KIND, "metadata": {"name": name, "namespace": namespace},
-            "spec": base}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.POOL_KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
 
 
 def adapter_manifest(name: str, namespace: str, pool: str | None = "tiny", **spec: Any) -> dict[str, Any]:
@@ -194,13 +229,17 @@ def adapter_manifest(name: str, namespace: str, pool: str | None = "tiny", **spe
     if pool:
         body["pool"] = pool
     body.update(spec)
-    return {"apiVersion": c.API_VERSION, "kind": c.ADAPTER_KIND,
-            "metadata": {"name": name, "namespace": namespace}, "spec": body}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.ADAPTER_KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
 
 
 def routing_table(kube: Kube, namespace: str) -> Any:
     """The namespace's table as the sidecars see it (shards merged), or None when there is none."""
-    from inference_pod.routing_table import merge_shards
+    from loraplex.api.routing_table import merge_shards
 
     cms = kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true")
     if not cms:

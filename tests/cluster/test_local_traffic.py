@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from loraplex_operator.kube import Kube
 
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     OperatorProcess,
     dialled_targets,
@@ -31,17 +31,25 @@ def _ready_pod_ips(kube: Kube, namespace: str) -> list[str]:
     return sorted({p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")})
 
 
-def test_operator_polls_fake_pods_without_leaving_the_machine(kube: Kube, operator: OperatorProcess,
-                                                              namespace: str) -> None:
+def test_operator_polls_fake_pods_without_leaving_the_machine(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
     if os.environ.get("LORAPLEX_TEST_ANY_CLUSTER"):
         pytest.skip("a cluster that is not the project's own: its pod IPs may be real and routed")
-    kube.create(pool_manifest("local", namespace, replicas=2, minReplicas=2, maxReplicas=2,
-                              autoscaling={"pollIntervalSeconds": 5}))
-    pod_ips = wait_until("two pool pods with IPs", lambda: (ips := _ready_pod_ips(kube, namespace))
-                         and len(ips) == 2 and ips, timeout=60)
+    kube.create(
+        pool_manifest(
+            "local", namespace, replicas=2, minReplicas=2, maxReplicas=2, autoscaling={"pollIntervalSeconds": 5}
+        )
+    )
+    pod_ips = wait_until(
+        "two pool pods with IPs", lambda: (ips := _ready_pod_ips(kube, namespace)) and len(ips) == 2 and ips, timeout=60
+    )
     # The autoscaler must actually have tried them, or this test proves nothing.
-    wait_until("the operator to dial the pods' sidecars",
-               lambda: set(pod_ips) <= {h for h, _ in dialled_targets(operator.egress_log)}, timeout=45)
+    wait_until(
+        "the operator to dial the pods' sidecars",
+        lambda: set(pod_ips) <= {h for h, _ in dialled_targets(operator.egress_log)},
+        timeout=45,
+    )
 
     dialled = dialled_targets(operator.egress_log)
     allowed_remote = [(h, v) for h, v in dialled if v == "allowed" and not route_is_local(h)]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from loraplex_operator.kube import Kube
 
 from benchmarks.operator_burst import run_burst
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import OperatorProcess, routing_table
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_thousand_adapters_at_once(kube: Kube, operator: OperatorProcess, namespace: str,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_thousand_adapters_at_once(
+    kube: Kube, operator: OperatorProcess, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = run_burst(kube, namespace, 2000, table_timeout=300, ready_timeout=300)
     with capsys.disabled():
         print("\n" + result.report())

@@ -34,10 +34,18 @@ def test_samples_are_accepted(crds: None, sample: Path) -> None:
     assert ok, out
 
 
-POOL = {"apiVersion": "loraplex.io/v1alpha1", "kind": "BaseModelPool", "metadata": {"name": "p"},
-        "spec": {"model": {"name": "tiny"}}}
-ADAPTER = {"apiVersion": "loraplex.io/v1alpha1", "kind": "LoraAdapter", "metadata": {"name": "a"},
-           "spec": {"pool": "p", "source": {"type": "path", "path": "/x.safetensors"}}}
+POOL = {
+    "apiVersion": "loraplex.io/v1alpha1",
+    "kind": "BaseModelPool",
+    "metadata": {"name": "p"},
+    "spec": {"model": {"name": "tiny"}},
+}
+ADAPTER = {
+    "apiVersion": "loraplex.io/v1alpha1",
+    "kind": "LoraAdapter",
+    "metadata": {"name": "a"},
+    "spec": {"pool": "p", "source": {"type": "path", "path": "/x.safetensors"}},
+}
 
 
 def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -60,21 +68,29 @@ CEL_CASES = [
     (_with(POOL, "metadata.name", "p" * 41), "a pool name is at most 40 characters"),
     (_with(_with(POOL, "spec.minReplicas", 3), "spec.maxReplicas", 2), "minReplicas must not exceed maxReplicas"),
     (_with(_with(POOL, "spec.replicas", 5), "spec.maxReplicas", 3), "replicas must be between minReplicas and"),
-    (_with(POOL, "spec.autoscaling", {"scaleUpStabilizationSeconds": 600, "scaleDownStabilizationSeconds": 60}),
-     "scaleDownStabilizationSeconds must be at least scaleUpStabilizationSeconds"),
+    (
+        _with(POOL, "spec.autoscaling", {"scaleUpStabilizationSeconds": 600, "scaleDownStabilizationSeconds": 60}),
+        "scaleDownStabilizationSeconds must be at least scaleUpStabilizationSeconds",
+    ),
     (_with(POOL, "spec.limits", {"maxWidth": 1020}), "maxWidth and maxHeight must be multiples of 8"),
     (_with(ADAPTER, "metadata.name", "a" * 129), "an adapter name is at most 128 characters"),
     (_with(ADAPTER, "spec.aliases", ["a"]), "an alias must differ from the adapter's own name"),
     (_with(ADAPTER, "spec.pool", _DELETE), "set spec.pool or spec.baseModel"),
     (_with(_with(ADAPTER, "spec.minReplicas", 4), "spec.maxReplicas", 2), "minReplicas must not exceed maxReplicas"),
     (_with(ADAPTER, "spec.source", {"type": "hub"}), "a hub source needs repo"),
-    (_with(ADAPTER, "spec.source", {"type": "url", "url": "https://x/y.safetensors"}),
-     "a url source needs url and sha256"),
+    (
+        _with(ADAPTER, "spec.source", {"type": "url", "url": "https://x/y.safetensors"}),
+        "a url source needs url and sha256",
+    ),
     (_with(ADAPTER, "spec.source", {"type": "path"}), "a path source needs path"),
-    (_with(ADAPTER, "spec.source", {"type": "url", "url": "http://x/y.safetensors", "sha256": "0" * 64}),
-     "url must be https"),
-    (_with(ADAPTER, "spec.source", {"type": "path", "path": "/x", "repo": "org/repo"}),
-     "repo, filename and tokenSecret apply to hub sources only"),
+    (
+        _with(ADAPTER, "spec.source", {"type": "url", "url": "http://x/y.safetensors", "sha256": "0" * 64}),
+        "url must be https",
+    ),
+    (
+        _with(ADAPTER, "spec.source", {"type": "path", "path": "/x", "repo": "org/repo"}),
+        "repo, filename and tokenSecret apply to hub sources only",
+    ),
 ]
 
 
@@ -110,8 +126,9 @@ def test_cel_rule_rejects(crds: None, obj: dict[str, Any], message: str) -> None
 
 
 def test_defaults_are_applied_by_the_apiserver(crds: None) -> None:
-    out = kubectl("apply", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", "-",
-                  input=yaml.safe_dump(POOL)).stdout
+    out = kubectl(
+        "apply", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", "-", input=yaml.safe_dump(POOL)
+    ).stdout
     spec = yaml.safe_load(out)["spec"]
     assert spec["replicas"] == 1 and spec["autoscaling"]["targetUtilization"] == 0.7
     assert spec["gpu"] == {"resourceName": "nvidia.com/gpu", "count": 1}

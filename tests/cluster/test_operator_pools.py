@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube
-
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     OperatorProcess,
     condition,
@@ -22,15 +21,18 @@ def get_pool(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
 
 
 def pool_pods(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
-    return [p for p in kube.list("v1", "pods", ns, f"{c.LABEL_POOL}={name}")
-            if not p["metadata"].get("deletionTimestamp")]
+    return [
+        p for p in kube.list("v1", "pods", ns, f"{c.LABEL_POOL}={name}") if not p["metadata"].get("deletionTimestamp")
+    ]
 
 
-def test_pool_runs_on_fake_gpu_nodes_and_reports_ready(kube: Kube, operator: OperatorProcess,
-                                                        namespace: str) -> None:
+def test_pool_runs_on_fake_gpu_nodes_and_reports_ready(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
     kube.create(pool_manifest("tiny", namespace, replicas=2))
-    pool = wait_until("pool Ready", lambda: (p := get_pool(kube, namespace, "tiny"))
-                      and condition(p, "Ready").get("status") == "True" and p, timeout=90)
+    pool = wait_until(
+        "pool Ready",
+        lambda: (p := get_pool(kube, namespace, "tiny")) and condition(p, "Ready").get("status") == "True" and p,
+        timeout=90,
+    )
     status = pool["status"]
     assert status["readyReplicas"] == 2 and status["desiredReplicas"] == 2
     assert status["observedGeneration"] == pool["metadata"]["generation"]
@@ -40,9 +42,13 @@ def test_pool_runs_on_fake_gpu_nodes_and_reports_ready(kube: Kube, operator: Ope
 
     # Owned objects, with owner references to the pool.
     uid = pool["metadata"]["uid"]
-    for api, plural, name in [("apps/v1", "deployments", "tiny"), ("v1", "services", "tiny"),
-                              ("policy/v1", "poddisruptionbudgets", "tiny"), ("v1", "serviceaccounts", "tiny-inference"),
-                              ("rbac.authorization.k8s.io/v1", "roles", "tiny-inference")]:
+    for api, plural, name in [
+        ("apps/v1", "deployments", "tiny"),
+        ("v1", "services", "tiny"),
+        ("policy/v1", "poddisruptionbudgets", "tiny"),
+        ("v1", "serviceaccounts", "tiny-inference"),
+        ("rbac.authorization.k8s.io/v1", "roles", "tiny-inference"),
+    ]:
         obj = kube.get(api, plural, namespace, name)
         assert obj is not None, f"{plural}/{name} missing"
         assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uid]
@@ -57,8 +63,10 @@ def test_pool_runs_on_fake_gpu_nodes_and_reports_ready(kube: Kube, operator: Ope
         assert worker["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
 
     # The routing table lists the ready pods as the pool's endpoints.
-    table = wait_until("endpoints in the table",
-                       lambda: (t := routing_table(kube, namespace)) and len(t.pools["tiny"].endpoints) == 2 and t)
+    table = wait_until(
+        "endpoints in the table",
+        lambda: (t := routing_table(kube, namespace)) and len(t.pools["tiny"].endpoints) == 2 and t,
+    )
     want = {(p["metadata"]["name"], f"http://{p['status']['podIP']}:8080") for p in pods}
     assert {(e.name, e.url) for e in table.pools["tiny"].endpoints} == want
 
@@ -66,19 +74,32 @@ def test_pool_runs_on_fake_gpu_nodes_and_reports_ready(kube: Kube, operator: Ope
     annotations = pool["metadata"].get("annotations") or {}
     assert any(k.startswith(c.KOPF_ANNOTATION_PREFIX + "/") for k in annotations)
     assert not any(k.startswith("kopf.zalando.org") for k in annotations)
-    assert set(status) <= {"observedGeneration", "replicas", "readyReplicas", "desiredReplicas", "selector",
-                           "requestRate", "meanServiceSeconds", "adapters", "conditions"}
+    assert set(status) <= {
+        "observedGeneration",
+        "replicas",
+        "readyReplicas",
+        "desiredReplicas",
+        "selector",
+        "requestRate",
+        "meanServiceSeconds",
+        "adapters",
+        "conditions",
+    }
 
     # Printer columns.
     out = kubectl("-n", namespace, "get", "bmp", "tiny").stdout
     assert "MODEL" in out and "READY" in out and "DESIRED" in out and "AllReplicasReady" in out
 
 
-def test_pool_asking_for_more_gpus_than_exist_is_degraded(kube: Kube, operator: OperatorProcess,
-                                                           namespace: str) -> None:
+def test_pool_asking_for_more_gpus_than_exist_is_degraded(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
     kube.create(pool_manifest("huge", namespace, replicas=1, gpu={"count": 8}))
-    pool = wait_until("pool Degraded", lambda: (p := get_pool(kube, namespace, "huge"))
-                      and condition(p, "Degraded").get("status") == "True" and p, timeout=90)
+    pool = wait_until(
+        "pool Degraded",
+        lambda: (p := get_pool(kube, namespace, "huge")) and condition(p, "Degraded").get("status") == "True" and p,
+        timeout=90,
+    )
     degraded = condition(pool, "Degraded")
     assert degraded["reason"] == "Unschedulable"
     assert "nvidia.com/gpu" in degraded["message"], degraded
@@ -86,16 +107,22 @@ def test_pool_asking_for_more_gpus_than_exist_is_degraded(kube: Kube, operator: 
     assert pool["status"]["readyReplicas"] == 0
 
 
-def test_scale_subresource_spec_change_and_garbage_collection(kube: Kube, operator: OperatorProcess,
-                                                              namespace: str) -> None:
+def test_scale_subresource_spec_change_and_garbage_collection(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
     kube.create(pool_manifest("scaled", namespace, replicas=1, maxReplicas=3))
-    wait_until("one pod ready", lambda: condition(get_pool(kube, namespace, "scaled"), "Ready").get("status")
-               == "True", timeout=90)
+    wait_until(
+        "one pod ready",
+        lambda: condition(get_pool(kube, namespace, "scaled"), "Ready").get("status") == "True",
+        timeout=90,
+    )
 
     kubectl("-n", namespace, "scale", "bmp/scaled", "--replicas=2")
-    wait_until("Deployment scaled to 2",
-               lambda: kube.get("apps/v1", "deployments", namespace, "scaled")["spec"]["replicas"] == 2)
-    wait_until("2 ready", lambda: (get_pool(kube, namespace, "scaled")["status"].get("readyReplicas") == 2), 90)
+    wait_until(
+        "Deployment scaled to 2",
+        lambda: kube.get("apps/v1", "deployments", namespace, "scaled")["spec"]["replicas"] == 2,
+    )
+    wait_until("2 ready", lambda: get_pool(kube, namespace, "scaled")["status"].get("readyReplicas") == 2, 90)
     scale = kube.get(c.API_VERSION, c.POOL_PLURAL, namespace, "scaled", "scale")
     assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
     assert "loraplex.io/pool" not in scale["status"]["selector"]  # the Deployment's immutable selector
@@ -104,14 +131,30 @@ def test_scale_subresource_spec_change_and_garbage_collection(kube: Kube, operat
 
     # A spec change rolls the pods: a new ReplicaSet with the new template.
     before = kube.get("apps/v1", "deployments", namespace, "scaled")["metadata"]["generation"]
-    kubectl("-n", namespace, "patch", "bmp/scaled", "--type=merge", "-p",
-            '{"spec": {"image": "ghcr.io/loraplex/inference:0.1.1"}}')
-    dep = wait_until("Deployment rolled", lambda: (d := kube.get("apps/v1", "deployments", namespace, "scaled"))
-                     and d["metadata"]["generation"] > before and d)
+    kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "bmp/scaled",
+        "--type=merge",
+        "-p",
+        '{"spec": {"image": "ghcr.io/loraplex/inference:0.1.1"}}',
+    )
+    dep = wait_until(
+        "Deployment rolled",
+        lambda: (
+            (d := kube.get("apps/v1", "deployments", namespace, "scaled"))
+            and d["metadata"]["generation"] > before
+            and d
+        ),
+    )
     images = {ct["image"] for ct in dep["spec"]["template"]["spec"]["containers"]}
     assert images == {"ghcr.io/loraplex/inference:0.1.1"}
-    wait_until("pods on the new image", lambda: {ct["image"] for p in pool_pods(kube, namespace, "scaled")
-                                                 for ct in p["spec"]["containers"]} == images, 90)
+    wait_until(
+        "pods on the new image",
+        lambda: {ct["image"] for p in pool_pods(kube, namespace, "scaled") for ct in p["spec"]["containers"]} == images,
+        90,
+    )
 
     # Deleting the pool garbage-collects what it owns (kube-controller-manager's GC).
     kube.delete(c.API_VERSION, c.POOL_PLURAL, namespace, "scaled")

@@ -14,8 +14,9 @@ from tests.cluster.operator_support import LEASE_NAME, PYTHON_EXE, ROOT, SYSTEM_
 def test_chart_is_installed(chart: Release) -> None:
     status = json.loads(helm("status", chart.name, "-n", chart.namespace, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed"
-    kubectl("-n", chart.namespace, "get", f"serviceaccount/{chart.service_account}",
-            f"deployment/{chart.name}-operator")
+    kubectl(
+        "-n", chart.namespace, "get", f"serviceaccount/{chart.service_account}", f"deployment/{chart.name}-operator"
+    )
     kubectl("get", f"clusterrole/{chart.name}-operator", f"clusterrolebinding/{chart.name}-operator")
 
 
@@ -53,10 +54,12 @@ SA_CAN = [
 ]
 
 
-@pytest.mark.parametrize(("verb", "resource", "ns", "allowed"), SA_CAN,
-                         ids=[f"{v}-{r.split('.')[0]}-{'yes' if a else 'no'}" for v, r, _, a in SA_CAN])
-def test_service_account_permissions(chart: Release, verb: str, resource: str, ns: str | None,
-                                     allowed: bool) -> None:
+@pytest.mark.parametrize(
+    ("verb", "resource", "ns", "allowed"),
+    SA_CAN,
+    ids=[f"{v}-{r.split('.')[0]}-{'yes' if a else 'no'}" for v, r, _, a in SA_CAN],
+)
+def test_service_account_permissions(chart: Release, verb: str, resource: str, ns: str | None, allowed: bool) -> None:
     sa = f"system:serviceaccount:{chart.namespace}:{chart.service_account}"
     scope = ["-n", ns] if ns else ["--all-namespaces"]
     resource, _, sub = resource.partition(":")
@@ -70,6 +73,7 @@ def test_lease_permissions_are_one_lease_in_the_release_namespace(chart: Release
 
     def can(*args: str) -> str:
         return kubectl("auth", "can-i", *args, "--as", sa, check=False).stdout.strip()
+
     assert can("update", f"leases.coordination.k8s.io/{LEASE_NAME}", "-n", chart.namespace) == "yes"
     assert can("update", "leases.coordination.k8s.io/other", "-n", chart.namespace) == "no"
     assert can("create", "leases.coordination.k8s.io", "-n", chart.namespace) == "yes"
@@ -78,8 +82,13 @@ def test_lease_permissions_are_one_lease_in_the_release_namespace(chart: Release
 def test_helm_test_check_passes_as_the_service_account(operator: object, operator_kubeconfig: str) -> None:
     """What the chart's `helm test` pod runs, run here with the same ServiceAccount."""
     env = dict(os.environ, KUBECONFIG=operator_kubeconfig)
-    out = subprocess.run([PYTHON_EXE, "-m", "loraplex_operator", "--check", "--lease-namespace", SYSTEM_NS,
-                          "--lease-name", LEASE_NAME], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=60)
+    out = subprocess.run(
+        [PYTHON_EXE, "-m", "loraplex_operator", "--check", "--lease-namespace", SYSTEM_NS, "--lease-name", LEASE_NAME],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "leader cluster-tests" in out.stdout

@@ -6,10 +6,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from loraplex_operator import constants as c
-from loraplex_operator.kube import Kube
-
 from benchmarks.operator_burst import ShardWatch, adapter_body
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     OperatorProcess,
     condition,
@@ -21,8 +20,11 @@ from tests.cluster.operator_support import (
 
 def test_killed_and_restarted_operator_converges(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
     kube.create(pool_manifest("tiny", namespace, replicas=1))
-    wait_until("pool Ready", lambda: condition(kube.get(c.API_VERSION, c.POOL_PLURAL, namespace, "tiny"),
-                                               "Ready").get("status") == "True", timeout=90)
+    wait_until(
+        "pool Ready",
+        lambda: condition(kube.get(c.API_VERSION, c.POOL_PLURAL, namespace, "tiny"), "Ready").get("status") == "True",
+        timeout=90,
+    )
     names = [f"r-{i:04d}" for i in range(300)]
 
     # Create adapters from a background thread and kill the operator while they arrive.
@@ -32,8 +34,12 @@ def test_killed_and_restarted_operator_converges(kube: Kube, operator: OperatorP
 
     creator = threading.Thread(target=create_all)
     creator.start()
-    wait_until("some adapters routed", lambda: (t := routing_table(kube, namespace)) and len(t.adapters) >= 20,
-               timeout=60, interval=0.05)
+    wait_until(
+        "some adapters routed",
+        lambda: (t := routing_table(kube, namespace)) and len(t.adapters) >= 20,
+        timeout=60,
+        interval=0.05,
+    )
     operator.kill()
     creator.join()
 
@@ -45,13 +51,31 @@ def test_killed_and_restarted_operator_converges(kube: Kube, operator: OperatorP
 
     operator.start()
     want = set(names[1:])
-    wait_until("table converged", lambda: (t := routing_table(kube, namespace)) and set(t.adapters) == want,
-               timeout=120)
-    wait_until("every adapter Ready", lambda: sum(
-        1 for a in kube.list(c.API_VERSION, c.ADAPTER_PLURAL, namespace)
-        if (a.get("status") or {}).get("phase") == "Ready") == len(want), timeout=240, interval=1.0)
-    wait_until("pool Ready at 2", lambda: (p := kube.get(c.API_VERSION, c.POOL_PLURAL, namespace, "tiny"))
-               and p["status"].get("readyReplicas") == 2 and condition(p, "Ready").get("status") == "True", 90)
+    wait_until(
+        "table converged", lambda: (t := routing_table(kube, namespace)) and set(t.adapters) == want, timeout=120
+    )
+    wait_until(
+        "every adapter Ready",
+        lambda: (
+            sum(
+                1
+                for a in kube.list(c.API_VERSION, c.ADAPTER_PLURAL, namespace)
+                if (a.get("status") or {}).get("phase") == "Ready"
+            )
+            == len(want)
+        ),
+        timeout=240,
+        interval=1.0,
+    )
+    wait_until(
+        "pool Ready at 2",
+        lambda: (
+            (p := kube.get(c.API_VERSION, c.POOL_PLURAL, namespace, "tiny"))
+            and p["status"].get("readyReplicas") == 2
+            and condition(p, "Ready").get("status") == "True"
+        ),
+        90,
+    )
 
     # No duplicates: one Deployment, one ReplicaSet (scaling does not roll), one set of shards.
     assert len(kube.list("apps/v1", "deployments", namespace)) == 1
@@ -63,8 +87,10 @@ def test_killed_and_restarted_operator_converges(kube: Kube, operator: OperatorP
     # (First let the running operator finish: the second pod's endpoint may still be on its way.)
     wait_until("both endpoints routed", lambda: len(routing_table(kube, namespace).pools["tiny"].endpoints) == 2)
     time.sleep(4)
-    before = {cm["metadata"]["name"]: cm["data"] for cm in
-              kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true")}
+    before = {
+        cm["metadata"]["name"]: cm["data"]
+        for cm in kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true")
+    }
     watch = ShardWatch(kube, namespace)
     rs_before = kube.list("apps/v1", "replicasets", namespace)[0]["metadata"]["resourceVersion"]
     try:
@@ -73,8 +99,10 @@ def test_killed_and_restarted_operator_converges(kube: Kube, operator: OperatorP
         time.sleep(8)  # resume handlers, the table writer's first flush, a stats poll
     finally:
         watch.stop()
-    after = {cm["metadata"]["name"]: cm["data"] for cm in
-             kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true")}
+    after = {
+        cm["metadata"]["name"]: cm["data"]
+        for cm in kube.list("v1", "configmaps", namespace, f"{c.LABEL_ROUTING_TABLE}=true")
+    }
     assert after == before
     assert watch.writes == 0 and watch.deletes == 0
     assert kube.list("apps/v1", "replicasets", namespace)[0]["metadata"]["resourceVersion"] == rs_before

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from inference_pod.table_source import TABLE_DATA_KEY, ConfigMapTableSource
+from inference_pod.router.table_source import ConfigMapTableSource
+from loraplex.api.names import TABLE_DATA_KEY
 from tests.helpers.httpclient import get
 from tests.helpers.procs import PYTHON, free_port, start_process
 
@@ -41,8 +42,10 @@ def put(core, ns: str, name: str, data: str | None, labels: dict | None = LABEL)
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=labels),
-                              data={TABLE_DATA_KEY: data} if data is not None else {"other": "x"})
+    body = client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        data={TABLE_DATA_KEY: data} if data is not None else {"other": "x"},
+    )
     try:
         core.replace_namespaced_config_map(name, ns, body)
     except ApiException as e:
@@ -98,10 +101,15 @@ def test_sidecar_routes_from_configmaps(core, namespace: str, control_plane, tmp
     put(core, ns, "rt-pools", shard(1, pools=POOLS))
     put(core, ns, "rt-a", shard(1, adapters=adapter("cm-lora")))
     port = free_port()
-    sc = start_process([PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(port),
-                        "--table-configmaps", ns], port, timeout=60, env={"KUBECONFIG": control_plane.kubeconfig},
-                       log_dir=tmp_path)
+    sc = start_process(
+        [PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(port), "--table-configmaps", ns],
+        port,
+        timeout=60,
+        env={"KUBECONFIG": control_plane.kubeconfig},
+        log_dir=tmp_path,
+    )
     try:
+
         def models() -> set[str]:
             return {m["id"] for m in get(sc.url + "/v1/models").json()["data"]}
 

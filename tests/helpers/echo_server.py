@@ -37,10 +37,19 @@ def make_app(name: str) -> web.Application:
             status = int(echo["status"])
         payload = {"servedBy": name, "path": request.path, "headers": dict(request.headers), "body": body}
         if status != 200:
-            payload["error"] = {"message": f"echo {name} answers {status}", "type": "server_error",
-                                "param": None, "code": "echo"}
-        headers = {"X-Loraplex-Queue-Ms": "1.0", "X-Loraplex-Swap-Tier": "echo", "X-Loraplex-Swap-Ms": "2.0",
-                   "X-Loraplex-Inference-Ms": "3.0", "X-Echo-Private": "not-forwarded"}
+            payload["error"] = {
+                "message": f"echo {name} answers {status}",
+                "type": "server_error",
+                "param": None,
+                "code": "echo",
+            }
+        headers = {
+            "X-Loraplex-Queue-Ms": "1.0",
+            "X-Loraplex-Swap-Tier": "echo",
+            "X-Loraplex-Swap-Ms": "2.0",
+            "X-Loraplex-Inference-Ms": "3.0",
+            "X-Echo-Private": "not-forwarded",
+        }
         return web.json_response(payload, status=status, headers=headers)
 
     async def list_records(request: web.Request) -> web.Response:
@@ -54,14 +63,16 @@ def make_app(name: str) -> web.Application:
         return web.json_response({"status": "ok", "name": name})
 
     app = web.Application()
-    app.add_routes([
-        web.post("/v1/generate", generate),
-        web.post("/v1/images/generations", generate),
-        web.get("/records", list_records),
-        web.post("/records/clear", clear_records),
-        web.get("/readyz", ready),
-        web.get("/healthz", ready),
-    ])
+    app.add_routes(
+        [
+            web.post("/v1/generate", generate),
+            web.post("/v1/images/generations", generate),
+            web.get("/records", list_records),
+            web.post("/records/clear", clear_records),
+            web.get("/readyz", ready),
+            web.get("/healthz", ready),
+        ]
+    )
     return app
 
 

@@ -25,8 +25,9 @@ class Reply:
         return None
 
 
-def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-            timeout: float = 60.0) -> Reply:
+def request(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 60.0
+) -> Reply:
     """Send one request; any HTTP status comes back as a Reply (no exception for 4xx/5xx)."""
     data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))

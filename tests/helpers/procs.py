@@ -1,6 +1,6 @@
 """Start real processes on loopback for tests and benchmarks, wait until they serve, stop them.
 
-    h = start_process([sys.executable, "-m", "inference_pod.sidecar", "--port", str(port), ...], port)
+    h = start_process([sys.executable, "-m", "inference_pod.router", "--port", str(port), ...], port)
     urllib.request.urlopen(h.url + "/v1/models")
     h.terminate()
 
@@ -111,15 +111,16 @@ class ProcHandle:
         self.terminate()
 
 
-def wait_ready(handle: ProcHandle, ready_path: str = "/readyz", timeout: float = 120.0,
-               interval: float = 0.1) -> None:
+def wait_ready(handle: ProcHandle, ready_path: str = "/readyz", timeout: float = 120.0, interval: float = 0.1) -> None:
     """Poll `ready_path` until it answers 200; raise ProcessStartError with the log tail otherwise."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if not handle.alive():
-            raise ProcessStartError(f"{handle.cmd[:4]}... exited with {handle.proc.returncode} before ready\n"
-                                    f"--- log tail ({handle.log_path}) ---\n{handle.log_tail()}")
+            raise ProcessStartError(
+                f"{handle.cmd[:4]}... exited with {handle.proc.returncode} before ready\n"
+                f"--- log tail ({handle.log_path}) ---\n{handle.log_tail()}"
+            )
         try:
             status, body = http_get(handle.url + ready_path, timeout=2.0)
             if status == 200:
@@ -130,13 +131,22 @@ def wait_ready(handle: ProcHandle, ready_path: str = "/readyz", timeout: float =
         time.sleep(interval)
         interval = min(interval * 1.5, 1.0)
     handle.kill()
-    raise ProcessStartError(f"{handle.cmd[:4]}... not ready on {handle.url}{ready_path} after {timeout:.0f}s "
-                            f"(last: {last})\n--- log tail ({handle.log_path}) ---\n{handle.log_tail()}")
+    raise ProcessStartError(
+        f"{handle.cmd[:4]}... not ready on {handle.url}{ready_path} after {timeout:.0f}s "
+        f"(last: {last})\n--- log tail ({handle.log_path}) ---\n{handle.log_tail()}"
+    )
 
 
-def start_process(cmd: list[str], port: int, ready_path: str | None = "/readyz", timeout: float = 120.0,
-                  env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-                  host: str = "127.0.0.1", log_dir: str | os.PathLike[str] | None = None) -> ProcHandle:
+def start_process(
+    cmd: list[str],
+    port: int,
+    ready_path: str | None = "/readyz",
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    log_dir: str | os.PathLike[str] | None = None,
+) -> ProcHandle:
     """Start `cmd` (which should listen on host:port) and wait until `ready_path` answers 200.
 
     `env` is added to the current environment; the repository root is put on
@@ -151,10 +161,16 @@ def start_process(cmd: list[str], port: int, ready_path: str | None = "/readyz",
     name = Path(cmd[0]).name if len(cmd) < 3 else f"{Path(cmd[0]).name}-{cmd[2].rsplit('.', 1)[-1]}"
     fd, log_path = tempfile.mkstemp(prefix=f"loraplex-{name}-{port}-", suffix=".log", dir=log_dir)
     log_file = os.fdopen(fd, "wb")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=full_env, cwd=cwd or REPO_ROOT, start_new_session=True)
-    handle = ProcHandle(proc=proc, port=port, host=host, log_path=Path(log_path), cmd=list(cmd),
-                        _log_file=log_file)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=full_env,
+        cwd=cwd or REPO_ROOT,
+        start_new_session=True,
+    )
+    handle = ProcHandle(proc=proc, port=port, host=host, log_path=Path(log_path), cmd=list(cmd), _log_file=log_file)
     if ready_path is not None:
         wait_ready(handle, ready_path, timeout)
     return handle

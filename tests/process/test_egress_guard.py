@@ -24,22 +24,50 @@ ECHO = str(REPO_ROOT / "tests" / "helpers" / "echo_server.py")
 
 def test_sidecar_refuses_a_peer_outside_the_allowed_ranges(tmp_path: Path) -> None:
     port = free_port("127.0.0.2")
-    echo = start_process([PYTHON, ECHO, "--host", "127.0.0.2", "--port", str(port), "--name", "far"], port,
-                         host="127.0.0.2", log_dir=tmp_path)
+    echo = start_process(
+        [PYTHON, ECHO, "--host", "127.0.0.2", "--port", str(port), "--name", "far"],
+        port,
+        host="127.0.0.2",
+        log_dir=tmp_path,
+    )
     table = tmp_path / "table.json"
-    table.write_text(json.dumps({
-        "version": 1, "generation": 1,
-        "pools": {"tiny": {"baseModel": "tiny", "endpoints": [{"name": "far", "url": echo.url}]}},
-        "adapters": {},
-    }))
+    table.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "generation": 1,
+                "pools": {"tiny": {"baseModel": "tiny", "endpoints": [{"name": "far", "url": echo.url}]}},
+                "adapters": {},
+            }
+        )
+    )
     log = tmp_path / "egress.log"
     started = []
     try:
+
         def sidecar(env: dict[str, str]):
             p = free_port()
-            h = start_process([PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(p),
-                               "--table-file", str(table), "--connect-timeout", "1", "--request-timeout", "10"],
-                              p, timeout=60, env={"LORAPLEX_EGRESS": "local", **env}, log_dir=tmp_path)
+            h = start_process(
+                [
+                    PYTHON,
+                    "-m",
+                    "inference_pod.router",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(p),
+                    "--table-file",
+                    str(table),
+                    "--connect-timeout",
+                    "1",
+                    "--request-timeout",
+                    "10",
+                ],
+                p,
+                timeout=60,
+                env={"LORAPLEX_EGRESS": "local", **env},
+                log_dir=tmp_path,
+            )
             started.append(h)
             return h
 

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from inference_pod.placement import home_endpoints
+from inference_pod.router.placement import home_endpoints
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process
-
-pytestmark = pytest.mark.process
 
 POD_NAMES = ["pod-0", "pod-1", "pod-2"]
 ADAPTERS = [f"a{i}" for i in range(20)]
@@ -41,11 +39,16 @@ class Stack:
     sidecars: dict[str, ProcHandle] = field(default_factory=dict)
     generation: int = 0
 
-    def doc(self, endpoints: list[str] | None = None, extra_adapters: dict | None = None,
-            cold_endpoints: list[str] | None = None) -> dict:
+    def doc(
+        self,
+        endpoints: list[str] | None = None,
+        extra_adapters: dict | None = None,
+        cold_endpoints: list[str] | None = None,
+    ) -> dict:
         eps = POD_NAMES if endpoints is None else endpoints
-        adapters = {a: {"pool": "tiny", "source": {"type": "path", "path": f"/adapters/{a}.safetensors"}}
-                    for a in ADAPTERS}
+        adapters = {
+            a: {"pool": "tiny", "source": {"type": "path", "path": f"/adapters/{a}.safetensors"}} for a in ADAPTERS
+        }
         adapters["a0"]["aliases"] = ["alias-a0"]
         adapters["a1"]["replication"] = 2
         adapters["other-pool-lora"] = {"pool": "other", "source": {"type": "hub", "repo": "acme/x"}}
@@ -55,11 +58,13 @@ class Stack:
             "version": 1,
             "generation": self.generation,
             "pools": {
-                "tiny": {"baseModel": "tiny", "endpoints": [
-                    {"name": n, "url": self.sidecars[n].url} for n in eps]},
+                "tiny": {"baseModel": "tiny", "endpoints": [{"name": n, "url": self.sidecars[n].url} for n in eps]},
                 "other": {"baseModel": "other-base"},
-                "cold": {"baseModel": "cold-base", "activationTimeoutSeconds": 20, "endpoints": [
-                    {"name": n, "url": self.sidecars[n].url} for n in (cold_endpoints or [])]},
+                "cold": {
+                    "baseModel": "cold-base",
+                    "activationTimeoutSeconds": 20,
+                    "endpoints": [{"name": n, "url": self.sidecars[n].url} for n in (cold_endpoints or [])],
+                },
                 "brief": {"baseModel": "brief-base", "activationTimeoutSeconds": 0.5},
             },
             "adapters": adapters,
@@ -92,8 +97,22 @@ class Stack:
 
 def start_sidecar(stack: Stack, name: str, *extra: str) -> ProcHandle:
     port = free_port()
-    cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(port),
-           "--table-file", str(stack.table_path), "--connect-timeout", "1", "--request-timeout", "30", *extra]
+    cmd = [
+        PYTHON,
+        "-m",
+        "inference_pod.router",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--table-file",
+        str(stack.table_path),
+        "--connect-timeout",
+        "1",
+        "--request-timeout",
+        "30",
+        *extra,
+    ]
     return start_process(cmd, port, timeout=60, log_dir=stack.tmp)
 
 
@@ -111,9 +130,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.sidecars[n] = ProcHandle(proc=None, port=ports[n], host="127.0.0.1", log_path=tmp, cmd=[])  # type: ignore[arg-type]
         s.write_raw(json.dumps(s.doc()))
         for n in POD_NAMES:
-            cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(ports[n]),
-                   "--worker-url", s.echoes[n].url, "--pod-name", n, "--table-file", str(s.table_path),
-                   "--connect-timeout", "1", "--request-timeout", "30"]
+            cmd = [
+                PYTHON,
+                "-m",
+                "inference_pod.router",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports[n]),
+                "--worker-url",
+                s.echoes[n].url,
+                "--pod-name",
+                n,
+                "--table-file",
+                str(s.table_path),
+                "--connect-timeout",
+                "1",
+                "--request-timeout",
+                "30",
+            ]
             s.sidecars[n] = start_process(cmd, ports[n], timeout=60, log_dir=tmp)
         s.sidecars["gateway"] = start_sidecar(s, "gateway", "--max-body-bytes", "4096")
         (tmp / "tokens").write_text(f"# one per line\n{TOKEN}\nanother-token\n")
@@ -145,8 +180,16 @@ def test_same_adapter_same_home_from_every_sidecar(stack: Stack) -> None:
 
 
 def test_forwarded_request_carries_body_route_and_hop(stack: Stack) -> None:
-    body = {"model": "alias-a0", "prompt": "x", "steps": 2, "width": 64, "height": 64, "seed": 7,
-            "adapters": [{"name": "a5", "scale": 0.5}], "extra": {"kept": [1, 2]}}
+    body = {
+        "model": "alias-a0",
+        "prompt": "x",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "seed": 7,
+        "adapters": [{"name": "a5", "scale": 0.5}],
+        "extra": {"kept": [1, 2]},
+    }
     r = post(stack.url("gateway") + "/v1/generate", body)
     assert served_by(r) == home("a0")  # the placement key is the model's adapter
     seen = r.json()
@@ -188,8 +231,12 @@ def test_base_model_and_multi_adapter_placement(stack: Stack) -> None:
         ({"model": "tiny", "adapters": "a1"}, 400, "adapters", "invalid_type"),
         ({"model": "tiny", "adapters": [{"scale": 1}]}, 400, "adapters[0].name", "missing_field"),
         ({"model": "tiny", "adapters": [{"name": "a1", "scale": "x"}]}, 400, "adapters[0].scale", "invalid_type"),
-        ({"model": "tiny", "adapters": [{"name": "a1"}, {"name": "ghost"}]}, 404, "adapters[1].name",
-         "model_not_found"),
+        (
+            {"model": "tiny", "adapters": [{"name": "a1"}, {"name": "ghost"}]},
+            404,
+            "adapters[1].name",
+            "model_not_found",
+        ),
         ({"model": "tiny", "adapters": [{"name": "other-pool-lora"}]}, 400, "adapters[0].name", "pool_mismatch"),
         ({"model": "tiny", "adapters": [{"name": "tiny"}]}, 400, "adapters[0].name", "not_an_adapter"),
         ({"model": "other-pool-lora"}, 503, None, "no_ready_endpoint"),

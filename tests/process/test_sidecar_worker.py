@@ -1,6 +1,6 @@
 """Router sidecars in front of real diffusion workers (tiny model, CPU), all on loopback.
 
-Two pods, each a `inference_pod.worker` + `inference_pod.sidecar` process pair,
+Two pods, each a `inference_pod.worker.server` + `inference_pod.router.sidecar` process pair,
 share one routing table file naming real LoRA files on disk. Generations are
 kept tiny (64x64, 1-2 steps) because CPU time is scarce.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from inference_pod.placement import home_endpoints
+from inference_pod.router.placement import home_endpoints
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process, wait_ready
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 PODS = ["pod-0", "pod-1"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,8 +29,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAKE_ADAPTERS = """
 import sys
 from pathlib import Path
-from inference_pod.demo_adapters import write_lora
-from inference_pod.tiny_model import build_tiny_pipeline
+from inference_pod.local.lora_factory import write_lora
+from inference_pod.worker.tiny_model import build_tiny_pipeline
 unet = build_tiny_pipeline().unet
 out = Path(sys.argv[1])
 for i, name in enumerate(sys.argv[2:]):
@@ -63,12 +63,20 @@ class Pods:
             "version": 1,
             "generation": self.generation,
             "pools": {
-                "tiny": {"baseModel": "tiny", "endpoints": [
-                    {"name": p, "url": f"http://127.0.0.1:{self.ports[p]}"} for p in PODS]},
+                "tiny": {
+                    "baseModel": "tiny",
+                    "endpoints": [{"name": p, "url": f"http://127.0.0.1:{self.ports[p]}"} for p in PODS],
+                },
                 "empty": {"baseModel": "empty-base"},
             },
-            "adapters": {n: {"pool": "tiny", "source": {"type": "path", "path": str(self.adapter_dir / f"{n}.safetensors")},
-                             "aliases": [f"{n}-alias"]} for n in adapters},
+            "adapters": {
+                n: {
+                    "pool": "tiny",
+                    "source": {"type": "path", "path": str(self.adapter_dir / f"{n}.safetensors")},
+                    "aliases": [f"{n}-alias"],
+                }
+                for n in adapters
+            },
         }
 
     def write(self, adapters: list[str]) -> None:
@@ -97,19 +105,52 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     try:
         wports = {p: free_port() for p in PODS}
         for p in PODS:  # both workers load at once while the adapters are written
-            cmd = [PYTHON, "-m", "inference_pod.worker", "--model", "tiny", "--host", "127.0.0.1",
-                   "--port", str(wports[p]), "--torch-threads", "1", "--disk-cache-dir", str(tmp / f"cache-{p}")]
+            cmd = [
+                PYTHON,
+                "-m",
+                "inference_pod.worker",
+                "--model",
+                "tiny",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(wports[p]),
+                "--torch-threads",
+                "1",
+                "--disk-cache-dir",
+                str(tmp / f"cache-{p}"),
+            ]
             s.workers[p] = start_process(cmd, wports[p], ready_path=None, log_dir=tmp)
             handles.append(s.workers[p])
-        subprocess.run([PYTHON, "-c", MAKE_ADAPTERS, str(s.adapter_dir), *HOMED.values(), LATE], check=True,
-                       cwd=REPO_ROOT, timeout=300)
+        subprocess.run(
+            [PYTHON, "-c", MAKE_ADAPTERS, str(s.adapter_dir), *HOMED.values(), LATE],
+            check=True,
+            cwd=REPO_ROOT,
+            timeout=300,
+        )
         s.ports = {p: free_port() for p in PODS}
         s.write_raw(json.dumps(s.doc(list(HOMED.values()))))
         for p in PODS:
             wait_ready(s.workers[p], timeout=240)
-            cmd = [PYTHON, "-m", "inference_pod.sidecar", "--host", "127.0.0.1", "--port", str(s.ports[p]),
-                   "--worker-url", s.workers[p].url, "--pod-name", p, "--table-file", str(s.table_path),
-                   "--connect-timeout", "1", "--request-timeout", "120"]
+            cmd = [
+                PYTHON,
+                "-m",
+                "inference_pod.router",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(s.ports[p]),
+                "--worker-url",
+                s.workers[p].url,
+                "--pod-name",
+                p,
+                "--table-file",
+                str(s.table_path),
+                "--connect-timeout",
+                "1",
+                "--request-timeout",
+                "120",
+            ]
             s.sidecars[p] = start_process(cmd, s.ports[p], timeout=60, log_dir=tmp)
             handles.append(s.sidecars[p])
         yield s
@@ -142,9 +183,11 @@ def test_generation_lands_on_the_adapters_home_from_either_sidecar(pods: Pods) -
 
 def test_alias_openai_route_and_adapter_changes_the_image(pods: Pods) -> None:
     adapter = HOMED["pod-1"]
-    r = post(pods.url("pod-0") + "/v1/images/generations",
-             {"model": f"{adapter}-alias", "prompt": "a lighthouse", "size": "64x64", "steps": 1, "seed": 3},
-             timeout=120)
+    r = post(
+        pods.url("pod-0") + "/v1/images/generations",
+        {"model": f"{adapter}-alias", "prompt": "a lighthouse", "size": "64x64", "steps": 1, "seed": 3},
+        timeout=120,
+    )
     assert r.status == 200, r.body
     assert r.header("X-Loraplex-Pod") == "pod-1"
     png = base64.b64decode(r.json()["data"][0]["b64_json"])
@@ -167,9 +210,12 @@ def test_router_errors_in_front_of_real_workers(pods: Pods) -> None:
 
 def test_hop_request_is_served_by_the_local_worker(pods: Pods) -> None:
     adapter = HOMED["pod-1"]
-    r = post(pods.url("pod-0") + "/v1/generate",
-             {"model": adapter, "prompt": "x", "steps": 1, "width": 64, "height": 64, "seed": 1},
-             headers={"X-Loraplex-Hop": "elsewhere"}, timeout=120)
+    r = post(
+        pods.url("pod-0") + "/v1/generate",
+        {"model": adapter, "prompt": "x", "steps": 1, "width": 64, "height": 64, "seed": 1},
+        headers={"X-Loraplex-Hop": "elsewhere"},
+        timeout=120,
+    )
     assert r.status == 200 and r.header("X-Loraplex-Pod") == "pod-0"
 
 

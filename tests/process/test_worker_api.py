@@ -18,14 +18,14 @@ import pytest
 from tests.helpers.httpclient import get, post
 from tests.helpers.procs import PYTHON, free_port, start_process
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
 
 MAKE_ADAPTERS = """
 import sys
 from pathlib import Path
-from inference_pod.demo_adapters import write_lora
-from inference_pod.tiny_model import TinyConfig, build_tiny_pipeline
+from inference_pod.local.lora_factory import write_lora
+from inference_pod.worker.tiny_model import TinyConfig, build_tiny_pipeline
 out = Path(sys.argv[1])
 unet = build_tiny_pipeline().unet
 write_lora(out / "peft.safetensors", unet, rank=4, seed=1, strength=3.0)
@@ -42,17 +42,23 @@ def table(adapters_dir: Path, dead_port: int) -> dict:
 
     (adapters_dir / "corrupt.safetensors").write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00" + b"{" * 40)
     (adapters_dir / "weights.ckpt").write_bytes(b"\x80\x04\x95pickle")
-    return {"version": 1, "pools": {"tiny": {"baseModel": "tiny"}}, "adapters": {
-        "peft": {**path("peft.safetensors"), "aliases": ["peft-alias"]},
-        "kohya": path("kohya.safetensors"),
-        "style": {**path("style.safetensors"), "scale": 0.5},
-        "rank32": path("rank32.safetensors"),
-        "foreign": path("foreign.safetensors"),
-        "corrupt": path("corrupt.safetensors"),
-        "pickle": path("weights.ckpt"),
-        "unreachable": {"pool": "tiny", "source": {"type": "url",
-                                                   "url": f"http://127.0.0.1:{dead_port}/x.safetensors"}},
-    }}
+    return {
+        "version": 1,
+        "pools": {"tiny": {"baseModel": "tiny"}},
+        "adapters": {
+            "peft": {**path("peft.safetensors"), "aliases": ["peft-alias"]},
+            "kohya": path("kohya.safetensors"),
+            "style": {**path("style.safetensors"), "scale": 0.5},
+            "rank32": path("rank32.safetensors"),
+            "foreign": path("foreign.safetensors"),
+            "corrupt": path("corrupt.safetensors"),
+            "pickle": path("weights.ckpt"),
+            "unreachable": {
+                "pool": "tiny",
+                "source": {"type": "url", "url": f"http://127.0.0.1:{dead_port}/x.safetensors"},
+            },
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +69,33 @@ def worker(tmp_path_factory):
     subprocess.run([PYTHON, "-c", MAKE_ADAPTERS, str(adapters)], check=True)
     (tmp / "table.json").write_text(json.dumps(table(adapters, free_port())))
     port = free_port()
-    cmd = [PYTHON, "-m", "inference_pod.worker", "--port", str(port), "--table", str(tmp / "table.json"),
-           "--disk-cache-dir", str(tmp / "cache"), "--gpu-slots", "2", "--max-rank", "16", "--default-steps", "2",
-           "--max-steps", "40", "--max-width", "128", "--max-height", "128", "--queue-size", "1",
-           "--max-body-bytes", "4096"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "inference_pod.worker",
+        "--port",
+        str(port),
+        "--table",
+        str(tmp / "table.json"),
+        "--disk-cache-dir",
+        str(tmp / "cache"),
+        "--gpu-slots",
+        "2",
+        "--max-rank",
+        "16",
+        "--default-steps",
+        "2",
+        "--max-steps",
+        "40",
+        "--max-width",
+        "128",
+        "--max-height",
+        "128",
+        "--queue-size",
+        "1",
+        "--max-body-bytes",
+        "4096",
+    ]
     handle = start_process(cmd, port, timeout=300)
     yield handle
     handle.terminate()
@@ -112,8 +141,10 @@ def test_several_adapters_with_scales(worker):
 
 
 def test_openai_images_api(worker):
-    r = post(worker.url + "/v1/images/generations", {"model": "peft", "prompt": "x", "n": 2, "size": "64x64",
-                                                     "steps": 1, "seed": 3})
+    r = post(
+        worker.url + "/v1/images/generations",
+        {"model": "peft", "prompt": "x", "n": 2, "size": "64x64", "steps": 1, "seed": 3},
+    )
     assert r.status == 200, r.body
     data = r.json()["data"]
     assert len(data) == 2 and all(base64.b64decode(d["b64_json"]).startswith(PNG) for d in data)
@@ -122,21 +153,29 @@ def test_openai_images_api(worker):
 def test_openai_client_works_with_base_url(worker):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=worker.url + "/v1", api_key="unused")
-    out = client.images.generate(model="kohya", prompt="a lighthouse", size="64x64", response_format="b64_json",
-                                 extra_body={"seed": 9, "steps": 1})
+    out = client.images.generate(
+        model="kohya",
+        prompt="a lighthouse",
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"seed": 9, "steps": 1},
+    )
     assert base64.b64decode(out.data[0].b64_json).startswith(PNG)
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({"prompt": "x"}, 400, "model"),
-    ({"model": "peft"}, 400, "prompt"),
-    ({"model": "peft", "prompt": "x", "steps": 41}, 400, "steps"),
-    ({"model": "peft", "prompt": "x", "width": 100}, 400, "width"),
-    ({"model": "peft", "prompt": "x", "height": 256}, 400, "height"),
-    ({"model": "peft", "prompt": "x", "colour": "red"}, 400, "colour"),
-    ({"model": "nope", "prompt": "x"}, 404, "model"),
-    ({"model": "tiny", "prompt": "x", "adapters": [{"name": "nope"}]}, 404, "adapters[0].name"),
-])
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"prompt": "x"}, 400, "model"),
+        ({"model": "peft"}, 400, "prompt"),
+        ({"model": "peft", "prompt": "x", "steps": 41}, 400, "steps"),
+        ({"model": "peft", "prompt": "x", "width": 100}, 400, "width"),
+        ({"model": "peft", "prompt": "x", "height": 256}, 400, "height"),
+        ({"model": "peft", "prompt": "x", "colour": "red"}, 400, "colour"),
+        ({"model": "nope", "prompt": "x"}, 404, "model"),
+        ({"model": "tiny", "prompt": "x", "adapters": [{"name": "nope"}]}, 404, "adapters[0].name"),
+    ],
+)
 def test_bad_requests_name_the_field(worker, body, status, param):
     r = post(worker.url + "/v1/generate", body)
     assert r.status == status, r.body
@@ -152,13 +191,16 @@ def test_malformed_json_and_oversized_body(worker):
     assert r.status == 413
 
 
-@pytest.mark.parametrize("model,status,words", [
-    ("corrupt", 422, "corrupt"),
-    ("pickle", 422, "pickle"),
-    ("foreign", 422, "another base model"),
-    ("rank32", 422, "max rank 16"),
-    ("unreachable", 502, "cannot reach"),
-])
+@pytest.mark.parametrize(
+    "model,status,words",
+    [
+        ("corrupt", 422, "corrupt"),
+        ("pickle", 422, "pickle"),
+        ("foreign", 422, "another base model"),
+        ("rank32", 422, "max rank 16"),
+        ("unreachable", 502, "cannot reach"),
+    ],
+)
 def test_bad_adapters_get_clear_errors(worker, model, status, words):
     r = gen(worker, model=model)
     assert r.status == status, r.body
@@ -199,9 +241,14 @@ def test_metrics_and_probes(worker):
     assert get(worker.url + "/healthz").status == 200
     assert get(worker.url + "/readyz").json()["status"] == "ready"
     text = get(worker.url + "/metrics").body.decode()
-    for name in ("loraplex_worker_requests_total", "loraplex_worker_adapter_swap_seconds_bucket",
-                 "loraplex_worker_adapter_lookups_total", "loraplex_worker_queue_depth",
-                 "loraplex_worker_resident_adapters", "loraplex_worker_adapter_bytes"):
+    for name in (
+        "loraplex_worker_requests_total",
+        "loraplex_worker_adapter_swap_seconds_bucket",
+        "loraplex_worker_adapter_lookups_total",
+        "loraplex_worker_queue_depth",
+        "loraplex_worker_resident_adapters",
+        "loraplex_worker_adapter_bytes",
+    ):
         assert name in text, name
     assert 'tier="gpu"' in text
 

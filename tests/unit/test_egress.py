@@ -20,16 +20,19 @@ def test_off_unless_asked() -> None:
         EgressPolicy.from_env({"LORAPLEX_EGRESS": "sometimes"})
 
 
-@pytest.mark.parametrize(("host", "addresses", "allowed"), [
-    ("127.0.0.1", ["127.0.0.1"], True),
-    ("127.42.0.9", ["127.42.0.9"], True),
-    ("::1", ["::1"], True),
-    ("10.244.0.5", ["10.244.0.5"], False),           # a kwok pod IP: nothing here owns it
-    ("10.96.0.1", ["10.96.0.1"], False),             # a Service IP
-    ("169.254.169.254", ["169.254.169.254"], False),
-    ("mixed.test", ["127.0.0.1", "192.0.2.7"], False),  # any non-local answer refuses the name
-    ("nowhere.invalid", [], False),
-])
+@pytest.mark.parametrize(
+    ("host", "addresses", "allowed"),
+    [
+        ("127.0.0.1", ["127.0.0.1"], True),
+        ("127.42.0.9", ["127.42.0.9"], True),
+        ("::1", ["::1"], True),
+        ("10.244.0.5", ["10.244.0.5"], False),  # a kwok pod IP: nothing here owns it
+        ("10.96.0.1", ["10.96.0.1"], False),  # a Service IP
+        ("169.254.169.254", ["169.254.169.254"], False),
+        ("mixed.test", ["127.0.0.1", "192.0.2.7"], False),  # any non-local answer refuses the name
+        ("nowhere.invalid", [], False),
+    ],
+)
 def test_refusal_by_address(host: str, addresses: list[str], allowed: bool) -> None:
     policy = EgressPolicy.from_env({"LORAPLEX_EGRESS": "local"})
     assert (policy.refusal(host, addresses) is None) is allowed
@@ -50,15 +53,18 @@ def test_check_host_records_every_target(tmp_path) -> None:
     with pytest.raises(EgressRefused, match="10.244.1.2"):
         check_host("10.244.1.2", policy)
     rows = [line.split() for line in log.read_text().splitlines()]
-    assert [(r[1], r[3]) for r in rows] == [("127.0.0.1", "allowed"), ("localhost", "allowed"),
-                                            ("10.244.1.2", "refused")]
+    assert [(r[1], r[3]) for r in rows] == [
+        ("127.0.0.1", "allowed"),
+        ("localhost", "allowed"),
+        ("10.244.1.2", "refused"),
+    ]
 
 
 def test_names_resolve_from_the_hosts_file_only() -> None:
     from loraplex.egress import resolve
 
     assert "127.0.0.1" in resolve("localhost")
-    assert resolve("loras.example.com") == []   # no DNS query: it would itself leave the machine
+    assert resolve("loras.example.com") == []  # no DNS query: it would itself leave the machine
 
 
 def test_guard_off_checks_nothing(tmp_path) -> None:
@@ -94,8 +100,10 @@ async def test_aiohttp_session_refuses_before_connecting() -> None:
         assert hits == []
         # The same request with a policy that allows it goes through: the guard is the difference.
         loopback = aiohttp_trace_configs(EgressPolicy(enforce=True))
-        async with aiohttp.ClientSession(trace_configs=loopback) as session, \
-                session.get(f"http://127.0.0.2:{port}/v1/stats") as r:
+        async with (
+            aiohttp.ClientSession(trace_configs=loopback) as session,
+            session.get(f"http://127.0.0.2:{port}/v1/stats") as r,
+        ):
             assert r.status == 200
         assert hits == ["/v1/stats"]
     finally:

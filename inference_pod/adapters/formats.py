@@ -1,0 +1,243 @@
+"""Read a LoRA safetensors file into one canonical form, whatever its key format.
+
+Accepted: diffusers/peft keys (`unet.<module>.lora_A.weight`), the older
+diffusers keys (`...to_q_lora.down.weight`) and kohya/A1111 keys
+(`lora_unet_<module_with_underscores>.lora_down.weight` + `.alpha`, SGM
+`input_blocks` names included). Conversion goes through diffusers' own
+`lora_state_dict` and its peft key converters, so every format diffusers
+accepts maps to the same module paths it would patch.
+
+Canonical form: module path (`unet.down_blocks.1....to_q`,
+`text_encoder.text_model....q_proj`) -> LoraPair(down [r, in], up [out, r],
+alpha). Only safetensors are read; pickle-based files never are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+class AdapterFormatError(ValueError):
+    """The file is not a LoRA we can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    down: torch.Tensor  # [rank, in_features]
+    up: torch.Tensor  # [out_features, rank]
+    alpha: float | None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, the factor folded into `up` when the adapter is prepared."""
+        return 1.0 if self.alpha is None else float(self.alpha) / self.rank
+
+
+@dataclass(frozen=True)
+class CanonicalLora:
+    modules: dict[str, LoraPair]
+    source_format: str  # "peft", "diffusers-legacy" or "kohya"
+    nbytes: int
+
+    @property
+    def rank(self) -> int:
+        return max((p.rank for p in self.modules.values()), default=0)
+
+    def components(self) -> set[str]:
+        return {k.split(".", 1)[0] for k in self.modules}
+
+
+def check_safetensors_header(path: Path) -> dict:
+    """Validate the safetensors framing without reading tensors; refuse pickles by content."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise AdapterFormatError("file is too short to be safetensors")
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise AdapterFormatError("file is a pickle/torch archive; only .safetensors adapters are loaded")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 1 or n > SAFETENSORS_MAX_HEADER:
+            raise AdapterFormatError(f"corrupt safetensors header length {n}")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise AdapterFormatError("corrupt safetensors: header truncated")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdapterFormatError(f"corrupt safetensors header: {e}") from e
+    if not isinstance(header, dict):
+        raise AdapterFormatError("corrupt safetensors header: not an object")
+    data_len = path.stat().st_size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdapterFormatError(f"corrupt safetensors entry {name!r}") from e
+        if not (0 <= start <= end <= data_len):
+            raise AdapterFormatError(f"corrupt safetensors: tensor {name!r} lies outside the file")
+    return header
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if path.suffix != ".safetensors":
+        raise AdapterFormatError(f"{path.name}: only .safetensors files are loaded (pickle formats are refused)")
+    check_safetensors_header(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise AdapterFormatError(f"corrupt safetensors: {e}") from e
+
+
+def _detect_format(keys: list[str]) -> str:
+    if any(k.startswith(("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_")) for k in keys):
+        return "kohya"
+    if any(".lora_A." in k or ".lora_B." in k for k in keys):
+        return "peft"
+    if any(".lora.down." in k or "_lora.down." in k for k in keys):
+        return "diffusers-legacy"
+    raise AdapterFormatError("no LoRA keys found (expected lora_A/lora_B, lora.down/up or kohya lora_down/up)")
+
+
+_UNSUPPORTED_MARKERS = {
+    "lora_magnitude_vector": "DoRA adapters are not supported",
+    ".dora_scale": "DoRA adapters are not supported",
+    "lora_mid": "LoCon/LyCORIS mid weights are not supported",
+    "hada_": "LoHa adapters are not supported",
+    "lokr_": "LoKr adapters are not supported",
+}
+
+
+# The down (A) weight of one LoRA layer, in every accepted key format.
+_DOWN_KEY = re.compile(r"(?:lora_down|lora_A|lora\.down|lora_linear_layer\.down)(?:\.[^.]+)?\.weight$")
+_SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
+
+
+def _split_sgm(state_dict: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Separate SGM-named kohya UNet keys from diffusers-named ones when a file mixes both.
+
+    diffusers' SGM remapping drops every SGM key of a file that also has
+    diffusers block names, silently losing those layers; converting the two
+    groups on their own keeps them.
+    """
+    sgm = {k: v for k, v in state_dict.items() if k.startswith("lora_unet_") and any(b in k for b in _SGM_BLOCKS)}
+    if not sgm or not any(k.startswith("lora_unet_") and k not in sgm for k in state_dict):
+        return [state_dict]
+    return [{k: v for k, v in state_dict.items() if k not in sgm}, sgm]
+
+
+def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> CanonicalLora:
+    """Map any accepted key format to canonical module paths via diffusers' converters.
+
+    Every LoRA layer of the file must come out the other side: a layer that
+    diffusers' converters would skip is an error, not a silently weaker adapter.
+    """
+    keys = list(state_dict)
+    for marker, why in _UNSUPPORTED_MARKERS.items():
+        if any(marker in k for k in keys):
+            raise AdapterFormatError(why)
+    fmt = _detect_format(keys)
+    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    modules: dict[str, LoraPair] = {}
+    for group in _split_sgm(state_dict):
+        for name, pair in _canonical_modules(group, unet_config).items():
+            if name in modules:
+                raise AdapterFormatError(f"LoRA layer {name} appears twice (under two key naming schemes)")
+            modules[name] = pair
+    expected = sum(1 for k in keys if _DOWN_KEY.search(k))
+    if len(modules) != expected:
+        raise AdapterFormatError(
+            f"only {len(modules)} of the file's {expected} LoRA layers map to modules of this base model "
+            "(keys for another architecture, or an unsupported naming scheme)"
+        )
+    if not modules:
+        raise AdapterFormatError("no LoRA layers for unet or text encoders found")
+    return CanonicalLora(modules=modules, source_format=fmt, nbytes=nbytes)
+
+
+def _canonical_modules(state_dict: dict[str, torch.Tensor], unet_config=None) -> dict[str, LoraPair]:
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+    from diffusers.utils.state_dict_utils import StateDictType
+
+    try:
+        sd, alphas = StableDiffusionXLPipeline.lora_state_dict(dict(state_dict), unet_config=unet_config)
+    except Exception as e:
+        raise AdapterFormatError(f"diffusers could not read the LoRA keys: {e}") from e
+    alphas = dict(alphas or {})
+
+    modules: dict[str, LoraPair] = {}
+    for comp in COMPONENTS:
+        part = {k[len(comp) + 1 :]: v for k, v in sd.items() if k.startswith(comp + ".")}
+        if not part:
+            continue
+        comp_alphas = {k[len(comp) + 1 :]: v for k, v in alphas.items() if k.startswith(comp + ".")}
+        if comp == "unet":
+
+            def convert(d):
+                return convert_unet_state_dict_to_peft(d)
+        else:
+
+            def convert(d):
+                if any(".lora_A." in k or ".lora_B." in k for k in d):
+                    return d
+                if any(".lora_linear_layer." in k for k in d):
+                    return convert_state_dict_to_peft(d)
+                return convert_state_dict_to_peft(
+                    convert_state_dict_to_diffusers(d, original_type=StateDictType.DIFFUSERS_OLD)
+                )
+
+        peft_sd = convert(part)
+        # Alphas carry the old key names; map each through the same converter
+        # by converting the down key it belongs to on its own.
+        alpha_by_module: dict[str, float] = {}
+        for akey, aval in comp_alphas.items():
+            down_key = akey[: -len(".alpha")] if akey.endswith(".alpha") else akey
+            if not down_key.endswith(".weight"):
+                down_key += ".weight"
+            converted = list(convert({down_key: torch.zeros(1)}))
+            for ck in converted:
+                if ".lora_A." in ck:
+                    alpha_by_module[ck.split(".lora_A.")[0]] = float(aval)
+        downs = {k.split(".lora_A.")[0]: v for k, v in peft_sd.items() if ".lora_A." in k}
+        ups = {k.split(".lora_B.")[0]: v for k, v in peft_sd.items() if ".lora_B." in k}
+        other = [k for k in peft_sd if ".lora_A." not in k and ".lora_B." not in k]
+        if other:
+            raise AdapterFormatError(f"unsupported keys in {comp}: {other[:3]}")
+        if set(downs) != set(ups):
+            missing = sorted(set(downs) ^ set(ups))[:3]
+            raise AdapterFormatError(f"{comp}: unpaired lora down/up weights for {missing}")
+        for mod, down in downs.items():
+            up = ups[mod]
+            if down.dim() != 2 or up.dim() != 2:
+                raise AdapterFormatError(
+                    f"{comp}.{mod}: only Linear LoRA layers are supported (got {tuple(down.shape)})"
+                )
+            if up.shape[1] != down.shape[0]:
+                raise AdapterFormatError(f"{comp}.{mod}: up {tuple(up.shape)} does not match down {tuple(down.shape)}")
+            modules[f"{comp}.{mod}"] = LoraPair(down=down, up=up, alpha=alpha_by_module.get(mod))
+    return modules
+
+
+def load_adapter_file(path: Path, unet_config=None) -> CanonicalLora:
+    return canonicalize(read_safetensors(path), unet_config=unet_config)

@@ -1,0 +1,109 @@
+"""Worker configuration: the base model, adapter tier budgets and request limits."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from inference_pod.slots.targets import UNET_TARGETS
+
+
+@dataclass
+class Limits:
+    max_steps: int = 50
+    max_width: int = 1024
+    max_height: int = 1024
+    max_prompt_chars: int = 2000
+    max_body_bytes: int = 1 << 20
+    max_images: int = 4
+    queue_size: int = 16
+    deadline_s: float = 300.0
+    max_adapters_per_request: int = 3
+
+
+@dataclass
+class WorkerConfig:
+    model: str = "tiny"
+    revision: str | None = None
+    dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8081
+    table: Path | None = None
+    gpu_slots: int = 4
+    max_rank: int = 64
+    ram_cache_mb: int = 2048
+    disk_cache_mb: int = 20480
+    disk_cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("LORAPLEX_CACHE", "/tmp/loraplex-cache")))
+    max_adapter_mb: int = 512
+    target_modules: tuple[str, ...] = UNET_TARGETS
+    text_encoder_lora: bool = False
+    torch_threads: int = 0  # 0: torch's default
+    default_steps: int = 25
+    default_size: int = 0  # 0: the model's native size
+    warmup: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraplex worker", description="The diffusion worker of an inference pod.")
+    d = WorkerConfig()
+    lim = Limits()
+    p.add_argument("--model", default=d.model, help="'tiny', a local diffusers directory, or a hub model id")
+    p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
+    p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--host", default=d.host, help="listen address; keep it on loopback behind the sidecar")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--table", type=Path, default=None, help="routing table JSON file naming the adapters")
+    p.add_argument("--gpu-slots", type=int, default=d.gpu_slots)
+    p.add_argument("--max-rank", type=int, default=d.max_rank)
+    p.add_argument("--ram-cache-mb", type=int, default=d.ram_cache_mb)
+    p.add_argument("--disk-cache-mb", type=int, default=d.disk_cache_mb)
+    p.add_argument("--disk-cache-dir", type=Path, default=d.disk_cache_dir)
+    p.add_argument("--max-adapter-mb", type=int, default=d.max_adapter_mb)
+    p.add_argument(
+        "--target-modules",
+        default=",".join(d.target_modules),
+        help="comma-separated Linear module name suffixes that adapters may target",
+    )
+    p.add_argument("--text-encoder-lora", action="store_true", help="also apply LoRA layers to the text encoders")
+    p.add_argument(
+        "--torch-threads", type=int, default=int(os.environ.get("LORAPLEX_TORCH_THREADS", str(d.torch_threads)))
+    )
+    p.add_argument("--default-steps", type=int, default=d.default_steps)
+    p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--hf-home", default=None, help="HF_HOME for the base model cache (a volume in a pod)")
+    for f in fields(Limits):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(lim, f.name)), default=getattr(lim, f.name))
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
+    a = build_parser().parse_args(argv)
+    if a.hf_home:
+        os.environ["HF_HOME"] = a.hf_home
+    limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
+    return WorkerConfig(
+        model=a.model,
+        revision=a.revision,
+        dtype=a.dtype,
+        device=a.device,
+        host=a.host,
+        port=a.port,
+        table=a.table,
+        gpu_slots=a.gpu_slots,
+        max_rank=a.max_rank,
+        ram_cache_mb=a.ram_cache_mb,
+        disk_cache_mb=a.disk_cache_mb,
+        disk_cache_dir=a.disk_cache_dir,
+        max_adapter_mb=a.max_adapter_mb,
+        target_modules=tuple(s.strip() for s in a.target_modules.split(",") if s.strip()),
+        text_encoder_lora=a.text_encoder_lora,
+        torch_threads=a.torch_threads,
+        default_steps=a.default_steps,
+        warmup=not a.no_warmup,
+        limits=limits,
+    )

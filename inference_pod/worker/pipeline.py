@@ -1,0 +1,56 @@
+"""Load the worker's base pipeline: the built-in `tiny` model, a local directory or a hub id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference_pod.worker.tiny_model import TINY_MODEL_ID, build_tiny_pipeline
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested != "auto":
+        return _DTYPES[requested]
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """Return (pipeline, device, dtype). Hub ids go through diffusers' from_pretrained with the HF cache."""
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if model == TINY_MODEL_ID:
+        pipe = build_tiny_pipeline(dtype=dt)
+    else:
+        from diffusers import DiffusionPipeline
+
+        local = Path(model)
+        kwargs: dict[str, Any] = {"dtype": dt}
+        if not local.exists():
+            kwargs["revision"] = revision or "main"
+            if dt == torch.float16:
+                kwargs["variant"] = "fp16"
+        log.info("loading base model %s (revision %s, %s)", model, revision, dt)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+        except (OSError, ValueError) as e:
+            if "variant" not in kwargs:
+                raise
+            log.info("no fp16 variant (%s); loading the default weights", e)
+            kwargs.pop("variant")
+            pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+    pipe.to(dev)
+    return pipe, dev, dt

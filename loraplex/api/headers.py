@@ -1,0 +1,27 @@
+"""The X-Loraplex-* headers: internal ones between sidecars and workers, and the timings returned to clients.
+
+Internal (never accepted from or shown to a client at the public edge):
+- `HOP`: set by a sidecar that forwards to a peer; a request carrying it is served locally, never forwarded again.
+- `ROUTE`: compact JSON of the adapter entries a request uses, so the worker needs no routing table of its own.
+
+Returned to the client: queue, swap and inference times from the worker, the pod that served the request, the
+router's own time and the number of attempts from the sidecar, the seed to reproduce an image.
+"""
+
+from __future__ import annotations
+
+PREFIX = "X-Loraplex-"
+
+HOP = "X-Loraplex-Hop"
+ROUTE = "X-Loraplex-Route"
+
+POD = "X-Loraplex-Pod"
+ROUTER_MS = "X-Loraplex-Router-Ms"
+ATTEMPTS = "X-Loraplex-Attempts"
+
+QUEUE_MS = "X-Loraplex-Queue-Ms"
+SWAP_TIER = "X-Loraplex-Swap-Tier"
+SWAP_MS = "X-Loraplex-Swap-Ms"
+INFERENCE_MS = "X-Loraplex-Inference-Ms"
+SEED = "X-Loraplex-Seed"
+ADAPTERS = "X-Loraplex-Adapters"

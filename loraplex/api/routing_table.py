@@ -1,0 +1,205 @@
+"""The routing table: which pool serves which model name, and from where.
+
+A versioned JSON document shared by the operator (writer), the sidecar
+(router) and the worker (adapter sources). It is stored whole in a file
+(local mode, tests) or split into shards, one ConfigMap each, that
+`merge_shards` joins back. Parsing is strict: a malformed document raises
+`TableError` naming the field, so a reader can keep its last good table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+SCHEMA_VERSION: Final = 1
+
+
+class TableError(ValueError):
+    """A routing table that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class HubSource(_Strict):
+    type: Literal["hub"] = "hub"
+    repo: str = Field(min_length=1)
+    revision: str = "main"
+    filename: str | None = None
+    token_env: str | None = Field(default=None, alias="tokenEnv")
+
+
+class UrlSource(_Strict):
+    type: Literal["url"] = "url"
+    url: str = Field(pattern=r"^https?://")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class PathSource(_Strict):
+    type: Literal["path"] = "path"
+    path: str = Field(min_length=1)
+
+
+AdapterSource = Annotated[HubSource | UrlSource | PathSource, Field(discriminator="type")]
+
+
+class AdapterEntry(_Strict):
+    pool: str
+    source: AdapterSource
+    aliases: tuple[str, ...] = ()
+    scale: float = Field(default=1.0, ge=-10.0, le=10.0)
+    replication: int = Field(default=1, ge=1, le=64)
+    pinned: bool = False
+    # Changes whenever the bytes may have: a pinned hub commit, a sha256, a
+    # file's mtime; the worker's "known bad" memory is keyed on it.
+    revision: str = ""
+
+
+class Endpoint(_Strict):
+    name: str
+    url: str = Field(pattern=r"^https?://")
+    ready: bool = True
+
+
+class PoolEntry(_Strict):
+    base_model: str = Field(default="", alias="baseModel")
+    aliases: tuple[str, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    # Spill to non-home pods when every home has more outstanding requests
+    # than load_bound x the pool's mean outstanding (+1).
+    load_bound: float = Field(default=1.25, ge=1.0, alias="loadBound")
+    # Gateway (activator) mode: how long to hold a request while the pool has
+    # no ready endpoint, e.g. scaled to zero.
+    activation_timeout_s: float = Field(default=0.0, ge=0.0, alias="activationTimeoutSeconds")
+
+
+class RoutingTable(_Strict):
+    version: Literal[1] = SCHEMA_VERSION
+    generation: int = 0
+    pools: dict[str, PoolEntry] = {}
+    adapters: dict[str, AdapterEntry] = {}
+    _name_index: dict[str, tuple[str, str | None]] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> RoutingTable:
+        names: dict[str, str] = {}
+        # Several pools may share a base model (e.g. two GPU types); any other
+        # name must be unique across pool names, aliases, base models and adapters.
+        base_models = {p.base_model: name for name, p in sorted(self.pools.items()) if p.base_model}
+        for pool_name, pool in self.pools.items():
+            seen_eps: set[str] = set()
+            for ep in pool.endpoints:
+                if ep.name in seen_eps:
+                    raise ValueError(f"pools.{pool_name}.endpoints: duplicate endpoint name {ep.name!r}")
+                seen_eps.add(ep.name)
+            for n in (pool_name, *pool.aliases):
+                if n in names:
+                    raise ValueError(f"pools.{pool_name}: name {n!r} already used by {names[n]}")
+                if n in base_models and base_models[n] != pool_name:
+                    raise ValueError(
+                        f"pools.{pool_name}: name {n!r} already used by the base model of pool {base_models[n]}"
+                    )
+                names[n] = f"pool {pool_name}"
+        for ad_name, ad in self.adapters.items():
+            if ad.pool not in self.pools:
+                raise ValueError(f"adapters.{ad_name}.pool: unknown pool {ad.pool!r}")
+            for n in (ad_name, *ad.aliases):
+                if n in names:
+                    raise ValueError(f"adapters.{ad_name}: name {n!r} already used by {names[n]}")
+                if n in base_models:
+                    raise ValueError(
+                        f"adapters.{ad_name}: name {n!r} already used by the base model of pool {base_models[n]}"
+                    )
+                names[n] = f"adapter {ad_name}"
+        return self
+
+    def resolve(self, model: str) -> tuple[str, str | None]:
+        """Map a model name or alias to (pool, adapter name or None for the base model)."""
+        index = self._index()
+        if model not in index:
+            raise KeyError(model)
+        return index[model]
+
+    def _index(self) -> dict[str, tuple[str, str | None]]:
+        cached = self._name_index
+        if cached is None:
+            cached = {}
+            # Sorted so a base model shared by pools resolves to the same pool
+            # (the first by name) whatever order the shards came in.
+            for pool_name, pool in sorted(self.pools.items()):
+                for n in (pool_name, pool.base_model, *pool.aliases):
+                    if n:
+                        cached.setdefault(n, (pool_name, None))
+            for ad_name, ad in self.adapters.items():
+                for n in (ad_name, *ad.aliases):
+                    cached[n] = (ad.pool, ad_name)
+            self._name_index = cached
+        return cached
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<document>"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _json_object(data: str | bytes | dict[str, Any], what: str) -> dict[str, Any]:
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes
+            raise TableError(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise TableError(f"{what} must be a JSON object")
+    return data
+
+
+def parse_table(data: str | bytes | dict[str, Any]) -> RoutingTable:
+    """Parse and validate a routing table document; raise TableError naming the field."""
+    data = _json_object(data, "routing table")
+    try:
+        return RoutingTable.model_validate(data)
+    except ValidationError as e:
+        raise TableError(_format_validation_error(e)) from e
+
+
+def dump_table(table: RoutingTable) -> str:
+    """Deterministic JSON: same table, same bytes."""
+    doc = table.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    # exclude_defaults drops each source's default `type`, the discriminator
+    # parse_table needs: put it back so dump -> parse round-trips.
+    for name, entry in doc.get("adapters", {}).items():
+        entry.setdefault("source", {})["type"] = table.adapters[name].source.type
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def merge_shards(shards: list[str | bytes | dict[str, Any]]) -> RoutingTable:
+    """Join shard documents (each a partial table) into one validated table.
+
+    Pools may appear in any shard; adapters are the union. The generation is
+    the highest seen. A shard that is malformed JSON fails the whole merge so
+    the reader keeps its last good table rather than routing on half of one.
+    """
+    pools: dict[str, Any] = {}
+    adapters: dict[str, Any] = {}
+    generation = 0
+    for i, shard in enumerate(shards):
+        shard = _json_object(shard, f"shard {i}")
+        if shard.get("version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise TableError(f"shard {i}: version: unsupported {shard.get('version')!r}")
+        gen = shard.get("generation", 0)
+        if not isinstance(gen, int) or isinstance(gen, bool):
+            raise TableError(f"shard {i}: generation: must be an integer, got {gen!r}")
+        generation = max(generation, gen)
+        for key, into in (("pools", pools), ("adapters", adapters)):
+            part = shard.get(key, {})
+            if not isinstance(part, dict):
+                raise TableError(f"shard {i}: {key}: must be a JSON object")
+            into.update(part)
+    return parse_table({"version": SCHEMA_VERSION, "generation": generation, "pools": pools, "adapters": adapters})

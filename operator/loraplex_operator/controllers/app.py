@@ -1,0 +1,211 @@
+"""The operator process: wiring, leader election, kopf and the background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import Kube, KubeError
+from loraplex_operator.controllers.adapter_controller import AdapterController
+from loraplex_operator.controllers.autoscaler import Autoscaler
+from loraplex_operator.controllers.handlers import build_registry, build_settings
+from loraplex_operator.controllers.health import HealthServer
+from loraplex_operator.controllers.leader import LeaderElector
+from loraplex_operator.controllers.pool_controller import PoolController
+from loraplex_operator.controllers.table_writer import TableWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OperatorConfig:
+    namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
+    health_host: str = "0.0.0.0"
+    health_port: int = 8080
+    leader_election: bool = True
+    lease_namespace: str = "default"
+    lease_name: str = "loraplex-operator"
+    identity: str = ""
+    resync_s: float = 60.0
+    stats_timeout_s: float = 2.0
+    hub_timeout_s: float = 10.0
+    debounce_s: float = 0.5
+    max_delay_s: float = 3.0
+    autoscale_tick_s: float = 5.0
+
+
+class Operator:
+    def __init__(self, cfg: OperatorConfig, kube: Kube | None = None) -> None:
+        self.cfg = cfg
+        self.kube = kube or Kube()
+        self.writer = TableWriter(
+            self.kube,
+            demand=lambda ns: self.autoscaler.adapter_needs(ns),
+            debounce_s=cfg.debounce_s,
+            max_delay_s=cfg.max_delay_s,
+        )
+        self.autoscaler = Autoscaler(
+            self.kube,
+            poke_pool=lambda ns, n: self.pools.poke(ns, n),
+            mark_table=self.writer.mark,
+            tick_s=cfg.autoscale_tick_s,
+            stats_timeout_s=cfg.stats_timeout_s,
+        )
+        self.pools = PoolController(self.kube, self.writer, self.autoscaler)
+        self.adapters = AdapterController(self.kube, self.writer, hub_timeout_s=cfg.hub_timeout_s)
+        self.registry = build_registry(self)
+        self.settings = build_settings()
+        self.elector = (
+            LeaderElector(self.kube, cfg.lease_namespace, cfg.lease_name, cfg.identity or default_identity())
+            if cfg.leader_election
+            else None
+        )
+        self._kopf_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # -- helpers used by handlers -------------------------------------------
+
+    async def nudge_adapters(self, namespace: str, pool_gone: str | None = None) -> None:
+        """Re-run adapters' handlers now rather than after their backoff.
+
+        After a pool appears or changes: adapters waiting for one (Pending,
+        Failed). After a pool is deleted (`pool_gone`): the adapters it served,
+        so their status stops saying Ready.
+        """
+        try:
+            adapters = await self.kube.run(self.kube.list, c.API_VERSION, c.ADAPTER_PLURAL, namespace, None, True)
+        except KubeError as e:
+            log.warning("cannot list adapters in %s: %s", namespace, e)
+            return
+        stamp = f"{pool_gone or 'pool'}@{asyncio.get_running_loop().time():.3f}"
+        for body in adapters:
+            status = body.get("status") or {}
+            if pool_gone is not None:
+                wanted = status.get("pool") == pool_gone
+            else:
+                # No status yet: kopf's create handler is coming anyway.
+                wanted = status.get("phase") in ("Pending", "Failed")
+            if not wanted:
+                continue
+            # An annotation change is an update to kopf: the adapter's handler runs again at once.
+            try:
+                await self.kube.run(
+                    self.kube.merge_patch,
+                    c.API_VERSION,
+                    c.ADAPTER_PLURAL,
+                    namespace,
+                    body["metadata"]["name"],
+                    {"metadata": {"annotations": {"loraplex.io/pool-changed": stamp}}},
+                )
+            except KubeError as e:
+                if e.status != 404:
+                    log.warning("cannot nudge adapter %s/%s: %s", namespace, body["metadata"]["name"], e)
+
+    def health(self) -> dict[str, Any]:
+        role = "leader" if (self.elector is None or self.elector.is_leader) else "standby"
+        dead = self._kopf_task is not None and self._kopf_task.done()
+        return {
+            "ok": not dead,
+            "role": role,
+            "kopf": "stopped" if dead else "running" if self._kopf_task else "waiting",
+            "tableWrites": self.writer.stats.writes,
+            "tableFlushes": self.writer.stats.flushes,
+        }
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def wait_for_crds(self) -> bool:
+        """kopf's resource scanning is off (least privilege): make sure our kinds are served first."""
+        while not self._stop.is_set():
+            try:
+                doc = await self.kube.run(self.kube.request, "GET", f"/apis/{c.API_VERSION}")
+                served = {r.get("name") for r in (doc or {}).get("resources", [])}
+                if {c.POOL_PLURAL, c.ADAPTER_PLURAL} <= served:
+                    return True
+            except KubeError as e:
+                if e.status != 404:
+                    log.warning("checking for the loraplex.io CRDs: %s", e)
+            log.info("waiting for the loraplex.io/%s CRDs to be installed", c.VERSION)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 5)
+        return False
+
+    async def resync(self) -> None:
+        """Periodic full pass: re-check every pool and rewrite any table someone edited."""
+        while True:
+            await asyncio.sleep(self.cfg.resync_s)
+            for ns in self.writer.namespaces():
+                self.writer.mark(ns)
+            for ns, name in self.autoscaler.tracked():
+                self.pools.poke(ns, name)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        health = HealthServer(self.cfg.health_host, self.cfg.health_port, self.health)
+        await health.start()
+        background: list[asyncio.Task[Any]] = []
+        lost = asyncio.Event()
+        code = 0
+        try:
+            if self.elector is not None:
+                waiter = asyncio.create_task(self.elector.acquire())
+                stopper = asyncio.create_task(self._stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if not waiter.done():
+                    waiter.cancel()
+                    return 0
+                background.append(asyncio.create_task(self.elector.keep(lost.set)))
+            if not await self.wait_for_crds():
+                return 0
+            # kopf takes over SIGTERM/SIGINT from here on; our stop flag covers lease loss.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            stop_flag = asyncio.Event()
+            background.append(asyncio.create_task(_relay(lost, stop_flag)))
+            background.append(asyncio.create_task(_relay(self._stop, stop_flag)))
+            background.append(asyncio.create_task(self.autoscaler.run()))
+            background.append(asyncio.create_task(self.resync()))
+            self._kopf_task = asyncio.create_task(
+                kopf.operator(
+                    registry=self.registry,
+                    settings=self.settings,
+                    standalone=True,
+                    clusterwide=not self.cfg.namespaces,
+                    namespaces=self.cfg.namespaces,
+                    stop_flag=stop_flag,
+                )
+            )
+            await self._kopf_task
+            if lost.is_set():
+                log.error("lost the leader lease; exiting so that a restart rejoins as a follower")
+                code = 1
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self.elector is not None and not lost.is_set():
+                await self.elector.release()
+            await health.stop()
+            self.kube.close()
+        return code
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+def default_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,199 @@
+"""kopf wiring: settings, indexes and handlers. Every handler only delegates.
+
+Triggers map onto the one reconcile per kind:
+- BaseModelPool create/update/resume -> PoolController.reconcile
+- pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
+- LoraAdapter create/update -> AdapterController.reconcile (retried with backoff)
+- any pool, adapter or pod event -> TableWriter.mark(namespace)
+
+No handler needs a finalizer (owner references and the level-triggered
+table cover deletion), so deleting a pool or adapter never waits for the
+operator to be running.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import load_configuration
+from loraplex_operator.controllers.adapter_controller import Retry
+from loraplex_operator.logic.resolution import PoolInfo
+from loraplex_operator.logic.routes import pool_info
+from loraplex_operator.logic.specs import SpecError, parse_pool_spec
+
+if TYPE_CHECKING:
+    from loraplex_operator.controllers.app import Operator
+
+log = logging.getLogger(__name__)
+OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
+_OWNED_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
+
+
+def build_settings() -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
+    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
+    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"
+    # One k8s Event per handler success would be thousands in a burst; keep warnings and errors.
+    s.posting.level = logging.WARNING
+    # Leader election (leader.py) decides who runs; kopf's own peering is off.
+    s.peering.standalone = True
+    # Least privilege: no need to list CRDs or namespaces (the CRDs are installed first).
+    s.scanning.disabled = True
+    # Only our pods and Deployments, filtered by the apiserver rather than after the fact.
+    s.watching.label_selectors["v1", "pods"] = _OWNED_SELECTOR
+    s.watching.label_selectors["apps", "v1", "deployments"] = _OWNED_SELECTOR
+    s.watching.server_timeout = 300
+    s.networking.request_timeout = 60
+    return s
+
+
+def build_registry(op: Operator) -> kopf.OperatorRegistry:
+    # Explicit ids: they name kopf's annotations and the kwargs indexes arrive as
+    # (the default id of a nested function would be "build_registry.<locals>.fn").
+    registry = kopf.OperatorRegistry()
+    pools = (c.GROUP, c.VERSION, c.POOL_PLURAL)
+    adapters = (c.GROUP, c.VERSION, c.ADAPTER_PLURAL)
+
+    # -- credentials: the same ones as our own client (kube.load_configuration) --
+
+    @kopf.on.login(registry=registry, id="login")
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info()
+
+    # -- indexes (kopf keeps them current from its watch streams) ------------
+
+    @kopf.index(*pools, registry=registry, id="pool_infos")
+    def pool_infos(namespace: str, name: str, spec: Any, **_: Any) -> dict[str, PoolInfo]:
+        try:
+            return {namespace: pool_info(name, parse_pool_spec(dict(spec)))}
+        except SpecError:
+            return {}
+
+    @kopf.index(*adapters, registry=registry, id="adapter_claims")
+    def adapter_claims(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
+        claims: dict[tuple[str, str], tuple[str, str]] = {}
+        for alias in spec.get("aliases") or []:
+            if isinstance(alias, str):
+                claims[(namespace, alias)] = (name, "alias")
+        claims[(namespace, name)] = (name, "primary")
+        return claims
+
+    # -- pools ---------------------------------------------------------------
+
+    @kopf.on.resume(*pools, registry=registry, backoff=5, id="pool_changed")
+    @kopf.on.create(*pools, registry=registry, backoff=5, id="pool_changed")
+    @kopf.on.update(*pools, registry=registry, backoff=5, id="pool_changed")
+    async def pool_changed(namespace: str, name: str, reason: str, **_: Any) -> None:
+        await op.pools.reconcile(namespace, name)
+        if reason in ("create", "update"):
+            await op.nudge_adapters(namespace)
+
+    @kopf.on.event(*pools, registry=registry, id="pool_event")
+    async def pool_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
+        op.writer.mark(namespace)
+        if type == "DELETED":
+            op.autoscaler.forget(namespace, name)
+            op.pools.invalidate(namespace, name)
+            await op.nudge_adapters(namespace, pool_gone=name)
+
+    @kopf.on.event("v1", "pods", labels=OWNED, registry=registry, id="pod_event")
+    async def pod_event(namespace: str, labels: Any, **_: Any) -> None:
+        pool = labels.get(c.LABEL_POOL)
+        if pool:
+            op.pools.poke(namespace, pool)
+            op.writer.mark(namespace)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry, id="deployment_event")
+    async def deployment_event(namespace: str, labels: Any, type: str | None, **_: Any) -> None:
+        pool = labels.get(c.LABEL_POOL)
+        if pool:
+            if type == "DELETED":
+                op.pools.invalidate(namespace, pool)  # deleted by hand: re-create it
+            op.pools.poke(namespace, pool)
+
+    # -- adapters ------------------------------------------------------------
+
+    @kopf.on.create(*adapters, registry=registry, backoff=5, id="adapter_changed")
+    @kopf.on.update(*adapters, registry=registry, backoff=5, id="adapter_changed")
+    async def adapter_changed(
+        body: Any, namespace: str, retry: int, pool_infos: kopf.Index, adapter_claims: kopf.Index, **_: Any
+    ) -> None:
+        claims = _NamespaceClaims(adapter_claims, namespace)
+        try:
+            await op.adapters.reconcile(_plain(body), retry, list(pool_infos.get(namespace, [])), claims)
+        except Retry as e:
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+
+    @kopf.index(*adapters, registry=registry, id="adapter_snapshots")
+    def adapter_snapshots(namespace: str, body: Any, **_: Any) -> dict[str, dict[str, Any]]:
+        return {namespace: adapter_snapshot(body)}
+
+    @kopf.on.event(*adapters, registry=registry, id="adapter_event")
+    async def adapter_event(namespace: str, adapter_snapshots: kopf.Index, **_: Any) -> None:
+        # Handlers only run once kopf's indexes are fully populated, so from here on the
+        # index is a complete, current view: the table writer reads it instead of LISTing
+        # every adapter on every flush (3 MB per LIST at 2,000 adapters).
+        if op.writer.adapter_source is None:
+            op.writer.adapter_source = lambda ns: list(adapter_snapshots.get(ns, []))
+        op.writer.mark(namespace)
+
+    return registry
+
+
+def adapter_snapshot(body: Any) -> dict[str, Any]:
+    """What the routing table needs of an adapter (routes.build_table's input), as a plain dict."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    snap: dict[str, Any] = {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "generation", "deletionTimestamp") if k in meta},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": {k: status[k] for k in ("resolvedRevision", "resolvedGeneration", "resolvedFilename") if k in status},
+    }
+    return snap
+
+
+def connection_info() -> kopf.ConnectionInfo:
+    """kopf's credentials, from the configuration our REST client uses (in-cluster, else $KUBECONFIG).
+
+    A registry of our own has no default login handler, and kopf's would
+    read the kubeconfig path the client library fixed at import time.
+    """
+    config = load_configuration()
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+class _NamespaceClaims:
+    """`{name: [(adapter, kind), ...]}` view of the claims index for one namespace."""
+
+    def __init__(self, index: kopf.Index, namespace: str) -> None:
+        self.index, self.namespace = index, namespace
+
+    def get(self, name: str, default: Any = ()) -> Any:
+        store = self.index.get((self.namespace, name))
+        return list(store) if store is not None else default
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """kopf's Body is a read-only mapping view; the controllers want plain dicts."""
+    return copy.deepcopy(dict(body))

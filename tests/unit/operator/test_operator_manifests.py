@@ -1,0 +1,186 @@
+"""Manifests built from a BaseModelPool spec (pure builders)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loraplex_operator import constants as c
+from loraplex_operator.logic.manifests import (
+    build_deployment,
+    build_pdb,
+    build_pool_objects,
+    build_role,
+    build_service,
+    selector_string,
+    termination_grace_seconds,
+)
+from loraplex_operator.logic.specs import parse_pool_spec
+
+OWNER = {
+    "apiVersion": c.API_VERSION,
+    "kind": c.POOL_KIND,
+    "metadata": {"name": "sdxl", "namespace": "team-a", "uid": "1234-uid"},
+}
+
+
+def _spec(**extra: Any) -> Any:
+    return parse_pool_spec({"model": {"name": "stabilityai/sdxl", "revision": "abc"}, **extra})
+
+
+def _containers(dep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {ct["name"]: ct for ct in dep["spec"]["template"]["spec"]["containers"]}
+
+
+def test_deployment_has_worker_and_sidecar_with_contract_args() -> None:
+    dep = build_deployment(OWNER, _spec(), 2)
+    assert dep["spec"]["replicas"] == 2
+    cts = _containers(dep)
+    worker, sidecar = cts["worker"], cts["sidecar"]
+    assert worker["image"] == sidecar["image"] == c.DEFAULT_INFERENCE_IMAGE
+    args = worker["args"]
+    assert args[:1] == ["worker"]
+    flags = dict(zip(args[1::2], args[2::2], strict=True))
+    assert flags["--model"] == "stabilityai/sdxl" and flags["--revision"] == "abc"
+    assert flags["--host"] == "127.0.0.1" and flags["--port"] == "8081"
+    assert flags["--disk-cache-dir"] == "/var/cache/loraplex" and flags["--hf-home"] == "/models"
+    for flag in (
+        "--dtype",
+        "--gpu-slots",
+        "--ram-cache-mb",
+        "--disk-cache-mb",
+        "--max-rank",
+        "--max-steps",
+        "--max-width",
+        "--max-height",
+        "--queue-size",
+    ):
+        assert flag in flags
+    assert sidecar["args"] == [
+        "sidecar",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+        "--worker-url",
+        "http://127.0.0.1:8081",
+        "--pod-name",
+        "$(POD_NAME)",
+        "--table-configmaps",
+        "$(POD_NAMESPACE)",
+    ]
+    env = {e["name"] for e in sidecar["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env
+
+
+def test_gpu_request_tolerations_and_scheduling_fields() -> None:
+    spec = _spec(
+        gpu={"resourceName": "amd.com/gpu", "count": 2},
+        nodeSelector={"pool": "gpu"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        priorityClassName="inference-high",
+        affinity={"nodeAffinity": {}},
+    )
+    pod = build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]
+    worker = {ct["name"]: ct for ct in pod["containers"]}["worker"]
+    assert worker["resources"]["requests"]["amd.com/gpu"] == 2
+    assert worker["resources"]["limits"]["amd.com/gpu"] == 2
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["priorityClassName"] == "inference-high"
+    assert pod["affinity"] == {"nodeAffinity": {}}
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys == ["dedicated", "amd.com/gpu"]  # the GPU taint is tolerated automatically
+
+
+def test_cpu_only_pool_requests_no_gpu_and_adds_no_toleration() -> None:
+    pod = build_deployment(OWNER, _spec(gpu={"count": 0}), 1)["spec"]["template"]["spec"]
+    worker = {ct["name"]: ct for ct in pod["containers"]}["worker"]
+    assert "nvidia.com/gpu" not in worker["resources"]["requests"]
+    assert "tolerations" not in pod
+
+
+def test_probes_drain_and_grace_period() -> None:
+    spec = _spec(drainSeconds=15, limits={"requestTimeoutSeconds": 600}, startupTimeoutSeconds=1200)
+    dep = build_deployment(OWNER, spec, 1)
+    cts = _containers(dep)
+    sidecar, worker = cts["sidecar"], cts["worker"]
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    startup = worker["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200
+    for ct in (sidecar, worker):
+        assert ct["lifecycle"]["preStop"] == {"sleep": {"seconds": 15}}
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == termination_grace_seconds(spec) and grace > 15 + 600
+
+
+def test_hardened_security_context() -> None:
+    pod = build_deployment(OWNER, _spec(), 1)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for ct in pod["containers"]:
+        sc = ct["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True
+    mounts = {m["mountPath"] for ct in pod["containers"] for m in ct["volumeMounts"]}
+    assert {"/tmp", "/models", "/var/cache/loraplex"} <= mounts  # writable places, the rest is read-only
+
+
+def test_model_cache_volume_and_hub_token() -> None:
+    spec = _spec(modelCache={"claimName": "models-pvc"}, hubTokenSecret={"name": "hf"})
+    pod = build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["model-cache"]["persistentVolumeClaim"] == {"claimName": "models-pvc"}
+    worker = {ct["name"]: ct for ct in pod["containers"]}["worker"]
+    env = {e["name"]: e for e in worker["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert env["HF_HOME"]["value"] == "/models"
+    default = build_deployment(OWNER, _spec(), 1)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in default["volumes"]}["model-cache"]["emptyDir"] == {"sizeLimit": "100Gi"}
+
+
+def test_owner_references_and_labels_on_everything() -> None:
+    objs = build_pool_objects(OWNER, _spec(), 1)
+    assert [o["kind"] for o in objs] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ]
+    for obj in objs:
+        ref = obj["metadata"]["ownerReferences"][0]
+        assert ref == {
+            "apiVersion": c.API_VERSION,
+            "kind": c.POOL_KIND,
+            "name": "sdxl",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert obj["metadata"]["namespace"] == "team-a"
+        assert obj["metadata"]["labels"][c.LABEL_POOL] == "sdxl"
+
+
+def test_selector_service_pdb_and_role() -> None:
+    dep = build_deployment(OWNER, _spec(), 1)
+    sel = dep["spec"]["selector"]["matchLabels"]
+    assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in sel.items())
+    assert selector_string("sdxl") == ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+    assert build_service(OWNER)["spec"]["selector"] == sel
+    assert build_pdb(OWNER)["spec"]["selector"]["matchLabels"] == sel
+    rules = build_role(OWNER)["rules"]
+    assert rules == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]
+
+
+def test_same_spec_same_manifest_and_spec_change_rolls() -> None:
+    a = json.dumps(build_deployment(OWNER, _spec(), 1), sort_keys=True)
+    b = json.dumps(build_deployment(OWNER, _spec(), 1), sort_keys=True)
+    assert a == b
+    changed = build_deployment(OWNER, _spec(image="registry.local/inference:0.2.0"), 1)
+    assert changed["spec"]["template"] != json.loads(a)["spec"]["template"]
+    # Replicas are not part of the pod template: scaling does not roll pods.
+    assert build_deployment(OWNER, _spec(), 3)["spec"]["template"] == json.loads(a)["spec"]["template"]
