@@ -59,9 +59,6 @@ image_ref() {
   esac
 }
 
-# podman asks for more open files than this machine's hard limit allows.
-PODMAN=(podman)
-podman_ulimits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=$(ulimit -Hu):$(ulimit -Hu)")
 
 # --- base: debootstrap ----------------------------------------------------------
 apt_mirror() {
@@ -112,7 +109,7 @@ build_app() {
   [[ -f "$CA" ]] && args+=(--secret "id=ca,src=$CA")
   [[ $what == inference ]] && args+=(--build-arg "TORCH_VARIANT=$TORCH")
   log "$what: building $ref from $SRC${TORCH:+ (TORCH_VARIANT=$TORCH for inference)}"
-  podman build "${podman_ulimits[@]}" "${args[@]}" "$SRC" >"$CACHE/build-$what.log" 2>&1 \
+  buildah bud "${args[@]}" "$SRC" >"$CACHE/build-$what.log" 2>&1 \
     || { tail -40 "$CACHE/build-$what.log" >&2; die "$what: build failed (log: $CACHE/build-$what.log)"; }
   log "$what: built in $(( $(date +%s) - t ))s, $(size_of "$ref")"
 }
