@@ -475,6 +475,7 @@ cmd_up() {
   check_network
   local T0; T0=$(date +%s)
   mkdir -p "$DIR" "$LOGS" "$PIDS"
+  echo "$CLUSTER" >"$DIR/cluster-dir"   # cluster.sh down removes the node of its own cluster only
   UP_DONE=0
   trap '[[ $UP_DONE == 1 ]] || { log "up failed: cleaning up"; cmd_down; }' EXIT
   save_sysctls
