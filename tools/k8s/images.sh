@@ -118,7 +118,7 @@ size_of() { podman image inspect --format '{{.Size}}' "$1" 2>/dev/null | awk '{p
 
 import_one() {
   local ref=$1 t; t=$(date +%s)
-  podman save --format docker-archive "$ref" | ctr -a "$SOCK" -n k8s.io images import --no-unpack=false - >/dev/null \
+  podman save --format docker-archive "$ref" | ctr -a "$SOCK" -n k8s.io images import - >/dev/null \
     || die "import of $ref into containerd ($SOCK) failed"
   log "imported $ref into containerd k8s.io in $(( $(date +%s) - t ))s"
 }

@@ -388,8 +388,8 @@ clusterCIDR: $POD_NET
 detectLocalMode: ClusterCIDR
 # NodePorts only on the bridge address, never on the machine's real interfaces.
 nodePortAddresses: ["$NODE_IP/32"]
-healthzBindAddress: 127.0.0.1:0
-metricsBindAddress: 127.0.0.1:0
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
 iptables:
   localhostNodePorts: false
   masqueradeAll: false
@@ -492,7 +492,13 @@ cmd_up() {
   echo $! >"$PIDS/mntns.pid"
   wait_for "mount namespace" 10 mntns sh -c "findmnt -rno TARGET '$DIR/mntns' | grep -q ."
   local d
-  for d in $(cgroup_dirs); do mkdir -p "$d/$CGROUP_ROOT"; done
+  for d in $(cgroup_dirs); do
+    mkdir -p "$d/$CGROUP_ROOT"
+    if [[ -f "$d/cpuset.cpus" ]]; then  # a new cpuset cgroup starts empty: no task could join it
+      cat "$d/cpuset.cpus" >"$d/$CGROUP_ROOT/cpuset.cpus"
+      cat "$d/cpuset.mems" >"$d/$CGROUP_ROOT/cpuset.mems"
+    fi
+  done
 
   start containerd containerd --config "$DIR/containerd/config.toml"
   wait_for "containerd socket" 30 containerd ctr -a "$SOCK" version
