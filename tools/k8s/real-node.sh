@@ -51,6 +51,7 @@ GPUS="${LORAPLEX_REAL_NODE_GPUS:-2}"
 KUBELET_PORT="${LORAPLEX_KUBELET_PORT:-10250}"
 TAINT="${LORAPLEX_REAL_NODE_TAINT-loraplex.io/real-node=true:NoSchedule}"
 SERVICE_CIDR=10.96.0.0/16
+SERVICE_IP=10.96.0.1
 BRIDGE=lpxbr0
 FWD_CHAIN=LORAPLEX-REAL-NODE
 CGROUP_ROOT=loraplex-real-node
@@ -161,7 +162,26 @@ setup_network() {
   done
 }
 
+# The apiserver listens on 127.0.0.1 only and the `kubernetes` Service has no
+# endpoints (cluster.sh: --endpoint-reconciler-type none). Pods on the bridge
+# reach it at the in-cluster address 10.96.0.1:443 (in the serving cert)
+# through a DNAT to 127.0.0.1, ahead of kube-proxy's rules; route_localnet is
+# set on the bridge only (it goes away with it). Nothing else changes.
+API_CHAIN=LORAPLEX-REAL-NODE-API
+setup_api_access() {
+  sysctl -q -w "net.ipv4.conf.$BRIDGE.route_localnet=1" >/dev/null
+  iptables -w -t nat -N "$API_CHAIN" 2>/dev/null || iptables -w -t nat -F "$API_CHAIN"
+  iptables -w -t nat -A "$API_CHAIN" -d "${SERVICE_IP}/32" -p tcp --dport 443 \
+    -j DNAT --to-destination "127.0.0.1:$API_PORT"
+  iptables -w -t nat -C PREROUTING -i "$BRIDGE" -j "$API_CHAIN" 2>/dev/null \
+    || iptables -w -t nat -I PREROUTING 1 -i "$BRIDGE" -j "$API_CHAIN"
+}
+
 teardown_network() {
+  if iptables -w -t nat -L "$API_CHAIN" -n >/dev/null 2>&1; then
+    while iptables -w -t nat -D PREROUTING -i "$BRIDGE" -j "$API_CHAIN" 2>/dev/null; do :; done
+    iptables -w -t nat -F "$API_CHAIN"; iptables -w -t nat -X "$API_CHAIN"
+  fi
   if iptables -w -L "$FWD_CHAIN" -n >/dev/null 2>&1; then
     while iptables -w -D FORWARD -j "$FWD_CHAIN" 2>/dev/null; do :; done
     iptables -w -F "$FWD_CHAIN"; iptables -w -X "$FWD_CHAIN"
@@ -525,6 +545,7 @@ cmd_up() {
 
   start kube-proxy "$BIN/kube-proxy" --config "$DIR/kube-proxy-config.yaml" --v=1
   wait_for "kube-proxy rules" 30 kube-proxy iptables -w -t nat -S KUBE-SERVICES
+  setup_api_access
   UP_DONE=1
   log "up in $(( $(date +%s) - T0 ))s"
   cmd_status
