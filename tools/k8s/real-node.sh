@@ -222,15 +222,15 @@ cleanup_kube_chains() {
 }
 
 # --- cgroups --------------------------------------------------------------------------
-cgroup_dirs() {  # every v1 controller mount point
-  awk '$3=="cgroup" {print $2}' /proc/mounts
+cgroup_dirs() {  # every v1 controller mount point, and the v2 mount of a hybrid setup
+  awk '$3=="cgroup" || $3=="cgroup2" {print $2}' /proc/mounts
 }
 
 kill_cgroup_procs() {
   local d pids
   for d in $(cgroup_dirs); do
     [[ -d "$d/$CGROUP_ROOT" ]] || continue
-    pids=$(find "$d/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+    pids=$(find "$d/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u) || true
     [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null || true
   done
 }
