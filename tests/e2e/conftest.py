@@ -29,6 +29,7 @@ K8S_BIN = Path(os.environ.get("LORAPLEX_K8S_CACHE", HOME / ".cache/loraplex/k8s"
 NODE_NAME = os.environ.get("LORAPLEX_REAL_NODE_NAME", "loraplex-real-0")
 BRIDGE = "lpxbr0"
 INFERENCE_IMAGE = os.environ.get("LORAPLEX_E2E_INFERENCE_IMAGE", "localhost/loraplex/inference:dev")
+OPERATOR_IMAGE = os.environ.get("LORAPLEX_E2E_OPERATOR_IMAGE", "localhost/loraplex/operator:dev")
 REAL_NODE_TOLERATION = {"key": "loraplex.io/real-node", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -78,14 +79,23 @@ def real_node() -> str:
     return NODE_NAME
 
 
-@pytest.fixture(scope="session")
-def inference_image(real_node: str) -> str:
+def _node_image(ref: str, target: str) -> str:
     sock = NODE_DIR / "containerd" / "containerd.sock"
     out = subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "ls", "-q"],
                          capture_output=True, text=True).stdout.split()
-    if INFERENCE_IMAGE not in out:
-        pytest.fail(f"{INFERENCE_IMAGE} is not in the real node's containerd: run tools/k8s/images.sh inference")
-    return INFERENCE_IMAGE
+    if ref not in out:
+        pytest.fail(f"{ref} is not in the real node's containerd: run tools/k8s/images.sh {target}")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def inference_image(real_node: str) -> str:
+    return _node_image(INFERENCE_IMAGE, "inference")
+
+
+@pytest.fixture(scope="session")
+def operator_image(real_node: str) -> str:
+    return _node_image(OPERATOR_IMAGE, "operator")
 
 
 @pytest.fixture

@@ -119,3 +119,35 @@ def test_worker_pod_and_service(namespace: str, real_node: str, inference_image:
     assert status == 200, body
     assert base64.b64decode(json.loads(body)["data"][0]["b64_json"]).startswith(PNG)
     print(f"worker pod Ready in {ready_s:.1f}s on {real_node}")
+
+
+def test_pod_reaches_the_apiserver_in_cluster(namespace: str, real_node: str, operator_image: str) -> None:
+    """In-cluster config (10.96.0.1:443, the ServiceAccount token and CA) works from the real node,
+    and the operator image runs under the chart's security settings."""
+    script = ("from kubernetes import client, config; config.load_incluster_config(); "
+              "print('server', client.VersionApi().get_code().git_version)")
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-check"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": real_node},
+            "tolerations": [REAL_NODE_TOLERATION],
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "check", "image": operator_image, "imagePullPolicy": "Never",
+                "command": ["python", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    deadline = time.monotonic() + 120
+    while (phase := kubectl_json("get", "pod", "api-check", "-n", namespace)["status"].get("phase")) not in (
+            "Succeeded", "Failed"):
+        assert time.monotonic() < deadline, f"api-check pod still {phase} after 120s"
+        time.sleep(1)
+    logs = kubectl("logs", "api-check", "-n", namespace)
+    assert phase == "Succeeded", logs
+    assert "server v1.36" in logs, logs
