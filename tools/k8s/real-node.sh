@@ -269,7 +269,7 @@ stop() {  # NAME [SIGNAL]
 kill_shims() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $SOCK " || continue
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- "-address $SOCK " || continue
     kill -KILL "${p#/proc/}" 2>/dev/null || true
   done
 }
