@@ -6,6 +6,8 @@
 #   tools/k8s/build.sh            # build what is missing, print the bin dir
 #   tools/k8s/build.sh --check    # exit 0 if everything is built, 1 otherwise
 #   tools/k8s/build.sh --print-bin
+#   tools/k8s/build.sh --real-node [--check]   also kubelet + kube-proxy (same
+#                                 wrapper module and version) for tools/k8s/real-node.sh
 #
 # Environment:
 #   LORAPLEX_K8S_CACHE   cache dir (default $HOME/.cache/loraplex/k8s)
@@ -37,7 +39,7 @@ probe() {
   local name=$1 b="$BIN/$1"
   [[ -x "$b" ]] || return 0
   case "$name" in
-    kube-apiserver|kube-controller-manager|kube-scheduler)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy)
       "$b" --version 2>/dev/null | awk '{print $2}' ;;
     kubectl)
       "$b" version --client 2>/dev/null | awk '/Client Version/{print $3}' ;;
@@ -52,7 +54,7 @@ probe() {
 
 want() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "$K8S_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "$K8S_VERSION" ;;
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
@@ -79,12 +81,17 @@ check_all() {
   return $ok
 }
 
-case "${1:-}" in
-  --check) check_all; exit $? ;;
-  --print-bin) echo "$BIN"; exit 0 ;;
-  "") ;;
-  *) die "unknown argument: $1 (use --check or --print-bin)" ;;
-esac
+MODE=build
+for arg in "$@"; do
+  case "$arg" in
+    --check) MODE=check ;;
+    --print-bin) echo "$BIN"; exit 0 ;;
+    # Opt-in: the real node's kubelet and kube-proxy (tools/k8s/real-node.sh).
+    --real-node) ALL+=(kubelet kube-proxy) ;;
+    *) die "unknown argument: $arg (use --check, --print-bin, --real-node)" ;;
+  esac
+done
+[[ $MODE == check ]] && { check_all; exit $?; }
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (need go >= 1.26.0)"
 mkdir -p "$BIN" "$SRC"
@@ -185,6 +192,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
   log "kubernetes: go mod tidy (downloads several hundred MB of modules the first time)"

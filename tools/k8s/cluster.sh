@@ -4,6 +4,7 @@
 # (fake GPU nodes whose pods become Running/Ready at once).
 #
 #   tools/k8s/cluster.sh up       build if needed, start, create fake GPU nodes
+#   tools/k8s/cluster.sh up --real-node   ... plus one real node (tools/k8s/real-node.sh)
 #   tools/k8s/cluster.sh down     stop everything, remove the state dir
 #   tools/k8s/cluster.sh status   show processes, apiserver health, nodes
 #   tools/k8s/cluster.sh env      print `export KUBECONFIG=...` (eval it)
@@ -414,6 +415,7 @@ cmd_up() {
     --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --enable-aggregator-routing=true \
     --endpoint-reconciler-type none \
+    --kubelet-preferred-address-types InternalIP,Hostname \
     --profiling=false
   wait_for "kube-apiserver /readyz" 120 kube-apiserver kc get --raw /readyz
 
@@ -467,9 +469,19 @@ cmd_up() {
   echo "use it with:  eval \"\$($0 env)\""
 }
 
+# --- real node (tools/k8s/real-node.sh) -------------------------------------------
+# `up --real-node` adds one real kubelet node (containerd, kube-proxy) to this
+# cluster; `down` removes it first when it belongs to this cluster.
+REAL_NODE_DIR="${LORAPLEX_REAL_NODE_DIR:-$HOME/.cache/loraplex/real-node}"
+real_node_up() { "$HERE/real-node.sh" up; }
+real_node_down() {
+  [[ -f "$REAL_NODE_DIR/cluster-dir" && "$(cat "$REAL_NODE_DIR/cluster-dir")" == "$STATE" ]] || return 0
+  "$HERE/real-node.sh" down || log "real-node.sh down failed (see above)"
+}
+
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up) cmd_up; [[ "${2:-}" != --real-node ]] || real_node_up ;;
+  down) real_node_down; cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;

@@ -1,0 +1,153 @@
+"""Smoke test of the real node: the inference image runs the worker with the
+`tiny` model under the pod security settings the operator uses (non-root,
+read-only root filesystem, all capabilities dropped), its /readyz answers on
+the pod IP, and a ClusterIP Service in front of it answers through kube-proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+
+import pytest
+
+from tests.e2e.conftest import REAL_NODE_TOLERATION, assert_local_route, kubectl, kubectl_json
+
+pytestmark = pytest.mark.e2e
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def worker_pod(name: str, image: str, node: str) -> dict:
+    # Mirrors what the operator builds for a pool (loraplex_operator.manifests),
+    # minus the sidecar: the worker listens on the pod IP here.
+    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                "runAsUser": 10001, "runAsGroup": 10001, "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [REAL_NODE_TOLERATION],
+            "enableServiceLinks": False,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "worker", "image": image, "imagePullPolicy": "Never",
+                "args": ["worker", "--model", "tiny", "--dtype", "float32", "--host", "0.0.0.0", "--port", "8080",
+                         "--gpu-slots", "2", "--ram-cache-mb", "64", "--disk-cache-mb", "64",
+                         "--disk-cache-dir", "/var/cache/loraplex", "--hf-home", "/models", "--torch-threads", "1"],
+                "env": [{"name": "HF_HOME", "value": "/models"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
+                        {"name": "TMPDIR", "value": "/tmp"}],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2,
+                                   "failureThreshold": 3},
+                "securityContext": security,
+                "volumeMounts": [{"name": "models", "mountPath": "/models"},
+                                 {"name": "adapters", "mountPath": "/var/cache/loraplex"},
+                                 {"name": "tmp", "mountPath": "/tmp"},
+                                 {"name": "dshm", "mountPath": "/dev/shm"}],
+            }],
+            "volumes": [{"name": "models", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}],
+        },
+    }
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_ready(ns: str, pod: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = kubectl_json("get", "pod", pod, "-n", ns)
+        conds = {c["type"]: c["status"] for c in obj["status"].get("conditions", [])}
+        if conds.get("Ready") == "True":
+            return obj
+        if time.monotonic() > deadline:
+            logs = kubectl("logs", pod, "-n", ns, "--tail=40", check=False)
+            events = kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)
+            pytest.fail(f"pod {pod} not Ready after {timeout}s: {json.dumps(obj['status'], indent=1)}\n"
+                        f"logs:\n{logs}\nevents:\n{events}")
+        time.sleep(1)
+
+
+def test_worker_pod_and_service(namespace: str, real_node: str, inference_image: str) -> None:
+    t0 = time.monotonic()
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(worker_pod("tiny-worker", inference_image, real_node)))
+    kubectl("create", "service", "clusterip", "tiny-worker", "--tcp=80:8080", "-n", namespace)
+    pod = wait_ready(namespace, "tiny-worker", timeout=300)
+    ready_s = time.monotonic() - t0
+    assert pod["spec"]["nodeName"] == real_node
+
+    pod_ip = pod["status"]["podIP"]
+    assert_local_route(pod_ip)
+    status, body = http("GET", f"http://{pod_ip}:8080/readyz")
+    assert status == 200, body
+
+    svc_ip = kubectl_json("get", "service", "tiny-worker", "-n", namespace)["spec"]["clusterIP"]
+    assert_local_route(svc_ip)
+    deadline = time.monotonic() + 30  # kube-proxy syncs the endpoint within a second or two
+    while True:
+        try:
+            status, body = http("GET", f"http://{svc_ip}/readyz", timeout=3)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert status == 200, body
+
+    # A real generation through the Service: diffusion on the CPU in the container.
+    status, body = http("POST", f"http://{svc_ip}/v1/images/generations",
+                        {"model": "tiny", "prompt": "a red fox", "size": "64x64", "steps": 2, "seed": 1},
+                        timeout=180)
+    assert status == 200, body
+    assert base64.b64decode(json.loads(body)["data"][0]["b64_json"]).startswith(PNG)
+    print(f"worker pod Ready in {ready_s:.1f}s on {real_node}")
+
+
+def test_pod_reaches_the_apiserver_in_cluster(namespace: str, real_node: str, operator_image: str) -> None:
+    """In-cluster config (10.96.0.1:443, the ServiceAccount token and CA) works from the real node,
+    and the operator image runs under the chart's security settings."""
+    script = ("from kubernetes import client, config; config.load_incluster_config(); "
+              "print('server', client.VersionApi().get_code().git_version)")
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-check"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": real_node},
+            "tolerations": [REAL_NODE_TOLERATION],
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "check", "image": operator_image, "imagePullPolicy": "Never",
+                "command": ["python", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    deadline = time.monotonic() + 120
+    while (phase := kubectl_json("get", "pod", "api-check", "-n", namespace)["status"].get("phase")) not in (
+            "Succeeded", "Failed"):
+        assert time.monotonic() < deadline, f"api-check pod still {phase} after 120s"
+        time.sleep(1)
+    logs = kubectl("logs", "api-check", "-n", namespace)
+    assert phase == "Succeeded", logs
+    assert "server v1.36" in logs, logs
