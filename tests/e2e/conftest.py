@@ -51,8 +51,13 @@ def real_node_up() -> bool:
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    r = subprocess.run([str(K8S_BIN / "kubectl"), "--kubeconfig", str(CLUSTER_DIR / "kubeconfig"), *args],
-                       input=input, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [str(K8S_BIN / "kubectl"), "--kubeconfig", str(CLUSTER_DIR / "kubeconfig"), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
     return r.stdout
@@ -72,8 +77,10 @@ def assert_local_route(ip: str) -> None:
 def real_node() -> str:
     if not real_node_up():
         if os.environ.get("LORAPLEX_E2E") == "1":
-            pytest.fail(f"LORAPLEX_E2E=1 but the real node is not up (state {NODE_DIR}): "
-                        "run tools/k8s/cluster.sh up --real-node")
+            pytest.fail(
+                f"LORAPLEX_E2E=1 but the real node is not up (state {NODE_DIR}): "
+                "run tools/k8s/cluster.sh up --real-node"
+            )
         pytest.skip("e2e: the real node is not up (tools/k8s/cluster.sh up --real-node) and LORAPLEX_E2E is not 1")
     kubectl("wait", "--for=condition=Ready", f"node/{NODE_NAME}", "--timeout=60s")
     return NODE_NAME
@@ -81,8 +88,9 @@ def real_node() -> str:
 
 def _node_image(ref: str, target: str) -> str:
     sock = NODE_DIR / "containerd" / "containerd.sock"
-    out = subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "ls", "-q"],
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["ctr", "-a", str(sock), "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True
+    ).stdout.split()
     if ref not in out:
         pytest.fail(f"{ref} is not in the real node's containerd: run tools/k8s/images.sh {target}")
     return ref

@@ -23,11 +23,18 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def worker_pod(name: str, image: str, node: str) -> dict:
     # Mirrors what the operator builds for a pool (loraplex_operator.manifests),
     # minus the sidecar: the worker listens on the pod IP here.
-    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                "runAsUser": 10001, "runAsGroup": 10001, "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"}}
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
@@ -35,28 +42,68 @@ def worker_pod(name: str, image: str, node: str) -> dict:
             "enableServiceLinks": False,
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 5,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "worker", "image": image, "imagePullPolicy": "Never",
-                "args": ["worker", "--model", "tiny", "--dtype", "float32", "--host", "0.0.0.0", "--port", "8080",
-                         "--gpu-slots", "2", "--ram-cache-mb", "64", "--disk-cache-mb", "64",
-                         "--disk-cache-dir", "/var/cache/loraplex", "--hf-home", "/models", "--torch-threads", "1"],
-                "env": [{"name": "HF_HOME", "value": "/models"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
-                        {"name": "TMPDIR", "value": "/tmp"}],
-                "ports": [{"name": "http", "containerPort": 8080}],
-                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2,
-                                   "failureThreshold": 3},
-                "securityContext": security,
-                "volumeMounts": [{"name": "models", "mountPath": "/models"},
-                                 {"name": "adapters", "mountPath": "/var/cache/loraplex"},
-                                 {"name": "tmp", "mountPath": "/tmp"},
-                                 {"name": "dshm", "mountPath": "/dev/shm"}],
-            }],
-            "volumes": [{"name": "models", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
-                        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "args": [
+                        "worker",
+                        "--model",
+                        "tiny",
+                        "--dtype",
+                        "float32",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        "8080",
+                        "--gpu-slots",
+                        "2",
+                        "--ram-cache-mb",
+                        "64",
+                        "--disk-cache-mb",
+                        "64",
+                        "--disk-cache-dir",
+                        "/var/cache/loraplex",
+                        "--hf-home",
+                        "/models",
+                        "--torch-threads",
+                        "1",
+                    ],
+                    "env": [
+                        {"name": "HF_HOME", "value": "/models"},
+                        {"name": "HF_HUB_OFFLINE", "value": "1"},
+                        {"name": "TMPDIR", "value": "/tmp"},
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
+                    "readinessProbe": {
+                        "httpGet": {"path": "/readyz", "port": "http"},
+                        "periodSeconds": 2,
+                        "failureThreshold": 3,
+                    },
+                    "securityContext": security,
+                    "volumeMounts": [
+                        {"name": "models", "mountPath": "/models"},
+                        {"name": "adapters", "mountPath": "/var/cache/loraplex"},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "dshm", "mountPath": "/dev/shm"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "models", "emptyDir": {}},
+                {"name": "adapters", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+            ],
         },
     }
 
@@ -81,14 +128,18 @@ def wait_ready(ns: str, pod: str, timeout: float) -> dict:
         if time.monotonic() > deadline:
             logs = kubectl("logs", pod, "-n", ns, "--tail=40", check=False)
             events = kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)
-            pytest.fail(f"pod {pod} not Ready after {timeout}s: {json.dumps(obj['status'], indent=1)}\n"
-                        f"logs:\n{logs}\nevents:\n{events}")
+            pytest.fail(
+                f"pod {pod} not Ready after {timeout}s: {json.dumps(obj['status'], indent=1)}\n"
+                f"logs:\n{logs}\nevents:\n{events}"
+            )
         time.sleep(1)
 
 
 def test_worker_pod_and_service(namespace: str, real_node: str, inference_image: str) -> None:
     t0 = time.monotonic()
-    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(worker_pod("tiny-worker", inference_image, real_node)))
+    kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(worker_pod("tiny-worker", inference_image, real_node))
+    )
     kubectl("create", "service", "clusterip", "tiny-worker", "--tcp=80:8080", "-n", namespace)
     pod = wait_ready(namespace, "tiny-worker", timeout=300)
     ready_s = time.monotonic() - t0
@@ -113,9 +164,12 @@ def test_worker_pod_and_service(namespace: str, real_node: str, inference_image:
     assert status == 200, body
 
     # A real generation through the Service: diffusion on the CPU in the container.
-    status, body = http("POST", f"http://{svc_ip}/v1/images/generations",
-                        {"model": "tiny", "prompt": "a red fox", "size": "64x64", "steps": 2, "seed": 1},
-                        timeout=180)
+    status, body = http(
+        "POST",
+        f"http://{svc_ip}/v1/images/generations",
+        {"model": "tiny", "prompt": "a red fox", "size": "64x64", "steps": 2, "seed": 1},
+        timeout=180,
+    )
     assert status == 200, body
     assert base64.b64decode(json.loads(body)["data"][0]["b64_json"]).startswith(PNG)
     print(f"worker pod Ready in {ready_s:.1f}s on {real_node}")
@@ -124,28 +178,45 @@ def test_worker_pod_and_service(namespace: str, real_node: str, inference_image:
 def test_pod_reaches_the_apiserver_in_cluster(namespace: str, real_node: str, operator_image: str) -> None:
     """In-cluster config (10.96.0.1:443, the ServiceAccount token and CA) works from the real node,
     and the operator image runs under the chart's security settings."""
-    script = ("from kubernetes import client, config; config.load_incluster_config(); "
-              "print('server', client.VersionApi().get_code().git_version)")
+    script = (
+        "from kubernetes import client, config; config.load_incluster_config(); "
+        "print('server', client.VersionApi().get_code().git_version)"
+    )
     pod = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-check"},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api-check"},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": real_node},
             "tolerations": [REAL_NODE_TOLERATION],
             "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "check", "image": operator_image, "imagePullPolicy": "Never",
-                "command": ["python", "-c", script],
-                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}},
-            }],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "check",
+                    "image": operator_image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", script],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
         },
     }
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
     deadline = time.monotonic() + 120
     while (phase := kubectl_json("get", "pod", "api-check", "-n", namespace)["status"].get("phase")) not in (
-            "Succeeded", "Failed"):
+        "Succeeded",
+        "Failed",
+    ):
         assert time.monotonic() < deadline, f"api-check pod still {phase} after 120s"
         time.sleep(1)
     logs = kubectl("logs", "api-check", "-n", namespace)

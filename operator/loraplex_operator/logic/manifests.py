@@ -126,9 +126,9 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def _http_probe(path: str, period: int, timeout: int, failures: int) -> dict[str, Any]:
+def _http_probe(path: str, period: int, timeout: int, failures: int, port: int | str = "http") -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -232,8 +232,10 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         "env": _worker_env(spec),
         "resources": _worker_resources(spec),
         # The worker listens on loopback only; its readiness is what the
-        # sidecar's /readyz reports, so the long model load is gated here.
-        "startupProbe": _http_probe("/readyz", period=10, timeout=5, failures=startup_failures),
+        # sidecar's /readyz reports, so the long model load is gated here. A named
+        # port resolves only among the probed container's own ports (the kubelet
+        # refused "http" here on the real node), so the sidecar's is given by number.
+        "startupProbe": _http_probe("/readyz", period=10, timeout=5, failures=startup_failures, port=c.SIDECAR_PORT),
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": c.MODEL_CACHE_DIR},

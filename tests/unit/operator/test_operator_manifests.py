@@ -115,6 +115,22 @@ def test_probes_drain_and_grace_period() -> None:
     assert grace == termination_grace_seconds(spec) and grace > 15 + 600
 
 
+def test_every_probe_port_resolves_in_its_own_container() -> None:
+    """A named probe port must be one of the probed container's own ports (kubelet rule), and a
+    numbered one must be a port something in the pod listens on for the pod IP (the sidecar's;
+    the worker binds loopback only). The real node found the worker's probe naming the sidecar's port."""
+    dep = build_deployment(OWNER, _spec(), 1)
+    pod_ports = {p["containerPort"] for ct in _containers(dep).values() for p in ct.get("ports", [])}
+    assert pod_ports == {c.SIDECAR_PORT}
+    for ct in _containers(dep).values():
+        own = {p["name"] for p in ct.get("ports", [])}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if kind not in ct:
+                continue
+            port = ct[kind]["httpGet"]["port"]
+            assert (port in own) if isinstance(port, str) else (port in pod_ports), (ct["name"], kind, port)
+
+
 def test_hardened_security_context() -> None:
     pod = build_deployment(OWNER, _spec(), 1)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
