@@ -33,10 +33,6 @@ OPERATOR_IMAGE = os.environ.get("LORAPLEX_E2E_OPERATOR_IMAGE", "localhost/lorapl
 REAL_NODE_TOLERATION = {"key": "loraplex.io/real-node", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "e2e: needs the real node (tools/k8s/real-node.sh) and locally built images")
-
-
 def _pid_alive(name: str) -> bool:
     try:
         pid = int((NODE_DIR / "pids" / f"{name}.pid").read_text())
