@@ -1,0 +1,1 @@
+"""loraplex: shared top-level package (the fleet simulator and capacity planner live in loraplex.sim)."""
