@@ -75,8 +75,11 @@ MB = 1 << 20
 class Policy:
     name: str
     kind: str = "loraplex"                 # dedicated | seed | loraplex
-    routing: str = "rendezvous"            # rendezvous (placement.choose_endpoint) | tiered
-    load_view: str = "local"               # local: the entry sidecar's own counts | global: every pod's true in-flight
+    routing: str = "rendezvous"            # rendezvous (placement.choose_endpoint) | tiered | cost
+    load_view: str = "local"               # local: the entry sidecar's own counts | global: true in-flight |
+                                           # gossip: true in-flight every gossip_s, plus the sidecar's own since
+    gossip_s: float = 1.0
+    tier_info: str = "exact"               # cost routing: exact (each pod's tiers) | homes (home = warm, else cold)
     demand_homes: bool = True              # per-adapter home counts from demand (the operator), else minReplicas
     churn_budget: int | None = None        # at most this many adapters change home count per poll
     prefetch: str = ""                     # "" | homes | all: what a new pod brings to its disk/RAM tiers
@@ -166,7 +169,7 @@ class SimResult:
 
 class _Pod:
     __slots__ = ("name", "pool", "born", "ready", "draining", "released", "queue", "running", "inflight",
-                 "slots", "ram", "disk", "fetching", "last_adapter")
+                 "slots", "ram", "disk", "fetching", "last_adapter", "fetch_free_at")
 
     def __init__(self, name: str, pool: _Pool, born: float, spec: PoolSpec | None) -> None:
         self.name = name
@@ -184,6 +187,7 @@ class _Pod:
         self.disk: BudgetLRU[int] = BudgetLRU(cache.disk_cache_mb * MB if cache else 0)
         self.fetching: dict[str, tuple[float, int, bool]] = {}   # name -> (done time, tier, into RAM)
         self.last_adapter = -1
+        self.fetch_free_at = born
 
 
 class _Pool:
@@ -219,6 +223,9 @@ class _Pool:
         self.replication: dict[str, int] = {}
         self.views: dict[str, dict[str, int]] = {}
         self.true_out: dict[str, int] = {}
+        self.snap: dict[str, int] = {}            # gossip: true in-flight at snap_t
+        self.snap_t = -math.inf
+        self.deltas: dict[str, dict[str, int]] = {}  # gossip: each sidecar's own sends since snap_t
         self.hot_until = 0.0                      # dedicated: poll every tick until then
         self.wake_at = math.inf
 
@@ -379,36 +386,63 @@ class Fleet:
                 pod.draining = True
                 if pod.running < 0 and not pod.queue:
                     self._release(pod, now)
+            old_ready = pool.ready
             self._set_ready(pool)
+            if self.p.prefetch and self.p.kind == "loraplex" and old_ready != pool.ready:
+                self._rehome(pool, old_ready, now)
 
     # -- prefetch (policy) --------------------------------------------------------------------------------
 
+    def _top_adapters(self, pool: _Pool) -> list[tuple[str, int]]:
+        """The pool's most requested adapters so far (the sidecars' cumulative `requests`), best first."""
+        return sorted(pool.adapter_requests.items(), key=lambda kv: (-kv[1], kv[0]))[: self.p.prefetch_limit]
+
     def _prefetch_homes(self, pod: _Pod, now: float) -> None:
+        """A new pod fetches, while it starts, the adapters it will be a home for (then, with prefetch=all,
+        the rest of the most requested) into its disk tier, the first half of its RAM budget into RAM."""
         pool = pod.pool
         endpoints = tuple(sorted({*pool.ready, pod.name}))
-        ranked = sorted(pool.adapter_requests.items(), key=lambda kv: (-kv[1], kv[0]))[: self.p.prefetch_limit]
-        index = {n: i for i, n in enumerate(self.names)} if not hasattr(self, "_index") else self._index
-        self._index = index
-        disk_budget, ram_budget = pod.disk.budget, pod.ram.budget
-        items = [(n, float(c), pool.replication.get(n, 1), int(2 * self.mb[index[n]] * MB)) for n, c in ranked]
-        chosen = policies.home_prefetch(pod.name, endpoints, items, disk_budget)
+        top = self._top_adapters(pool)
+        items = [(n, float(c), pool.replication.get(n, 1), int(2 * self.mb[self._idx(n)] * MB)) for n, c in top]
+        chosen = policies.home_prefetch(pod.name, endpoints, items, pod.disk.budget)
         if self.p.prefetch == "all":
-            have = set(chosen)
-            used = sum(int(2 * self.mb[index[n]] * MB) for n in chosen)
-            for n, _c in ranked:
-                size = int(2 * self.mb[index[n]] * MB)
-                if n not in have and used + size <= disk_budget:
+            have, used = set(chosen), sum(size for n, _, _, size in items if n in set(chosen))
+            for n, _, _, size in items:
+                if n not in have and used + size <= pod.disk.budget:
                     chosen.append(n)
                     used += size
-        t, ram_used = now, 0
-        for n in chosen:
-            mb = self.mb[index[n]]
+        self._queue_fetches(pod, chosen, now)
+
+    def _rehome(self, pool: _Pool, old_ready: tuple[str, ...], now: float) -> None:
+        """After pods left: each remaining pod fetches the adapters it has just become a home for."""
+        new_ready = pool.ready
+        if not new_ready or not self.p.prefetch:
+            return
+        todo: dict[str, list[str]] = {}
+        for n, _ in self._top_adapters(pool):
+            r = pool.replication.get(n, 1)
+            old = set(placement.home_endpoints(n, old_ready, r)) if old_ready else set()
+            for e in placement.home_endpoints(n, new_ready, r):
+                if e not in old:
+                    todo.setdefault(e, []).append(n)
+        for e, names in todo.items():
+            self._queue_fetches(pool.by_name[e], names, now)
+
+    def _queue_fetches(self, pod: _Pod, names: list[str], now: float) -> None:
+        """Background fetches, one after another on the pod's download channel; the first half of RAM too."""
+        t = max(now, pod.fetch_free_at)
+        ram_room = pod.ram.budget // 2 - pod.ram.used
+        for n in names:
+            if n in pod.disk or n in pod.ram or n in pod.fetching:
+                continue
+            mb = self.mb[self._idx(n)]
             t += self.costs.fetch_s("source", mb)
-            into_ram = ram_used + mb * MB <= ram_budget * 0.5
+            into_ram = ram_room >= mb * MB
             if into_ram:
-                ram_used += int(mb * MB)
+                ram_room -= int(mb * MB)
             pod.fetching[n] = (t, T_SOURCE, into_ram)
             self.q.push(t, _EV_FETCH, (pod, n))
+        pod.fetch_free_at = t
 
     # -- requests -----------------------------------------------------------------------------------------
 
@@ -445,16 +479,13 @@ class Fleet:
         kind = self.p.kind
         by_name = pool.by_name
         if kind == "loraplex":
-            name = self.names[self.a_arr[i]]
+            a = self.a_arr[i]
+            name = self.names[a]
             entry = ready[int(self.rng.integers(len(ready)))] if len(ready) > 1 else ready[0]
-            if self.p.load_view == "global":
-                view = pool.true_out
-            else:
-                view = pool.views.get(entry)
-                if view is None:
-                    view = pool.views[entry] = {}
+            view = self._view(pool, entry, now)
             rep = pool.replication.get(name) or self._min_homes(name)
-            if self.p.routing == "tiered":
+            routing = self.p.routing
+            if routing == "tiered":
                 def tier_of(e: str, _n: str = name) -> int:
                     pod = by_name[e]
                     if _n in pod.slots:
@@ -465,14 +496,16 @@ class Fleet:
                         return policies.FREE_SLOT
                     return policies.COLD
                 cands = policies.choose_endpoint_tiered(name, ready, rep, view, pool.load_bound, tier_of)
+            elif routing == "cost":
+                cands = policies.choose_endpoint_cost(name, ready, rep, view, self._service_estimate(pool, now),
+                                                      self._swap_estimator(name, self.mb[a], by_name))
             else:
                 cands = placement.choose_endpoint(name, ready, rep, view, pool.load_bound)
             for e in cands[: max(1, self.cfg.max_attempts)]:
                 pod = by_name[e]
                 if len(pod.queue) >= pool.queue_size:
                     continue
-                if self.p.load_view != "global":
-                    view[e] = view.get(e, 0) + 1
+                self._sent(pool, entry, e)
                 self.req_entry[i] = entry   # a hop when it is not `e`: added at completion
                 self._dispatch(i, pod, now)
                 return
@@ -488,6 +521,65 @@ class Fleet:
             return
         self._reject(i, pool)
 
+    def _view(self, pool: _Pool, entry: str, now: float) -> Mapping[str, int]:
+        """The outstanding counts the entry sidecar routes by."""
+        lv = self.p.load_view
+        if lv == "global":
+            return pool.true_out
+        if lv == "gossip":
+            if now - pool.snap_t >= self.p.gossip_s:
+                pool.snap = dict(pool.true_out)
+                pool.snap_t = now
+                pool.deltas.clear()
+            own = pool.deltas.get(entry)
+            if not own:
+                return pool.snap
+            merged = dict(pool.snap)
+            for k, v in own.items():
+                merged[k] = merged.get(k, 0) + v
+            return merged
+        view = pool.views.get(entry)
+        if view is None:
+            view = pool.views[entry] = {}
+        return view
+
+    def _sent(self, pool: _Pool, entry: str, e: str) -> None:
+        lv = self.p.load_view
+        if lv == "local":
+            view = pool.views[entry]
+            view[e] = view.get(e, 0) + 1
+        elif lv == "gossip":
+            own = pool.deltas.setdefault(entry, {})
+            own[e] = own.get(e, 0) + 1
+
+    def _service_estimate(self, pool: _Pool, now: float) -> float:
+        """Mean service time as the sidecars' stats report it (the cost profile's inference time before any)."""
+        sn, ssum = pool.service.totals(now)
+        if sn:
+            return ssum / sn
+        if pool.service_count:
+            return pool.service_total / pool.service_count
+        return self.costs.inference_s
+
+    def _swap_estimator(self, name: str, mb: float, by_name: Mapping[str, _Pod]):  # noqa: ANN202
+        c = self.costs
+        slot_s, ram_s = c.resident_switch_s, c.to_slot_s(mb)
+        disk_s = c.fetch_s("disk", mb) + ram_s
+        source_s = c.fetch_s("source", mb) + ram_s
+        if self.p.tier_info == "homes":
+            return lambda e, home: ram_s if home else source_s
+
+        def swap_s(e: str, home: bool) -> float:
+            pod = by_name[e]
+            if name in pod.slots:
+                return slot_s
+            if name in pod.ram or name in pod.fetching:
+                return ram_s
+            if name in pod.disk:
+                return disk_s
+            return source_s
+        return swap_s
+
     def _min_homes(self, name: str) -> int:
         lo, hi, _ = self.adapter_min.get(name, (1, 8, False))
         return adapter_replication(0, lo, hi)
@@ -501,16 +593,17 @@ class Fleet:
         self.req_pod[i] = pod
         pod.inflight += 1
         pool = pod.pool
-        if self.p.load_view == "global":
-            pool.true_out[pod.name] = pool.true_out.get(pod.name, 0) + 1
+        pool.true_out[pod.name] = pool.true_out.get(pod.name, 0) + 1
         if self.p.kind == "loraplex":
             a = self.a_arr[i]
             name = self.names[a]
-            if name not in pod.slots and name not in pod.ram and name not in pod.fetching:
+            if name not in pod.slots and name not in pod.ram:
                 tier = T_DISK if name in pod.disk else T_SOURCE
                 done = now + self.costs.fetch_s("disk" if tier == T_DISK else "source", self.mb[a])
-                pod.fetching[name] = (done, tier, True)
-                self.q.push(done, _EV_FETCH, (pod, name))
+                queued = pod.fetching.get(name)
+                if queued is None or queued[0] > done:  # a background prefetch still queued: fetch it now
+                    pod.fetching[name] = (done, tier, True)
+                    self.q.push(done, _EV_FETCH, (pod, name))
         pod.queue.append(i)
         if pod.running < 0:
             self._start_next(pod, now)
@@ -603,13 +696,12 @@ class Fleet:
         pool.service_count += 1
         lat = now - self.t_arr[i]
         entry = self.req_entry[i]
-        if self.p.load_view == "global":
-            n = pool.true_out.get(pod.name, 1) - 1
-            if n:
-                pool.true_out[pod.name] = n
-            else:
-                pool.true_out.pop(pod.name, None)
-        elif entry is not None:
+        n = pool.true_out.get(pod.name, 1) - 1
+        if n:
+            pool.true_out[pod.name] = n
+        else:
+            pool.true_out.pop(pod.name, None)
+        if self.p.load_view == "local" and entry is not None:
             view = pool.views.get(entry)
             if view is not None:
                 n = view.get(pod.name, 1) - 1

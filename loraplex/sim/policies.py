@@ -143,3 +143,23 @@ def home_prefetch(pod: str, endpoints: Sequence[str], adapters: Sequence[tuple[s
             out.append(name)
             used += size
     return out
+
+
+def choose_endpoint_cost(key: str, endpoints: Iterable[str], replication: int, outstanding: Mapping[str, int],
+                         service_s: float, swap_s: Callable[[str, bool], float]) -> list[str]:
+    """Candidates by expected time to start: the work queued ahead plus the adapter's swap cost there.
+
+    cost(e) = outstanding[e] * service_s + swap_s(e, is_home). Ties go to the
+    higher-ranked pod, so an idle pool still sends an adapter to its first home
+    and its caches stay warm; a busy home loses to an idle pod as soon as the
+    wait behind it costs more than bringing the adapter to that pod.
+    `swap_s(endpoint, is_home)`: the pod's cost of making the adapter resident
+    (from its tier there if known; a router without that view can answer from
+    is_home alone).
+    """
+    eps = endpoints if isinstance(endpoints, tuple | list) else tuple(endpoints)
+    ranked = placement.rank_endpoints(key, eps)
+    n_homes = max(1, replication)
+    scored = [(outstanding.get(e, 0) * service_s + swap_s(e, i < n_homes), i, e) for i, e in enumerate(ranked)]
+    scored.sort()
+    return [e for _, _, e in scored]
