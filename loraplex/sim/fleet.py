@@ -68,6 +68,8 @@ T_GPU, T_RAM, T_DISK, T_SOURCE, T_SWITCH, T_NONE = range(6)
 TIER_NAMES = ("gpu", "ram", "disk", "source", "switch", "none")
 
 _EV_READY, _EV_FETCH, _EV_DONE, _EV_TICK, _EV_SAMPLE, _EV_WAKE = range(6)
+# Where an adapter is on a pod (bits of Fleet.where).
+_IN_SLOT, _IN_RAM, _ON_DISK, _FETCHING = 1, 2, 4, 8
 MB = 1 << 20
 
 
@@ -302,6 +304,9 @@ class Fleet:
                                       bool(spec.get("pinned", False)))
         self.pinned = {n for n, (_, _, p) in self.adapter_min.items() if p}
         self.ready_count = 0
+        self.where: dict[str, dict[str, int]] = {}   # adapter -> {pod name: _IN_SLOT | _IN_RAM | ...}
+        self._index: dict[str, int] = {}
+        self._svc_cache: dict[str, tuple[float, float]] = {}
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -366,7 +371,34 @@ class Fleet:
         self.gpus -= 1
         self.gpu_seconds += max(0.0, now - max(pod.born, self.cfg.measure_from_s))
         pod.pool.by_name.pop(pod.name, None)
+        for lru in (pod.slots, pod.ram, pod.disk):
+            for k in list(lru.keys()):
+                self._unmark(k, pod, _IN_SLOT | _IN_RAM | _ON_DISK)
+        for k in list(pod.fetching):
+            self._unmark(k, pod, _FETCHING)
         pod.fetching.clear()
+
+    def _mark(self, name: str, pod: _Pod, bit: int) -> None:
+        d = self.where.get(name)
+        if d is None:
+            d = self.where[name] = {}
+        d[pod.name] = d.get(pod.name, 0) | bit
+
+    def _unmark(self, name: str, pod: _Pod, bits: int) -> None:
+        d = self.where.get(name)
+        if d is None:
+            return
+        v = d.get(pod.name, 0) & ~bits
+        if v:
+            d[pod.name] = v
+        else:
+            d.pop(pod.name, None)
+            if not d:
+                del self.where[name]
+
+    def _set_fetch(self, pod: _Pod, name: str, entry: tuple[float, int, bool]) -> None:
+        pod.fetching[name] = entry
+        self._mark(name, pod, _FETCHING)
 
     def _scale_to(self, pool: _Pool, want: int, now: float) -> None:
         live = pool.pods
@@ -440,7 +472,7 @@ class Fleet:
             into_ram = ram_room >= mb * MB
             if into_ram:
                 ram_room -= int(mb * MB)
-            pod.fetching[n] = (t, T_SOURCE, into_ram)
+            self._set_fetch(pod, n, (t, T_SOURCE, into_ram))
             self.q.push(t, _EV_FETCH, (pod, n))
         pod.fetch_free_at = t
 
@@ -497,8 +529,7 @@ class Fleet:
                     return policies.COLD
                 cands = policies.choose_endpoint_tiered(name, ready, rep, view, pool.load_bound, tier_of)
             elif routing == "cost":
-                cands = policies.choose_endpoint_cost(name, ready, rep, view, self._service_estimate(pool, now),
-                                                      self._swap_estimator(name, self.mb[a], by_name))
+                cands = self._cost_candidates(name, a, ready, rep, view, pool, now)
             else:
                 cands = placement.choose_endpoint(name, ready, rep, view, pool.load_bound)
             for e in cands[: max(1, self.cfg.max_attempts)]:
@@ -554,6 +585,14 @@ class Fleet:
 
     def _service_estimate(self, pool: _Pool, now: float) -> float:
         """Mean service time as the sidecars' stats report it (the cost profile's inference time before any)."""
+        cached = self._svc_cache.get(pool.name)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        value = self._service_mean(pool, now)
+        self._svc_cache[pool.name] = (now, value)
+        return value
+
+    def _service_mean(self, pool: _Pool, now: float) -> float:
         sn, ssum = pool.service.totals(now)
         if sn:
             return ssum / sn
@@ -561,28 +600,30 @@ class Fleet:
             return pool.service_total / pool.service_count
         return self.costs.inference_s
 
-    def _swap_estimator(self, name: str, mb: float, by_name: Mapping[str, _Pod]):  # noqa: ANN202
-        c = self.costs
-        slot_s, ram_s = c.resident_switch_s, c.to_slot_s(mb)
-        disk_s = c.fetch_s("disk", mb) + ram_s
+    def _cost_candidates(self, name: str, a: int, ready: tuple[str, ...], rep: int, view: Mapping[str, int],
+                         pool: _Pool, now: float) -> list[str]:
+        c, mb = self.costs, self.mb[a]
+        ram_s = c.to_slot_s(mb)
         source_s = c.fetch_s("source", mb) + ram_s
-        if self.p.tier_info == "homes":
-            return lambda e, home: ram_s if home else source_s
-
-        def swap_s(e: str, home: bool) -> float:
-            pod = by_name[e]
-            if name in pod.slots:
-                return slot_s
-            if name in pod.ram or name in pod.fetching:
-                return ram_s
-            if name in pod.disk:
-                return disk_s
-            return source_s
-        return swap_s
+        warm: dict[str, float] = {}
+        if self.p.tier_info == "exact":
+            disk_s = c.fetch_s("disk", mb) + ram_s
+            for e, bits in (self.where.get(name) or {}).items():
+                if bits & _IN_SLOT:
+                    warm[e] = c.resident_switch_s
+                elif bits & (_IN_RAM | _FETCHING):
+                    warm[e] = ram_s
+                elif bits & _ON_DISK:
+                    warm[e] = disk_s
+        return policies.choose_endpoint_cost(name, ready, rep, view, self._service_estimate(pool, now), warm,
+                                             home_s=source_s if self.p.tier_info == "exact" else ram_s,
+                                             cold_s=source_s)
 
     def _min_homes(self, name: str) -> int:
-        lo, hi, _ = self.adapter_min.get(name, (1, 8, False))
-        return adapter_replication(0, lo, hi)
+        spec = self.adapter_min.get(name)
+        if spec is None:
+            return 1   # adapter_replication(0, 1, 8): the LoraAdapter defaults
+        return adapter_replication(0, spec[0], spec[1])
 
     def _reject(self, i: int, pool: _Pool) -> None:
         self.rejected[i] = True
@@ -602,7 +643,7 @@ class Fleet:
                 done = now + self.costs.fetch_s("disk" if tier == T_DISK else "source", self.mb[a])
                 queued = pod.fetching.get(name)
                 if queued is None or queued[0] > done:  # a background prefetch still queued: fetch it now
-                    pod.fetching[name] = (done, tier, True)
+                    self._set_fetch(pod, name, (done, tier, True))
                     self.q.push(done, _EV_FETCH, (pod, name))
         pod.queue.append(i)
         if pod.running < 0:
@@ -653,7 +694,9 @@ class Fleet:
             swap = c.fetch_s("disk" if tier == T_DISK else "source", mb) + c.to_slot_s(mb)
             self._store(pod, name, mb, tier, True)
         with suppress(BudgetExceeded):  # every slot pinned: the real worker answers 503; here it runs unslotted
-            pod.slots.put(name, 0, 1, pinned=name in self.pinned)
+            for victim, _ in pod.slots.put(name, 0, 1, pinned=name in self.pinned):
+                self._unmark(victim, pod, _IN_SLOT)
+            self._mark(name, pod, _IN_SLOT)
         return tier, swap
 
     def _store(self, pod: _Pod, name: str, mb: float, tier: int, into_ram: bool) -> None:
@@ -661,11 +704,15 @@ class Fleet:
         size = int(mb * MB)
         try:
             if tier == T_SOURCE or name not in pod.disk:
-                pod.disk.put(name, 0, 2 * size, pinned=pinned)   # the original file and its slot-layout copy
+                for victim, _ in pod.disk.put(name, 0, 2 * size, pinned=pinned):  # original + slot-layout copy
+                    self._unmark(victim, pod, _ON_DISK)
+                self._mark(name, pod, _ON_DISK)
             else:
                 pod.disk.get(name)
             if into_ram:
-                pod.ram.put(name, 0, size, pinned=pinned)
+                for victim, _ in pod.ram.put(name, 0, size, pinned=pinned):
+                    self._unmark(victim, pod, _IN_RAM)
+                self._mark(name, pod, _IN_RAM)
         except BudgetExceeded:
             pass
 
@@ -673,14 +720,14 @@ class Fleet:
         fetch = pod.fetching.pop(name, None)
         if fetch is None or pod.released is not None:
             return
+        self._unmark(name, pod, _FETCHING)
         _, tier, into_ram = fetch
         self._store(pod, name, self.mb[self._idx(name)], tier, into_ram)
 
     def _idx(self, name: str) -> int:
-        index = getattr(self, "_index", None)
-        if index is None:
-            index = self._index = {n: i for i, n in enumerate(self.names)}
-        return index[name]
+        if not self._index:
+            self._index = {n: i for i, n in enumerate(self.names)}
+        return self._index[name]
 
     def _done(self, pod: _Pod, now: float) -> None:
         i = pod.running
@@ -750,11 +797,21 @@ class Fleet:
         down = float(pool.spec.autoscaling.scale_down_stabilization_seconds)
         wanted: dict[str, int] = {}
         demand: dict[str, float] = {}
+        one_home = span * pool.target  # fewer requests than this x service time in the window: raw <= 1
         for name in list(pool.adapter_rates):
             n, _ = pool.adapter_rates[name].totals(now)
+            prev = pool.needs.get(name)
+            if n * load.mean_service_s <= one_home and (prev is None or prev[0] <= 1):
+                # raw <= 1 and no raised need to stabilise: the homes are the adapter's minimum whatever
+                # stabilized_need answers (adapter_replication(0 or 1, min, max) == min), so skip the calls.
+                pool.needs.pop(name, None)
+                if n == 0:
+                    del pool.adapter_rates[name]
+                if name in pool.replication:
+                    wanted[name] = self._min_homes(name)
+                continue
             rate = n / span
             raw = raw_replicas(Load(rate, load.mean_service_s), pool.target)
-            prev = pool.needs.get(name)
             need, since = stabilized_need(prev[0] if prev else None, prev[1] if prev else None, raw, now, down)
             lo, hi, _ = self.adapter_min.get(name, (1, 8, False))
             wanted[name] = adapter_replication(need, lo, hi)

@@ -146,20 +146,23 @@ def home_prefetch(pod: str, endpoints: Sequence[str], adapters: Sequence[tuple[s
 
 
 def choose_endpoint_cost(key: str, endpoints: Iterable[str], replication: int, outstanding: Mapping[str, int],
-                         service_s: float, swap_s: Callable[[str, bool], float]) -> list[str]:
+                         service_s: float, warm: Mapping[str, float], home_s: float, cold_s: float) -> list[str]:
     """Candidates by expected time to start: the work queued ahead plus the adapter's swap cost there.
 
-    cost(e) = outstanding[e] * service_s + swap_s(e, is_home). Ties go to the
-    higher-ranked pod, so an idle pool still sends an adapter to its first home
-    and its caches stay warm; a busy home loses to an idle pod as soon as the
-    wait behind it costs more than bringing the adapter to that pod.
-    `swap_s(endpoint, is_home)`: the pod's cost of making the adapter resident
-    (from its tier there if known; a router without that view can answer from
-    is_home alone).
+    cost(e) = outstanding[e] * service_s + swap(e), where swap(e) is
+    warm[e] when the router knows the adapter's tier on e (slot, RAM, disk),
+    else home_s for one of its homes and cold_s for any other pod. Ties go
+    to the higher-ranked pod, so an idle pool sends an adapter to its first
+    home and its caches stay warm; a busy home loses to an idle pod as soon
+    as the wait behind it costs more than bringing the adapter there. A
+    router with no view of the pods' tiers passes warm={} and home_s = the
+    RAM -> slot cost (homes are warm), cold_s = a fetch from the source.
     """
     eps = endpoints if isinstance(endpoints, tuple | list) else tuple(endpoints)
     ranked = placement.rank_endpoints(key, eps)
     n_homes = max(1, replication)
-    scored = [(outstanding.get(e, 0) * service_s + swap_s(e, i < n_homes), i, e) for i, e in enumerate(ranked)]
+    get_out, get_warm = outstanding.get, warm.get
+    scored = [(get_out(e, 0) * service_s + get_warm(e, home_s if i < n_homes else cold_s), i, e)
+              for i, e in enumerate(ranked)]
     scored.sort()
     return [e for _, _, e in scored]
