@@ -133,6 +133,8 @@ class SimResult:
     series: dict[str, np.ndarray]
     pool_series: dict[str, dict[str, np.ndarray]]
     wall_s: float
+    pod: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # serving pod's id per request
+    start: np.ndarray = field(default_factory=lambda: np.zeros(0))                 # when its job started
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -171,7 +173,7 @@ class SimResult:
 
 class _Pod:
     __slots__ = ("name", "pool", "born", "ready", "draining", "released", "queue", "running", "inflight",
-                 "slots", "ram", "disk", "fetching", "last_adapter", "fetch_free_at")
+                 "slots", "ram", "disk", "fetching", "last_adapter", "fetch_free_at", "uid")
 
     def __init__(self, name: str, pool: _Pool, born: float, spec: PoolSpec | None) -> None:
         self.name = name
@@ -190,6 +192,7 @@ class _Pod:
         self.fetching: dict[str, tuple[float, int, bool]] = {}   # name -> (done time, tier, into RAM)
         self.last_adapter = -1
         self.fetch_free_at = born
+        self.uid = -1
 
 
 class _Pool:
@@ -278,6 +281,7 @@ class Fleet:
         self.waited = np.zeros(n, dtype=bool)
         self.rejected = np.zeros(n, dtype=bool)
         self.start = np.zeros(n)
+        self.pod_of = np.full(n, -1, dtype=np.int32)
         self.req_pod: list[_Pod | None] = [None] * n
         self.req_entry: list[str | None] = [None] * n
         self.t_arr = workload.t.tolist()
@@ -307,6 +311,7 @@ class Fleet:
         self.where: dict[str, dict[str, int]] = {}   # adapter -> {pod name: _IN_SLOT | _IN_RAM | ...}
         self._index: dict[str, int] = {}
         self._svc_cache: dict[str, tuple[float, float]] = {}
+        self.rep_seconds: dict[str, float] = {}       # adapter -> seconds x (homes above its minimum), for `plan`
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -327,7 +332,8 @@ class Fleet:
             spec = parse_pool_spec(dict(self.cfg.pools.get(base) or default_pool_spec(base)))
             pool = _Pool(base, spec, self.p, self.cfg.stats_window_s, 0)
             self.pools[base] = pool
-            n0 = max(pool.scaling.min_replicas, 1 if pool.scaling.min_replicas == 0 else 0)
+            # The pool starts at its spec.replicas (the scale subresource), within min..max.
+            n0 = min(max(spec.replicas, pool.scaling.min_replicas), pool.scaling.max_replicas)
             for _ in range(n0):
                 pod = self._new_pod(pool, 0.0)
                 self._pod_ready(pod, 0.0)
@@ -340,6 +346,7 @@ class Fleet:
         pool.serial += 1
         pod = _Pod(f"{pool.name}-{pool.serial}", pool, now,
                    pool.spec if self.p.kind == "loraplex" else None)
+        pod.uid = self.pod_starts
         pool.pods.append(pod)
         pool.by_name[pod.name] = pod
         self.gpus += 1
@@ -632,6 +639,7 @@ class Fleet:
 
     def _dispatch(self, i: int, pod: _Pod, now: float) -> None:
         self.req_pod[i] = pod
+        self.pod_of[i] = pod.uid
         pod.inflight += 1
         pool = pod.pool
         pool.true_out[pod.name] = pool.true_out.get(pod.name, 0) + 1
@@ -826,6 +834,9 @@ class Fleet:
             new = policies.budget_replication(current, wanted, self.p.churn_budget, demand)
         else:
             new = wanted
+        if now >= self.cfg.measure_from_s:
+            for name, r in pool.replication.items():
+                self.rep_seconds[name] = self.rep_seconds.get(name, 0.0) + r * pool.poll_s
         for name, r in new.items():
             if r == self._min_homes(name):
                 pool.replication.pop(name, None)
@@ -893,7 +904,8 @@ class Fleet:
             rejected=self.rejected, measured=measured, gpu_seconds=self.gpu_seconds,
             pod_starts=self.pod_starts, series={k: np.array(v) for k, v in self.series.items()},
             pool_series={p: {k: np.array(v) for k, v in s.items()} for p, s in self.pool_series.items()},
-            wall_s=_time.perf_counter() - t0,
+            wall_s=_time.perf_counter() - t0, pod=self.pod_of, start=self.start,
+            extra={"replication_seconds": dict(self.rep_seconds)},
         )
 
     def _run(self) -> None:
