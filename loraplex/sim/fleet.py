@@ -81,6 +81,8 @@ class Policy:
     load_view: str = "local"               # local: the entry sidecar's own counts | global: true in-flight |
                                            # gossip: true in-flight every gossip_s, plus the sidecar's own since
     gossip_s: float = 1.0
+    idle_probe: int = 0                    # try this many candidates "only if idle" (a busy pod answers 429 at
+                                           # once) before the best one unconditionally
     tier_info: str = "exact"               # cost routing: exact (each pod's tiers) | homes (home = warm, else cold)
     demand_homes: bool = True              # per-adapter home counts from demand (the operator), else minReplicas
     churn_budget: int | None = None        # at most this many adapters change home count per poll
@@ -282,6 +284,7 @@ class Fleet:
         self.rejected = np.zeros(n, dtype=bool)
         self.start = np.zeros(n)
         self.pod_of = np.full(n, -1, dtype=np.int32)
+        self.probe_hops = np.zeros(n, dtype=np.int8)     # idle probes answered "busy" before the request went
         self.req_pod: list[_Pod | None] = [None] * n
         self.req_entry: list[str | None] = [None] * n
         self.t_arr = workload.t.tolist()
@@ -539,12 +542,24 @@ class Fleet:
                 cands = self._cost_candidates(name, a, ready, rep, view, pool, now)
             else:
                 cands = placement.choose_endpoint(name, ready, rep, view, pool.load_bound)
+            probes = 0
+            if self.p.idle_probe > 0:
+                for e in cands[: self.p.idle_probe]:
+                    pod = by_name[e]
+                    if pod.running < 0 and not pod.queue:
+                        self._sent(pool, entry, e)
+                        self.req_entry[i] = entry
+                        self.probe_hops[i] = probes
+                        self._dispatch(i, pod, now)
+                        return
+                    probes += 1
             for e in cands[: max(1, self.cfg.max_attempts)]:
                 pod = by_name[e]
                 if len(pod.queue) >= pool.queue_size:
                     continue
                 self._sent(pool, entry, e)
                 self.req_entry[i] = entry   # a hop when it is not `e`: added at completion
+                self.probe_hops[i] = probes
                 self._dispatch(i, pod, now)
                 return
             self._reject(i, pool)
@@ -766,6 +781,7 @@ class Fleet:
                     view.pop(pod.name, None)
         if entry is not None and entry != pod.name:
             lat += self.costs.hop_s
+        lat += self.probe_hops[i] * self.costs.hop_s
         self.latency[i] = lat
         self.req_pod[i] = None
         if pod.queue:
@@ -959,3 +975,15 @@ def simulate(workload: Workload, policy: Policy, config: FleetConfig | None = No
 SHIPPED = Policy("loraplex")
 SEED_SHARED = Policy("seed shared pool", kind="seed")
 DEDICATED = Policy("dedicated", kind="dedicated")
+TIERED = Policy("loraplex, tier-aware", routing="tiered")
+COST_GOSSIP = Policy("loraplex, cost routing", routing="cost", load_view="gossip", tier_info="homes")
+IMPROVED = Policy("loraplex, improved", routing="cost", load_view="gossip", tier_info="homes", idle_probe=3)
+
+NAMED_POLICIES: dict[str, Policy] = {
+    "dedicated": DEDICATED,
+    "seed": SEED_SHARED,
+    "shipped": SHIPPED,
+    "tiered": TIERED,
+    "cost": COST_GOSSIP,
+    "improved": IMPROVED,
+}

@@ -166,3 +166,4 @@ def choose_endpoint_cost(key: str, endpoints: Iterable[str], replication: int, o
               for i, e in enumerate(ranked)]
     scored.sort()
     return [e for _, _, e in scored]
+
