@@ -87,7 +87,7 @@ class Policy:
     demand_homes: bool = True              # per-adapter home counts from demand (the operator), else minReplicas
     churn_budget: int | None = None        # at most this many adapters change home count per poll
     prefetch: str = ""                     # "" | homes | all: what a new pod brings to its disk/RAM tiers
-    prefetch_limit: int = 4000             # most-requested adapters considered for prefetch
+    prefetch_limit: int = 500              # most-requested adapters considered for prefetch
     wait_budget_s: float | None = None     # latency-target sizing: p95 queueing delay budget (None: utilisation only)
     target_utilization: float | None = None  # override the pool spec's autoscaling.targetUtilization
     min_replicas: int | None = None        # override the pool spec's minReplicas
@@ -99,7 +99,7 @@ def default_pool_spec(base: str) -> dict[str, Any]:
 
 DEDICATED_SPEC: dict[str, Any] = {
     # One deployment per adapter, scaled to zero when idle (defaults of the seed's endpoints: 15 min idle).
-    "model": {"name": "dedicated"}, "minReplicas": 0, "maxReplicas": 4, "replicas": 0,
+    "model": {"name": "dedicated"}, "minReplicas": 0, "maxReplicas": 64, "replicas": 0,
     "autoscaling": {"idleToZeroSeconds": 900},
 }
 
