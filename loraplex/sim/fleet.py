@@ -86,7 +86,8 @@ class Policy:
     tier_info: str = "exact"               # cost routing: exact (each pod's tiers) | homes (home = warm, else cold)
     demand_homes: bool = True              # per-adapter home counts from demand (the operator), else minReplicas
     churn_budget: int | None = None        # at most this many adapters change home count per poll
-    prefetch: str = ""                     # "" | homes | all: what a new pod brings to its disk/RAM tiers
+    prefetch: str = ""                     # "" | homes | all | catalog: what a new pod brings to its disk tier
+                                           # (homes first; all: then the most requested; catalog: then the rest)
     prefetch_limit: int = 500              # most-requested adapters considered for prefetch
     wait_budget_s: float | None = None     # latency-target sizing: p95 queueing delay budget (None: utilisation only)
     target_utilization: float | None = None  # override the pool spec's autoscaling.targetUtilization
@@ -447,11 +448,18 @@ class Fleet:
         top = self._top_adapters(pool)
         items = [(n, float(c), pool.replication.get(n, 1), int(2 * self.mb[self._idx(n)] * MB)) for n, c in top]
         chosen = policies.home_prefetch(pod.name, endpoints, items, pod.disk.budget)
-        if self.p.prefetch == "all":
-            have, used = set(chosen), sum(size for n, _, _, size in items if n in set(chosen))
-            for n, _, _, size in items:
+        if self.p.prefetch in ("all", "catalog"):
+            have = set(chosen)
+            used = sum(size for n, _, _, size in items if n in have)
+            rest = [(n, size) for n, _, _, size in items]
+            if self.p.prefetch == "catalog":   # then every adapter of the pool's catalog (the operator knows them)
+                base = self.w.catalog.bases.index(pool.name)
+                rest += [(self.names[i], int(2 * self.mb[i] * MB)) for i in range(len(self.names))
+                         if self.w.catalog.base[i] == base and self.w.catalog.created[i] <= now]
+            for n, size in rest:
                 if n not in have and used + size <= pod.disk.budget:
                     chosen.append(n)
+                    have.add(n)
                     used += size
         self._queue_fetches(pod, chosen, now)
 
