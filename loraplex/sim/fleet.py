@@ -44,23 +44,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from loraplex_operator.sizing import (
-    Load,
-    ScalingPolicy,
-    adapter_replication,
-    decide,
-    raw_replicas,
-    stabilized_need,
-)
-from loraplex_operator.specs import PoolSpec, parse_pool_spec
-
-from inference_pod import placement
-from inference_pod.lru import BudgetExceeded, BudgetLRU
-from inference_pod.router_stats import WindowCounter
 
 from . import policies
 from .costs import SDXL_A10G, CostProfile
 from .events import EventQueue
+from .project import (
+    BudgetExceeded,
+    BudgetLRU,
+    Load,
+    PoolSpec,
+    ScalingPolicy,
+    WindowCounter,
+    adapter_replication,
+    decide,
+    parse_pool_spec,
+    placement,
+    raw_replicas,
+    stabilized_need,
+)
 from .workload import Workload
 
 # Where a request's adapter was found when its job started.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from inference_pod import placement
+from .project import placement
 
 # Tier ranks for `choose_endpoint_tiered`'s `tier_of` callback.
 IN_SLOT, IN_RAM, FREE_SLOT, COLD = 0, 1, 2, 3
@@ -121,7 +121,7 @@ def wait_quantile_replicas(rate: float, service_s: float, wait_budget_s: float, 
 def latency_raw_replicas(rate: float, service_s: float, in_flight: int, target_utilization: float,
                          wait_budget_s: float | None, quantile: float = 0.95) -> int:
     """`sizing.raw_replicas`, raised to what the latency budget needs (None: no budget)."""
-    from loraplex_operator.sizing import Load, raw_replicas
+    from .project import Load, raw_replicas
 
     raw = raw_replicas(Load(rate, service_s, in_flight), target_utilization)
     if wait_budget_s is None or rate <= 0:

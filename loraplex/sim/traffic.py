@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loraplex_operator.stats import aggregate, parse_stats
 
+from .project import aggregate, parse_stats
 from .workload import DAY_S, Catalog, Workload, diurnal_rate, nhpp_times, poisson_times, zipf_weights
 
 

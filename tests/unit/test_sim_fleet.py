@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_pod import placement
 from loraplex.sim.costs import SDXL_A10G
 from loraplex.sim.events import EventQueue
 from loraplex.sim.fleet import (
@@ -22,6 +21,7 @@ from loraplex.sim.fleet import (
     Policy,
     simulate,
 )
+from loraplex.sim.project import placement
 from loraplex.sim.workload import Catalog, Workload, WorkloadSpec, build_workload
 
 IMPROVED = Policy("cost+gossip", routing="cost", load_view="gossip")

@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from inference_pod.placement import choose_endpoint, home_endpoints, rank_endpoints
 from loraplex.sim.policies import (
     COLD,
     FREE_SLOT,
@@ -21,6 +20,10 @@ from loraplex.sim.policies import (
     wait_exceeds,
     wait_quantile_replicas,
 )
+from loraplex.sim.project import placement
+
+choose_endpoint, home_endpoints, rank_endpoints = (placement.choose_endpoint, placement.home_endpoints,
+                                                  placement.rank_endpoints)
 
 PODS = [f"pod-{i}" for i in range(6)]
 
@@ -97,7 +100,7 @@ def test_wait_quantile_replicas_is_minimal_and_monotone() -> None:
 
 
 def test_latency_raw_replicas_never_below_the_shipped_rule() -> None:
-    from loraplex_operator.sizing import Load, raw_replicas
+    from loraplex.sim.project import Load, raw_replicas
 
     for rate in (0.01, 0.1, 1.0, 10.0):
         shipped = raw_replicas(Load(rate, 8.5, 0), 0.7)
