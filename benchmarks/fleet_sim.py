@@ -47,6 +47,9 @@ from loraplex.sim.workload import WorkloadSpec, build_workload, distinct_per_win
 
 H = 3600.0
 WARM = 6 * H
+# What `plan` recommends for this traffic with the improved router: targetUtilization 0.9 (see docs/fleet-sim.md).
+PLANNED = Policy("loraplex, improved + planned targetUtilization 0.9", routing="cost", load_view="gossip",
+                 tier_info="homes", idle_probe=3, target_utilization=0.9)
 
 
 def pools(max_sdxl: int = 64, max_other: int = 16, disk_mb: int | None = None) -> dict:
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "main" in sections:
         run_table("2,500 adapters, seed-like traffic, SDXL on A10G", w,
-                  [DEDICATED, SEED_SHARED, SHIPPED, IMPROVED], cfg, out, img, "seed-a10g")
+                  [DEDICATED, SEED_SHARED, SHIPPED, IMPROVED, PLANNED], cfg, out, img, "seed-a10g")
 
     if "ladder" in sections:
         ladder = [
@@ -124,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                    idle_probe=3, wait_budget_s=0.85),
             Policy("improved, targetUtilization 0.8", routing="cost", load_view="gossip", tier_info="homes",
                    idle_probe=3, target_utilization=0.8),
-            Policy("improved, targetUtilization 0.9", routing="cost", load_view="gossip", tier_info="homes",
-                   idle_probe=3, target_utilization=0.9),
+            PLANNED,
+            Policy("improved, in-flight not divided by utilisation", routing="cost", load_view="gossip",
+                   tier_info="homes", idle_probe=3, sizing="inflight"),
+            Policy("improved, in-flight + 1 idle pod", routing="cost", load_view="gossip", tier_info="homes",
+                   idle_probe=3, sizing="inflight", headroom=1),
         ]
         run_table("Policy changes one at a time (same arrivals as above)", w, ladder, cfg, out, None, "ladder",
                   baseline=None)

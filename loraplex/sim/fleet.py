@@ -90,6 +90,8 @@ class Policy:
     prefetch: str = ""                     # "" | homes | all | catalog: what a new pod brings to its disk tier
                                            # (homes first; all: then the most requested; catalog: then the rest)
     prefetch_limit: int = 500              # most-requested adapters considered for prefetch
+    sizing: str = "shipped"                # shipped: sizing.raw_replicas | inflight: policies.inflight_raw_replicas
+    headroom: int = 0                      # inflight sizing: idle pods kept beyond those in flight
     wait_budget_s: float | None = None     # latency-target sizing: p95 queueing delay budget (None: utilisation only)
     target_utilization: float | None = None  # override the pool spec's autoscaling.targetUtilization
     min_replicas: int | None = None        # override the pool spec's minReplicas
@@ -810,13 +812,18 @@ class Fleet:
     def _size(self, pool: _Pool, now: float) -> None:
         load = self._load(pool, now)
         if pool.autoscale:
-            if self.p.wait_budget_s is not None and load.request_rate > 0 and load.mean_service_s > 0:
+            raw = None
+            if self.p.sizing == "inflight":
+                raw = policies.inflight_raw_replicas(load.request_rate, load.mean_service_s, load.in_flight,
+                                                     pool.target, self.p.wait_budget_s, headroom=self.p.headroom)
+            elif self.p.wait_budget_s is not None and load.request_rate > 0 and load.mean_service_s > 0:
                 raw = policies.latency_raw_replicas(load.request_rate, load.mean_service_s, load.in_flight,
                                                     pool.target, self.p.wait_budget_s)
-                if raw > raw_replicas(load, pool.target):
-                    # decide() computes raw from the load: hand it a service time that gives this raw.
-                    load = Load(load.request_rate, raw * pool.target / load.request_rate, load.in_flight)
-            d = decide(pool.scaling, pool.replicas, load, now, pool.history, pool.last_request)
+            decide_load = load
+            if raw is not None and raw != raw_replicas(load, pool.target):
+                # decide() computes raw from its Load: hand it one whose raw is this (busy = raw x target).
+                decide_load = Load(raw * pool.target, 1.0, 0)
+            d = decide(pool.scaling, pool.replicas, decide_load, now, pool.history, pool.last_request)
             pool.history = d.history
             if d.replicas != pool.replicas:
                 pool.replicas = d.replicas

@@ -19,6 +19,7 @@ class Series:
     x: Sequence[float] | np.ndarray
     y: Sequence[float] | np.ndarray
     step: bool = False
+    color: str | None = None
 
 
 @dataclass
@@ -139,11 +140,11 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], panel
             if s.step and pts:
                 pts.append((float(X[i]), pts[-1][1]))
             pts.append((float(X[i]), float(Y[i])))
-        draw.line(pts, fill=COLORS[k % len(COLORS)], width=2)
+        draw.line(pts, fill=s.color or COLORS[k % len(COLORS)], width=2)
     # legend
     lx, ly = x0 + 10, y0 + 8
     for k, s in enumerate(panel.series):
-        draw.line([(lx, ly + 7), (lx + 22, ly + 7)], fill=COLORS[k % len(COLORS)], width=3)
+        draw.line([(lx, ly + 7), (lx + 22, ly + 7)], fill=s.color or COLORS[k % len(COLORS)], width=3)
         draw.text((lx + 28, ly), s.label, fill="black", font=fs)
         ly += 17
     draw.text(((x0 + x1) / 2, top + 8), panel.title, fill="black", font=f, anchor="mt")
@@ -180,21 +181,39 @@ def latency_cdf(path: str | Path, results: Sequence[object], title: str = "", ta
     return save_panels(path, [panel])
 
 
+def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+    """Centred moving mean over k points (fewer at the ends)."""
+    if len(y) <= k:
+        return y
+    ones = np.ones(k)
+    return np.convolve(y, ones, mode="same") / np.convolve(np.ones(len(y)), ones, mode="same")
+
+
 def day_chart(path: str | Path, results: Sequence[object], title: str = "", from_s: float = 0.0) -> Path:
-    """GPUs held per policy over time, and the request rate."""
-    gpu, load = [], []
-    for r in results:
+    """GPUs held per policy over the measured time (all; then shared pools only), and the load."""
+    def hours(s: dict) -> np.ndarray:
+        return s["t"] / 3600.0
+
+    panels = []
+    everyone = []
+    shared = []
+    for k, r in enumerate(results):
         s = r.series  # type: ignore[attr-defined]
         m = s["t"] >= from_s
-        gpu.append(Series(r.policy, (s["t"][m] - from_s) / 3600.0, s["gpus"][m], step=True))  # type: ignore[attr-defined]
-    r0 = results[0]
-    s0 = r0.series  # type: ignore[attr-defined]
-    m = s0["t"] >= from_s
-    rate = s0["arrivals"][m]
-    k = 5
-    smooth = np.convolve(rate, np.ones(k) / k, mode="same") if len(rate) > k else rate
-    load.append(Series("requests/s (5 min mean)", (s0["t"][m] - from_s) / 3600.0, smooth))
-    busy = Series(f"busy GPUs ({r0.policy})", (s0["t"][m] - from_s) / 3600.0, s0["busy"][m], step=True)  # type: ignore[attr-defined]
-    panels = [Panel(gpu, title or "GPUs held over the day", "hour", "GPUs"),
-              Panel([*load, busy], "load", "hour", "req/s, GPUs")]
-    return save_panels(path, panels)
+        color = COLORS[k % len(COLORS)]
+        everyone.append(Series(r.policy, hours(s)[m], s["gpus"][m], step=True, color=color))  # type: ignore[attr-defined]
+        if r.kind != "dedicated":  # type: ignore[attr-defined]
+            shared.append(Series(r.policy, hours(s)[m], _smooth(s["gpus"][m], 15), color=color))  # type: ignore[attr-defined]
+    xl = "hour since midnight (earlier hours: warm-up, not measured)" if from_s else "hour"
+    panels.append(Panel(everyone, title or "GPUs held", xl, "GPUs"))
+    if shared and len(shared) < len(everyone):
+        panels.append(Panel(shared, "shared pools only (15 min mean)", xl, "GPUs"))
+    last = results[-1]
+    s = last.series  # type: ignore[attr-defined]
+    m = s["t"] >= from_s
+    panels.append(Panel([
+        Series("requests per minute (15 min mean)", hours(s)[m], _smooth(s["arrivals"][m] * 60.0, 15)),
+        Series(f"busy GPUs, {last.policy} (15 min mean)", hours(s)[m], _smooth(s["busy"][m], 15)),  # type: ignore[attr-defined]
+        Series(f"GPUs held, {last.policy} (15 min mean)", hours(s)[m], _smooth(s["gpus"][m], 15)),  # type: ignore[attr-defined]
+    ], "load", xl, ""))
+    return save_panels(path, panels, panel_height=330)

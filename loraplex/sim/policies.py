@@ -15,6 +15,8 @@ and is meant to be wired into the real sidecar / operator as is:
   of the queueing delay stays under a budget (M/M/c), for latency-target sizing.
 - `latency_raw_replicas`: `sizing.raw_replicas`, or more pods when the
   latency budget needs them.
+- `inflight_raw_replicas`: sizing where requests in flight count as busy
+  servers as they are (not divided by the target utilisation).
 - `home_prefetch`: which adapters a pod should bring to its disk and RAM
   tiers ahead of use: those it is a home for, most requested first, within
   the tiers' budgets.
@@ -127,6 +129,27 @@ def latency_raw_replicas(rate: float, service_s: float, in_flight: int, target_u
     if wait_budget_s is None or rate <= 0:
         return raw
     return max(raw, wait_quantile_replicas(rate, service_s, wait_budget_s, quantile))
+
+
+def inflight_raw_replicas(rate: float, service_s: float, in_flight: int, target_utilization: float,
+                          wait_budget_s: float | None = None, quantile: float = 0.95, headroom: int = 0) -> int:
+    """Pods needed: Little's law at the target utilisation, or the requests in flight right now, whichever is
+    larger -- without dividing the in-flight count by the target utilisation as `sizing.raw_replicas` does.
+
+    Requests in flight are servers busy *now*; dividing them by 0.7 too makes a
+    small pool jump to ceil(3 / 0.7) = 5 pods whenever three requests overlap
+    (routine at 1 request in flight on average), and the scale-down window
+    then holds that for five minutes. `headroom` idle pods are kept beyond
+    those in flight (a request arriving now finds one free). With a latency
+    budget, at least `wait_quantile_replicas`.
+    """
+    from .project import Load, raw_replicas
+
+    busy = int(in_flight) + (headroom if in_flight > 0 or rate > 0 else 0)
+    raw = max(raw_replicas(Load(rate, service_s, 0), target_utilization), busy)
+    if wait_budget_s is not None and rate > 0:
+        raw = max(raw, wait_quantile_replicas(rate, service_s, wait_budget_s, quantile))
+    return raw
 
 
 def home_prefetch(pod: str, endpoints: Sequence[str], adapters: Sequence[tuple[str, float, int, int]],
