@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         wb = build_workload(WorkloadSpec(n_adapters=50_000, zipf_s=1.1, rate=5.5, traffic="diurnal",
                                          duration_s=warm + big_hours), args.seed)
         run_table("50,000 adapters, 5.5 req/s mean (about 100 GPUs at peak), SDXL on A10G", wb,
-                  [DEDICATED, SEED_SHARED, SHIPPED, IMPROVED],
+                  [DEDICATED, SEED_SHARED, SHIPPED, IMPROVED, PLANNED],
                   FleetConfig(costs=SDXL_A10G, pools=pools(160, 32), seed=args.seed, measure_from_s=warm,
                               record_pools=False), out, img, "big-a10g")
 

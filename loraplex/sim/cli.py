@@ -145,11 +145,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             plot.Panel([plot.cdf_series(name, result.outcome.latency[m] / result.outcome.inference[m])
                         for name, m in _pool_masks(result, w)],
                        "latency / pure inference (CDF)", "latency / inference (log)", "fraction", logx=True,
-                       xlim=(1.0, 10.0), ylim=(0.0, 1.0), vline=target.value if target.ratio else None),
-            *[plot.Panel([plot.Series(f"{name} pods", ps["t"] / 3600.0, ps["pods"], step=True),
-                          plot.Series(f"{name} busy", ps["t"] / 3600.0, ps["busy"], step=True),
-                          plot.Series(f"{name} req/s x10", ps["t"] / 3600.0, ps["rate"] * 10)],
-                         f"pool {name}", "hour", "pods")
+                       xlim=(1.0, 4.0), ylim=(0.0, 1.0), vline=target.value if target.ratio else None),
+            *[plot.Panel([plot.Series(f"{name}: pods", ps["t"] / 3600.0, ps["pods"], step=True),
+                          plot.Series(f"{name}: busy pods (15 min mean)", ps["t"] / 3600.0,
+                                      plot._smooth(ps["busy"], 15)),
+                          plot.Series(f"{name}: requests per minute (15 min mean)", ps["t"] / 3600.0,
+                                      plot._smooth(ps["rate"] * 60.0, 15))],
+                         f"pool {name} with the recommended settings", "hour of the trace", "")
               for name, ps in result.outcome.pool_series.items()],
         ])
         print(f"plot: {args.plot}")

@@ -7,9 +7,10 @@ The search, per run of the simulator on the same arrivals:
    feasible candidate with the fewest GPU-hours wins (when none is
    feasible, the one with the lowest p95 is reported as a miss);
 2. cache sizes from where the winning run served each adapter: GPU slots
-   from the distinct adapters a pod serves in 10 minutes (p95, x1.5, a power
-   of two), RAM from those of an hour (p95, x1.25), disk from a whole run
-   (two files per adapter: the original and its slot-layout copy);
+   from the distinct adapters a pod serves in 10 minutes (p95, a power of
+   two, 8 to 16), RAM from those of an hour (p95, x1.25), disk from a whole
+   run (two files per adapter: the original and its slot-layout copy), none
+   below the CRD's defaults;
    maxReplicas from the most GPUs the pool held (x1.25);
 3. per-adapter minReplicas for adapters whose demand kept them on two
    homes or more on average;
@@ -140,11 +141,13 @@ def cache_sizes(r: SimResult, w: Workload) -> dict[str, dict[str, int]]:
             _, per = np.unique(key[:2], axis=1, return_counts=True)
             return float(np.percentile(per, 95))
 
-        slots = min(64, max(4, _pow2(distinct_p95(600.0) * 1.5)))
-        ram_mb = max(1024, math.ceil(distinct_p95(3600.0) * size * 1.25 / 1024) * 1024)
+        # Never below the CRD's defaults (8 slots, 8 GiB, 50 GiB): host RAM and disk are cheap next to a
+        # GPU-hour, and a slot copy from RAM costs milliseconds, so more than 16 slots (GPU memory) buys nothing.
+        slots = min(16, max(8, _pow2(distinct_p95(600.0))))
+        ram_mb = max(8192, math.ceil(distinct_p95(3600.0) * size * 1.25 / 1024) * 1024)
         pairs = np.unique(np.stack([pod, a]), axis=1)
         _, per_pod = np.unique(pairs[0], return_counts=True)
-        disk_mb = max(4096, math.ceil(float(per_pod.max()) * 2 * size * 1.25 / 1024) * 1024, ram_mb)
+        disk_mb = max(51200, math.ceil(float(per_pod.max()) * 2 * size * 1.25 / 1024) * 1024, ram_mb)
         out[name] = {"gpuSlots": int(slots), "ramCacheMB": int(ram_mb), "diskCacheMB": int(disk_mb)}
     return out
 
