@@ -119,7 +119,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     policy = NAMED_POLICIES[args.policy]
     print(f"traffic: {source}: {len(w):,} requests over {w.duration_s / 3600:.1f} h, {len(w.catalog):,} adapters, "
           f"pools {', '.join(w.catalog.bases)}; target p95 <= {target}; policy {policy.name!r}; {costs.name}")
-    result = plan(w, target, costs, policy, _pool_specs(args.pool_spec), seed=args.seed,
+    # The pools as they are configured (the manifest to update, unless --pool-spec names others).
+    base_specs = _pool_specs(args.pool_spec or ([args.apply_to] if args.apply_to else []))
+    result = plan(w, target, costs, policy, base_specs, seed=args.seed,
                   measure_from_s=min(args.warmup_hours * 3600.0, w.duration_s / 2), max_replicas=args.max_replicas)
     print("\ncandidates (same arrivals):")
     rows = []

@@ -233,7 +233,7 @@ def apply_to_manifests(docs: list[Any], pools: Mapping[str, Mapping[str, Any]],
 
     With a single pool planned and a single BaseModelPool in the file, they go
     together whatever the names. replicas is kept within minReplicas..maxReplicas
-    (the CRD's validation rule).
+    (the CRD's validation rule); cache sizes already larger in the file are kept.
     """
     out = copy.deepcopy(docs)
     notes = []
@@ -246,6 +246,13 @@ def apply_to_manifests(docs: list[Any], pools: Mapping[str, Mapping[str, Any]],
         if settings is None:
             continue
         spec = d.setdefault("spec", {})
+        settings = copy.deepcopy(dict(settings))
+        # Cache sizes are minimums: a larger size already in the manifest stays.
+        have = spec.get("adapterCache") or {}
+        cache = settings.get("adapterCache") or {}
+        for k, v in list(cache.items()):
+            if isinstance(have.get(k), int) and have[k] > v:
+                cache[k] = have[k]
         _merge(spec, settings)
         lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas", 4)
         spec["replicas"] = min(max(int(spec.get("replicas", 1)), lo), hi)
