@@ -14,6 +14,8 @@ one seed). Sections:
              GPU utilisation);
 - scenarios: MMPP bursts, a flash crowd on one cold adapter, a catalog that
              grows from 1,000 to 2,500 adapters during the day;
+- peak:      the busiest hour of the 50,000-adapter day on a pool held at 90
+             pods: entry points (pod sidecars, gateways) and load views;
 - big:       50,000 adapters, 5.5 req/s mean (peaks need ~100 GPUs), A10G.
 
 Prints markdown tables (also written to --md) and saves PNG plots in --img-dir.
@@ -89,8 +91,8 @@ def run_table(title: str, w, policies, cfg: FleetConfig, out: list[str], img: Pa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="6 h measured after 2 h warm-up (smoke run)")
-    ap.add_argument("--sections", default="main,ladder,h100,scenarios",
-                    help="comma-separated: main, ladder, h100, scenarios, big")
+    ap.add_argument("--sections", default="main,ladder,h100,scenarios,peak",
+                    help="comma-separated: main, ladder, h100, scenarios, peak, big")
     ap.add_argument("--big", action="store_true", help="add the 50,000-adapter section")
     ap.add_argument("--img-dir", default=str(REPO / "docs" / "img"))
     ap.add_argument("--md", default=str(REPO / "out" / "fleet-sim.md"))
@@ -180,6 +182,27 @@ def main(argv: list[str] | None = None) -> int:
         for tag, spec in scen.items():
             run_table(titles[tag], build_workload(spec, args.seed), pols, cfg, out, img if tag == "flash" else None,
                       f"{tag}", baseline=None)
+
+    if "peak" in sections:
+        # The busiest hour of the 50,000-adapter day, the pool held at 90..100 pods: how requests enter and
+        # what each router knows decides the tail. Same arrivals for every row.
+        wp = build_workload(WorkloadSpec(n_adapters=50_000, zipf_s=1.1, rate=5.5, traffic="diurnal",
+                                         duration_s=24 * H), args.seed).slice(12 * H, 13 * H)
+        peak_pools = {"sdxl": {"model": {"name": "sdxl"}, "minReplicas": 60, "maxReplicas": 100, "replicas": 90},
+                      "sd15": {"model": {"name": "sd15"}, "minReplicas": 1, "maxReplicas": 16, "replicas": 8}}
+        kw = {"routing": "cost", "tier_info": "homes"}
+        run_table("Peak hour at 50,000 adapters: entry points and load views", wp, [
+            SHIPPED,
+            Policy("cost routing, each pod sidecar's own view", **kw),
+            Policy("cost routing, pods gossip in-flight every 5 s, 3 idle probes", load_view="gossip", gossip_s=5.0,
+                   idle_probe=3, **kw),
+            IMPROVED,
+            Policy("cost routing, 1 gateway (its own view is global)", gateways=1, **kw),
+            Policy("cost routing, 2 gateways, own views", gateways=2, **kw),
+            Policy("cost routing, 2 gateways gossiping every 1 s, 3 idle probes", gateways=2, load_view="gossip",
+                   idle_probe=3, **kw),
+        ], FleetConfig(costs=SDXL_A10G, pools=peak_pools, seed=args.seed, measure_from_s=600.0, record_pools=False),
+            out, None, "peak", baseline=None)
 
     if "big" in sections:
         big_hours = 6 * H if args.quick else hours

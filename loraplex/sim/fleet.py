@@ -82,6 +82,8 @@ class Policy:
     load_view: str = "local"               # local: the entry sidecar's own counts | global: true in-flight |
                                            # gossip: true in-flight every gossip_s, plus the sidecar's own since
     gossip_s: float = 1.0
+    gateways: int = 0                      # >0: requests enter through this many gateway sidecars (no worker)
+                                           # instead of a random pod's sidecar; each routes by its own view
     idle_probe: int = 0                    # try this many candidates "only if idle" (a busy pod answers 429 at
                                            # once) before the best one unconditionally
     tier_info: str = "exact"               # cost routing: exact (each pod's tiers) | homes (home = warm, else cold)
@@ -534,7 +536,10 @@ class Fleet:
         if kind == "loraplex":
             a = self.a_arr[i]
             name = self.names[a]
-            entry = ready[int(self.rng.integers(len(ready)))] if len(ready) > 1 else ready[0]
+            if self.p.gateways > 0:
+                entry = f"gateway-{int(self.rng.integers(self.p.gateways))}" if self.p.gateways > 1 else "gateway-0"
+            else:
+                entry = ready[int(self.rng.integers(len(ready)))] if len(ready) > 1 else ready[0]
             view = self._view(pool, entry, now)
             rep = pool.replication.get(name) or self._min_homes(name)
             routing = self.p.routing
