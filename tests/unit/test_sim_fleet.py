@@ -192,3 +192,32 @@ def test_summary_counts_tiers() -> None:
     w = tiny_workload([0.0, 100.0], [0, 0])
     s = simulate(w, SHIPPED, FleetConfig(pools={"sdxl": fixed_pool(1)})).summary()
     assert s["swap_source"] == 0.5 and s["swap_ram"] == 0.0 and s["requests"] == 2
+
+
+def test_idle_probes_find_the_idle_pod_without_a_shared_view() -> None:
+    # Each pod sidecar sees only its own sends; the probe asks the pod itself whether it is idle.
+    w = tiny_workload([0.0, 200.0, 200.0, 200.0], [0, 0, 0, 0])
+    cfg = FleetConfig(pools={"sdxl": fixed_pool(3)})
+    r = simulate(w, Policy("probe", routing="cost", idle_probe=3), cfg)
+    assert len(set(r.pod[1:].tolist())) == 3                      # three at once: three pods
+    assert np.all(r.latency[1:] < SDXL_A10G.inference_s + 1.0)
+
+
+def test_one_gateway_routes_with_the_global_view() -> None:
+    w = tiny_workload([0.0, 200.0, 200.0, 200.0], [0, 0, 0, 0])
+    cfg = FleetConfig(pools={"sdxl": fixed_pool(3)})
+    gw = simulate(w, Policy("gw", routing="cost", gateways=1), cfg)
+    glob = simulate(w, Policy("global", routing="cost", load_view="global"), cfg)
+    np.testing.assert_array_equal(gw.pod, glob.pod)
+    assert len(set(gw.pod[1:].tolist())) == 3
+
+
+def test_catalog_prefetch_fills_a_new_pod_while_it_starts() -> None:
+    w = tiny_workload([10.0, 200.0, 300.0, 400.0], [0, 1, 2, 3])
+    spec = {"model": {"name": "sdxl"}, "minReplicas": 0, "maxReplicas": 1, "replicas": 0,
+            "autoscaling": {"idleToZeroSeconds": 3600}}
+    plain = simulate(w, SHIPPED, FleetConfig(pools={"sdxl": spec}))
+    assert np.all(plain.tier == T_SOURCE)
+    pre = simulate(w, Policy("catalog", prefetch="catalog"), FleetConfig(pools={"sdxl": spec}))
+    assert np.all(pre.tier == T_RAM)     # fetched into RAM (within half its budget) before the pod was ready
+    assert pre.latency[0] == pytest.approx(plain.latency[0] - plain.swap_s[0] + pre.swap_s[0])

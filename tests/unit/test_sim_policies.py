@@ -113,3 +113,14 @@ def test_home_prefetch_takes_this_pods_homes_by_demand_within_budget() -> None:
     mine = [n for n, *_ in adapters if home_endpoints(n, PODS, 1) == ["pod-2"]]
     assert home_prefetch("pod-2", PODS, adapters, 10_000) == mine
     assert home_prefetch("pod-2", PODS, adapters, 30) == mine[:3]
+
+
+def test_inflight_raw_replicas() -> None:
+    from loraplex.sim.policies import inflight_raw_replicas
+    from loraplex.sim.project import Load, raw_replicas
+
+    assert raw_replicas(Load(0.1, 8.5, 3), 0.7) == 5                     # the shipped rule: ceil(3 / 0.7)
+    assert inflight_raw_replicas(0.1, 8.5, 3, 0.7) == 3
+    assert inflight_raw_replicas(0.1, 8.5, 3, 0.7, headroom=1) == 4
+    assert inflight_raw_replicas(1.0, 8.5, 0, 0.7) == raw_replicas(Load(1.0, 8.5, 0), 0.7) == 13
+    assert inflight_raw_replicas(0.0, 8.5, 0, 0.7, headroom=1) == 0
