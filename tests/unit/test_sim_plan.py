@@ -18,7 +18,7 @@ from loraplex.sim.project import RouterStats, parse_adapter_spec, parse_pool_spe
 from loraplex.sim.traffic import load_json_docs, workload_from_prometheus, workload_from_stats
 from loraplex.sim.workload import WorkloadSpec, build_workload, write_trace
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "crds").is_dir())  # any tests/ depth
 
 
 def crd_spec_schema(kind: str) -> dict[str, Any]:
