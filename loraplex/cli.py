@@ -1,4 +1,5 @@
-"""The one `loraplex` command: the local stack, the worker, the sidecar, the operator, a test request.
+"""The one `loraplex` command: the local stack, the worker, the sidecar, the operator, a test request, the
+fleet simulator and the capacity planner.
 
 Each subcommand imports its side (`inference_pod` or `loraplex_operator`) only when it runs, so the command works
 in an image that installs one side only (`loraplex[operator]` or `loraplex[inference]`). Benchmarks are scripts in
@@ -95,12 +96,26 @@ def _operator(argv: list[str]) -> int:
     return main(argv) or 0
 
 
+def _sim(argv: list[str]) -> int:
+    from loraplex.sim.cli import main
+
+    return main(["sim", *argv]) or 0
+
+
+def _plan(argv: list[str]) -> int:
+    from loraplex.sim.cli import main
+
+    return main(["plan", *argv]) or 0
+
+
 COMMANDS = {
     "local": (_local, "run the local stack (tiny model, demo adapters, worker + sidecar on loopback)"),
     "generate": (_generate, "send a generation request and save the PNG"),
     "worker": (_worker, "run the diffusion worker"),
     "sidecar": (_sidecar, "run the router sidecar (or, without --worker-url, the gateway)"),
     "operator": (_operator, "run the Kubernetes operator"),
+    "sim": (_sim, "simulate a fleet of pools on a day of traffic (docs/fleet-sim.md)"),
+    "plan": (_plan, "recommend pool settings for your traffic and a p95 target (docs/fleet-sim.md)"),
 }
 
 

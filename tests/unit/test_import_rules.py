@@ -3,7 +3,9 @@
 - `loraplex.api` (the shared contract) imports neither side;
 - the operator (`loraplex_operator`) never imports the data plane (`inference_pod`), and the data plane never the
   operator: both meet only in `loraplex.*`;
-- `loraplex.cli` imports either side only lazily, inside the function of the subcommand that runs it.
+- `loraplex.cli` imports either side only lazily, inside the function of the subcommand that runs it;
+- `loraplex.sim` (the fleet simulator, a tool above both sides) imports only their pure decision modules, through
+  `loraplex.sim.project`, so it runs the very code the sidecar and the operator run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ PACKAGES = {
     "loraplex_operator": ROOT / "operator" / "loraplex_operator",
 }
 SIDES = ("inference_pod", "loraplex_operator")
+SIM_MAY_IMPORT = (
+    "inference_pod.router.placement",
+    "inference_pod.router.stats",
+    "inference_pod.adapters.lru",
+    "loraplex_operator.logic",
+)
 
 
 def module_name(package: str, path: Path) -> str:
@@ -69,6 +77,12 @@ def violation(source: str, target: str, top_level: bool) -> str | None:
         return "loraplex.api is the shared contract: it imports neither side"
     if source == "loraplex.cli" and top in SIDES and top_level:
         return "loraplex.cli imports a side only inside the subcommand that runs it"
+    if source.startswith("loraplex.sim") and top in SIDES:
+        if source != "loraplex.sim.project":
+            return "loraplex.sim reaches the sides only through loraplex.sim.project"
+        if not any(target == m or target.startswith(m + ".") for m in SIM_MAY_IMPORT):
+            return "loraplex.sim drives only the sides' pure decision modules"
+        return None
     if source.startswith("loraplex.") and not source.startswith(("loraplex.api", "loraplex.cli")) and top in SIDES:
         return "loraplex.* (the contract) imports neither side"
     if source.startswith("loraplex_operator") and top == "inference_pod":
@@ -98,6 +112,10 @@ def test_no_forbidden_import_edge() -> None:
         ("loraplex.cli", "loraplex_operator.__main__", False, False),
         ("loraplex_operator.logic.shards", "loraplex.api.routing_table", True, False),
         ("inference_pod.router.sidecar", "loraplex.api.headers", True, False),
+        ("loraplex.sim.project", "loraplex_operator.logic.sizing", True, False),
+        ("loraplex.sim.project", "inference_pod.router.placement", True, False),
+        ("loraplex.sim.project", "inference_pod.worker.server", True, True),
+        ("loraplex.sim.fleet", "inference_pod.router.placement", True, True),
     ],
 )
 def test_rule_table(source: str, target: str, top_level: bool, bad: bool) -> None:
