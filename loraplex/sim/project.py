@@ -8,8 +8,8 @@ allows `loraplex.sim` these imports and no others).
 
 from __future__ import annotations
 
+import inference_pod.router.placement as placement
 from inference_pod.adapters.lru import BudgetExceeded, BudgetLRU
-from inference_pod.router import placement
 from inference_pod.router.stats import RouterStats, WindowCounter
 from loraplex_operator.logic import sizing, specs, stats
 
