@@ -214,6 +214,12 @@ def run_local(
         for r in rows:
             print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
         print(f"\nimages in {workdir / 'images'}")
+        # The sidecar's counters, as the operator reads them: input for `loraplex plan`.
+        with urllib.request.urlopen(sidecar.url + "/v1/stats", timeout=10) as r:
+            (workdir / "stats.json").write_bytes(r.read())
+        print(
+            f"router stats in {workdir / 'stats.json'}  (try: loraplex plan --stats {workdir / 'stats.json'} --p95 1.2)"
+        )
         if keep_running:
             print(
                 f'\nserving: curl -s {sidecar.url}/v1/generate -d \'{{"model":"pixel-art","prompt":"hi"}}\' '
