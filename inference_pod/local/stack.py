@@ -131,6 +131,10 @@ def run_local(
     print(f"loraplex local stack in {workdir}")
     print("generating demo adapters for the tiny model ...", flush=True)
     table = write_demo_files(workdir, "tiny", sidecar_url)
+    from loraplex.api.hopauth import write_random_key_file
+
+    # The pool key that authenticates the sidecar to its worker (and hops between sidecars): fresh per run.
+    hop_key = str(write_random_key_file(workdir / "hop-key"))
     worker = start(
         "worker",
         [
@@ -149,6 +153,8 @@ def run_local(
             "16",
             "--default-steps",
             str(steps),
+            "--hop-key-file",
+            hop_key,
         ],
         worker_port,
         workdir / "logs",
@@ -167,6 +173,8 @@ def run_local(
             "local-0",
             "--table-file",
             str(table),
+            "--hop-key-file",
+            hop_key,
         ],
         sidecar_port,
         workdir / "logs",

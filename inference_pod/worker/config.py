@@ -44,6 +44,7 @@ class WorkerConfig:
     default_steps: int = 25
     default_size: int = 0  # 0: the model's native size
     warmup: bool = True
+    hop_key_file: Path | None = None  # the pod's hop keys: a route header must be signed with one
     limits: Limits = field(default_factory=Limits)
 
 
@@ -55,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--host", default=d.host, help="listen address; keep it on loopback behind the sidecar")
+    p.add_argument("--host", default=d.host, help="listen address: a loopback address (behind the sidecar)")
+    p.add_argument(
+        "--hop-key-file",
+        type=Path,
+        default=None,
+        help="the keys the sidecar signs requests with (same file as the sidecar's --hop-key-file); "
+        "without it, X-Loraplex-Route headers are refused and only --table adapters are served",
+    )
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--table", type=Path, default=None, help="routing table JSON file naming the adapters")
     p.add_argument("--gpu-slots", type=int, default=d.gpu_slots)
@@ -82,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    if not _is_loopback(a.host):
+        p.error(f"--host {a.host}: the worker listens on loopback only (clients reach it through the sidecar)")
     if a.hf_home:
         os.environ["HF_HOME"] = a.hf_home
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
@@ -105,5 +116,17 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         torch_threads=a.torch_threads,
         default_steps=a.default_steps,
         warmup=not a.no_warmup,
+        hop_key_file=a.hop_key_file,
         limits=limits,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

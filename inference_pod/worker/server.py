@@ -33,6 +33,7 @@ from inference_pod.worker.pipeline import load_pipeline
 from inference_pod.worker.request import GenerationRequest, parse_request
 from loraplex.api import headers as hdr
 from loraplex.api.errors import ApiError
+from loraplex.api.hopauth import HopAuthError, HopKeys
 from loraplex.api.routing_table import AdapterEntry, TableError, parse_table
 from loraplex.logs import setup_logging
 
@@ -52,6 +53,7 @@ class Worker:
         self.base_names: set[str] = {cfg.model, *BASE_NAMES}
         self.aliases: dict[str, str] = {}
         self._table_stamp: tuple[float, int] | None = None
+        self.hop_keys = HopKeys(cfg.hop_key_file) if cfg.hop_key_file else None
 
     # -- start-up -------------------------------------------------------------------------------------
 
@@ -139,11 +141,28 @@ class Worker:
 
     # -- request handling ---------------------------------------------------------------------------
 
-    def _apply_route_header(self, request: web.Request) -> bool:
-        """Register the adapters the sidecar resolved; True when it resolved the model to the base model."""
+    def _apply_route_header(self, request: web.Request, body: bytes) -> bool:
+        """Register the adapters the sidecar resolved; True when it resolved the model to the base model.
+
+        The route names adapter sources, so it is taken only from this pod's sidecar: signed with the hop key.
+        """
         raw = request.headers.get(hdr.ROUTE)
         if not raw:
             return False
+        try:
+            if self.hop_keys is None:
+                raise HopAuthError("this worker has no --hop-key-file")
+            self.hop_keys.verify(
+                request.headers.get(hdr.HOP_AUTH),
+                request.method,
+                request.path_qs,
+                request.headers.get(hdr.HOP, ""),
+                raw,
+                body,
+            )
+        except HopAuthError as e:
+            log.warning("refused a %s header from %s: %s", hdr.ROUTE, request.remote, e)
+            raise ApiError(401, f"{hdr.ROUTE} refused: {e}", param=hdr.ROUTE, code="invalid_hop_signature") from None
         try:
             route = json.loads(raw)
             for name, entry in route.get("adapters", {}).items():
@@ -231,8 +250,9 @@ class Worker:
         if request.content_length and request.content_length > self.cfg.limits.max_body_bytes:
             raise ApiError(413, f"body over {self.cfg.limits.max_body_bytes} bytes")
         try:
-            body = await request.json()
-        except json.JSONDecodeError as e:
+            raw_body = await request.read()
+            body = json.loads(raw_body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"body is not valid JSON: {e}") from e
         except web.HTTPRequestEntityTooLarge as e:
             raise ApiError(413, f"body over {self.cfg.limits.max_body_bytes} bytes") from e
@@ -241,7 +261,7 @@ class Worker:
         )
         if not openai and req.n != 1:
             raise ApiError(400, "n must be 1 for /v1/generate (use /v1/images/generations for several)", param="n")
-        routed_to_base = self._apply_route_header(request)
+        routed_to_base = self._apply_route_header(request, raw_body)
         self.reload_table()
         uses = self._resolve(req, routed_to_base)
         assert self.tiers is not None
@@ -310,7 +330,7 @@ class Worker:
         if self.tiers is None:
             return ApiError(503, "worker is still loading").response()
         try:
-            self._apply_route_header(request)
+            self._apply_route_header(request, await request.read())
             self.reload_table()
             name = self.aliases.get(request.match_info["name"], request.match_info["name"])
             if name not in self.tiers.catalog:
