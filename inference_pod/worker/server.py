@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inference_pod.adapters.sources import SourcePolicy
 from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
 from inference_pod.slots.targets import TEXT_ENCODER_TARGETS
@@ -53,6 +55,7 @@ class Worker:
         self.base_names: set[str] = {cfg.model, *BASE_NAMES}
         self.aliases: dict[str, str] = {}
         self._table_stamp: tuple[float, int] | None = None
+        self._table_checked = float("-inf")
         self.hop_keys = HopKeys(cfg.hop_key_file) if cfg.hop_key_file else None
 
     # -- start-up -------------------------------------------------------------------------------------
@@ -80,9 +83,19 @@ class Worker:
             disk_bytes=cfg.disk_cache_mb << 20,
             max_adapter_bytes=cfg.max_adapter_mb << 20,
         )
-        self.tiers = AdapterTiers(self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config)
+        policy = SourcePolicy(
+            allow_private=cfg.allow_private_sources,
+            path_roots=cfg.adapter_path_roots,
+            connect_timeout_s=cfg.fetch_connect_timeout_s,
+            first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
+            total_timeout_s=cfg.fetch_total_timeout_s,
+            min_bytes_per_s=cfg.fetch_min_bytes_per_s,
+        )
+        self.tiers = AdapterTiers(
+            self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config, policy=policy
+        )
         self.native_size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        self.reload_table()
+        self.reload_table(force=True)
         if cfg.warmup:
             self._generate(
                 GenerationRequest(
@@ -110,11 +123,15 @@ class Worker:
             self.engine.slot_nbytes / 1e6,
         )
 
-    def reload_table(self) -> None:
-        """Register the adapters of the --table file; re-read only when the file changed."""
+    def reload_table(self, force: bool = False) -> None:
+        """Register the adapters of the --table file; re-read only when the file changed (checked once a second)."""
         path = self.cfg.table
         if path is None:
             return
+        now = time.monotonic()
+        if not force and now - self._table_checked < 1.0:
+            return
+        self._table_checked = now
         try:
             st = path.stat()
         except OSError:
@@ -220,8 +237,21 @@ class Worker:
                 height=req.height,
                 num_images_per_prompt=req.n,
                 generator=generator,
+                output_type="np",
             ).images
         infer_s = time.perf_counter() - t0
+        if not np.isfinite(images).all():
+            # Finite but huge weights overflow inside the model: the PNG would be all black. Name the culprit.
+            names = [n for n, _ in uses]
+            if names:
+                reason = "made the model's output non-finite (NaN/inf): its weights are out of range for this model"
+                for n in names:
+                    self.tiers.mark_bad(n, 422, reason)
+                raise AdapterError(
+                    ", ".join(names), 422, reason if len(names) == 1 else reason + " (one of these adapters)"
+                )
+            raise RuntimeError("the base model produced a non-finite image")
+        images = self.pipe.numpy_to_pil(images)
         pngs = []
         for im in images:
             buf = io.BytesIO()
@@ -265,10 +295,21 @@ class Worker:
         self.reload_table()
         uses = self._resolve(req, routed_to_base)
         assert self.tiers is not None
-        for name, _ in uses:
-            self.tiers.prefetch(name)  # overlap the fetch with whatever runs now
+        t_admit = time.monotonic()
         try:
-            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), self.cfg.limits.deadline_s)
+            # Fetch beside the GPU job (a bounded pool): this request waits for its own adapters, others run on.
+            for name, _ in uses:
+                self.tiers.check_fresh(name)  # a path source replaced in place is reloaded
+            fetches = [asyncio.wrap_future(self.tiers.prefetch(name)) for name, _ in uses]
+            if fetches:
+                await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
+        except TimeoutError:
+            raise ApiError(504, f"adapters not fetched within the deadline of {self.cfg.limits.deadline_s} s") from None
+        except AdapterError as e:
+            raise ApiError(e.status, str(e), param="model" if not req.adapters else "adapters") from e
+        remaining_s = max(0.001, self.cfg.limits.deadline_s - (time.monotonic() - t_admit))
+        try:
+            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), remaining_s)
         except QueueFull:
             raise ApiError(
                 429, "the GPU queue is full; retry later", headers={"Retry-After": str(self.jobs.retry_after_s())}
@@ -349,6 +390,11 @@ class Worker:
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.ready:
             return web.json_response({"status": "loading"}, status=503)
+        running = self.jobs.running
+        if running is not None and running.started is not None:
+            busy_s = time.monotonic() - running.started
+            if busy_s > self.cfg.limits.deadline_s:  # no job may take this long: the GPU thread is stuck
+                return web.json_response({"status": "stuck", "jobSeconds": round(busy_s, 1)}, status=503)
         return web.json_response({"status": "ready", "model": self.cfg.model, "queue": self.jobs.depth})
 
     async def metrics_route(self, request: web.Request) -> web.Response:

@@ -123,6 +123,8 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
                 str(tmp / f"cache-{p}"),
                 "--hop-key-file",
                 key,
+                "--adapter-path-root",
+                str(s.adapter_dir),
             ]
             s.workers[p] = start_process(cmd, wports[p], ready_path=None, log_dir=tmp)
             handles.append(s.workers[p])

@@ -99,6 +99,7 @@ def worker(tmp_path_factory):
         "4096",
         "--hop-key-file",
         str(tmp / "hop-key"),
+        "--allow-private-sources",  # the "unreachable" URL source is on loopback
     ]
     handle = start_process(cmd, port, timeout=300)
     handle.tmp = tmp  # type: ignore[attr-defined]
