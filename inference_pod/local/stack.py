@@ -120,9 +120,17 @@ def post_generate(url: str, body: dict, timeout: float = 300) -> tuple[int, dict
         return e.code, dict(e.headers), e.read()
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_local's finally: the children are stopped
+
+
 def run_local(
     workdir: Path, steps: int = 4, size: int = 64, keep_running: bool = False, requests: list[str] | None = None
 ) -> int:
+    # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the worker and the sidecar too;
+    # without this the process died at once and left both running in their own sessions.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "images").mkdir(exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
