@@ -300,7 +300,9 @@ class Worker:
             # Fetch beside the GPU job (a bounded pool): this request waits for its own adapters, others run on.
             for name, _ in uses:
                 self.tiers.check_fresh(name)  # a path source replaced in place is reloaded
-            fetches = [asyncio.wrap_future(self.tiers.prefetch(name)) for name, _ in uses]
+            # Shielded: a fetch is shared by every request for that adapter, and one request giving up (its
+            # deadline) must not cancel a fetch the others still wait for.
+            fetches = [asyncio.shield(asyncio.wrap_future(self.tiers.prefetch(name))) for name, _ in uses]
             if fetches:
                 await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
         except TimeoutError:
