@@ -243,13 +243,12 @@ class Worker:
         if not np.isfinite(images).all():
             # Finite but huge weights overflow inside the model: the PNG would be all black. Name the culprit.
             names = [n for n, _ in uses]
-            if names:
-                reason = "made the model's output non-finite (NaN/inf): its weights are out of range for this model"
-                for n in names:
-                    self.tiers.mark_bad(n, 422, reason)
-                raise AdapterError(
-                    ", ".join(names), 422, reason if len(names) == 1 else reason + " (one of these adapters)"
-                )
+            reason = "made the model's output non-finite (NaN/inf): its weights are out of range for this model"
+            if len(names) == 1:
+                self.tiers.mark_bad(names[0], 422, reason)  # remembered: fails fast until its source changes
+                raise AdapterError(names[0], 422, reason)
+            if names:  # which one is at fault is unknown: name them all, remember none (each alone will tell)
+                raise AdapterError(", ".join(names), 422, reason.replace("made", "together made", 1))
             raise RuntimeError("the base model produced a non-finite image")
         images = self.pipe.numpy_to_pil(images)
         pngs = []
