@@ -70,26 +70,32 @@ def check_safetensors_header(path: Path) -> dict:
             raise AdapterFormatError("file is a pickle/torch archive; only .safetensors adapters are loaded")
         (n,) = struct.unpack("<Q", head)
         if n <= 1 or n > SAFETENSORS_MAX_HEADER:
-            raise AdapterFormatError(f"corrupt safetensors header length {n}")
+            # The length field is the file's first 8 bytes: never echoed (error messages reach clients).
+            raise AdapterFormatError("corrupt safetensors: the header length field is out of range")
         raw = f.read(n)
     if len(raw) != n:
         raise AdapterFormatError("corrupt safetensors: header truncated")
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterFormatError(f"corrupt safetensors header: {e}") from e
+    except UnicodeDecodeError:
+        raise AdapterFormatError("corrupt safetensors header: not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise AdapterFormatError(f"corrupt safetensors header: not JSON ({e.msg} at offset {e.pos})") from None
+    except RecursionError:
+        raise AdapterFormatError("corrupt safetensors header: nested too deeply") from None
     if not isinstance(header, dict):
         raise AdapterFormatError("corrupt safetensors header: not an object")
     data_len = path.stat().st_size - 8 - n
-    for name, info in header.items():
+    for i, (name, info) in enumerate(header.items()):
         if name == "__metadata__":
             continue
         try:
             start, end = info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise AdapterFormatError(f"corrupt safetensors entry {name!r}") from e
-        if not (0 <= start <= end <= data_len):
-            raise AdapterFormatError(f"corrupt safetensors: tensor {name!r} lies outside the file")
+            ok = isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len
+        except (KeyError, TypeError, ValueError):
+            raise AdapterFormatError(f"corrupt safetensors: header entry #{i} has no valid data_offsets") from None
+        if not ok:
+            raise AdapterFormatError(f"corrupt safetensors: tensor entry #{i} lies outside the file")
     return header
 
 
@@ -101,8 +107,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises several types for a bad file
-        raise AdapterFormatError(f"corrupt safetensors: {e}") from e
+    except Exception as e:  # safetensors raises several types for a bad file; its message may quote the file
+        raise AdapterFormatError(f"corrupt safetensors: the file cannot be read ({type(e).__name__})") from e
 
 
 def _detect_format(keys: list[str]) -> str:

@@ -10,13 +10,18 @@ user can act on.
 from __future__ import annotations
 
 import hashlib
+import http.client
+import ipaddress
 import os
 import shutil
+import socket
+import ssl
 import tempfile
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from inference_pod.adapters.formats import AdapterFormatError, check_safetensors_header
 from loraplex.api.routing_table import AdapterEntry, HubSource, PathSource, UrlSource
@@ -63,11 +68,44 @@ def source_key(name: str, entry: AdapterEntry) -> str:
     return hashlib.sha256(f"{name}|{entry.revision}|{src}".encode()).hexdigest()[:32]
 
 
-def fetch_to_disk(name: str, entry: AdapterEntry, cache_dir: Path, max_bytes: int, timeout_s: float = 60.0) -> Path:
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Where adapter bytes may come from, and how long and how slow a download may be.
+
+    - `allow_private`: URL sources may resolve to loopback, private, link-local (cloud metadata), CGNAT,
+      multicast or reserved addresses. Off in production; tests and the local stack turn it on (their servers
+      are on loopback).
+    - `path_roots`: a path source must be an absolute path that resolves (symlinks included) under one of these
+      directories; none: path sources are refused.
+    - download limits: connect time, time to the first byte (and between bytes), total time, and the minimum
+      average throughput after `min_rate_grace_s`; the size cap is checked while streaming.
+    """
+
+    allow_private: bool = False
+    path_roots: tuple[Path, ...] = ()
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 30.0
+    total_timeout_s: float = 600.0
+    min_bytes_per_s: float = 64 * 1024
+    min_rate_grace_s: float = 10.0
+    max_redirects: int = 5
+
+
+def fetch_to_disk(
+    name: str,
+    entry: AdapterEntry,
+    cache_dir: Path,
+    max_bytes: int,
+    timeout_s: float | None = None,
+    policy: SourcePolicy | None = None,
+) -> Path:
     """Return a local path to the adapter's .safetensors, fetching it into cache_dir if needed."""
+    policy = policy or SourcePolicy()
+    if timeout_s is not None:
+        policy = replace(policy, connect_timeout_s=timeout_s, first_byte_timeout_s=timeout_s)
     src = entry.source
     if isinstance(src, PathSource):
-        path = _resolve_local(Path(src.path))
+        path = resolve_path_source(src.path, policy)
         _check_size(path, max_bytes)
         _check_header(path)
         return path
@@ -77,7 +115,7 @@ def fetch_to_disk(name: str, entry: AdapterEntry, cache_dir: Path, max_bytes: in
         os.utime(target)  # LRU order for the disk tier
         return target
     if isinstance(src, UrlSource):
-        _download_url(src, target, max_bytes, timeout_s)
+        _download_url(src, target, max_bytes, policy)
     elif isinstance(src, HubSource):
         _download_hub(src, target, max_bytes)
     else:  # pragma: no cover - the table's discriminator admits nothing else
@@ -90,13 +128,23 @@ def fetch_to_disk(name: str, entry: AdapterEntry, cache_dir: Path, max_bytes: in
     return target
 
 
-def _resolve_local(path: Path) -> Path:
-    if not path.exists():
-        raise AdapterSourceError(f"path {path} does not exist", permanent=False)
-    if path.is_dir():
-        path = path / _pick_file([p.name for p in path.iterdir() if p.is_file()])
-    _refuse_pickle(path.name)
-    return path
+def resolve_path_source(raw: str, policy: SourcePolicy) -> Path:
+    """The file a path source names, confined to the policy's roots (after resolving symlinks)."""
+    path = Path(raw)
+    if not path.is_absolute():
+        raise AdapterSourceError(f"path source {raw!r} must be an absolute path")
+    if not policy.path_roots:
+        raise AdapterSourceError("path sources are not allowed on this worker (no --adapter-path-root)")
+    resolved = path.resolve()
+    if resolved.is_dir():
+        resolved = (resolved / _pick_file([p.name for p in resolved.iterdir() if p.is_file()])).resolve()
+    roots = [r.resolve() for r in policy.path_roots]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise AdapterSourceError(f"path source {raw!r} is outside the allowed adapter roots")
+    if not resolved.exists():
+        raise AdapterSourceError(f"path {raw} does not exist", permanent=False)
+    _refuse_pickle(resolved.name)
+    return resolved
 
 
 def _check_size(path: Path, max_bytes: int) -> None:
@@ -112,33 +160,181 @@ def _check_header(path: Path) -> None:
         raise AdapterSourceError(str(e)) from e
 
 
-def _download_url(src: UrlSource, target: Path, max_bytes: int, timeout_s: float) -> None:
+def address_refusal(address: str, allow_private: bool) -> str | None:
+    """Why a URL source may not connect to this IP address (None: it may)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast:
+        return f"{ip} is not a unicast address"
+    if allow_private:
+        return None
+    for kind, hit in (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("shared (CGNAT)", ip in ipaddress.ip_network("100.64.0.0/10")),
+    ):
+        if hit:
+            return f"{ip} is a {kind} address (allow with --allow-private-sources)"
+    if not ip.is_global:
+        return f"{ip} is not a public address (allow with --allow-private-sources)"
+    return None
+
+
+def _resolve_target(url: str, policy: SourcePolicy) -> tuple[urllib.parse.SplitResult, str]:
+    """The URL's parts and the one address it may be fetched from (pinned: no second DNS answer is used)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdapterSourceError(f"url source {_redact(url)} is not an absolute http(s) URL")
+    try:
+        check_host(parts.hostname)
+    except EgressRefused as e:
+        raise AdapterSourceError(f"url source refused: {e}") from e
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise AdapterSourceError(f"cannot resolve {parts.hostname}: {e}", permanent=False) from e
+    addresses = list(dict.fromkeys(str(i[4][0]) for i in infos))
+    for a in addresses:  # every answer must be allowed: a mixed answer is a rebinding attempt
+        why = address_refusal(a, policy.allow_private)
+        if why:
+            raise AdapterSourceError(f"url source {parts.hostname} refused: {why}")
+    return parts, addresses[0]
+
+
+def _redact(url: str) -> str:
+    """A URL for messages: no userinfo, no query (tokens live there)."""
+    p = urllib.parse.urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host += f":{p.port}"
+    return urllib.parse.urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def _open(url: str, policy: SourcePolicy, deadline: float) -> tuple[http.client.HTTPConnection, Any, socket.socket]:
+    """GET `url`, following same-scheme redirects to allowed targets only; (connection, response, socket)."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    for _ in range(policy.max_redirects + 1):
+        parts, address = _resolve_target(url, policy)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AdapterSourceError(f"GET {_redact(url)}: no answer within the total time limit", permanent=False)
+        conn = cls(parts.hostname or "", port, address, min(policy.connect_timeout_s, remaining))
+        path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        try:
+            conn.connect()
+            sock = conn.sock  # the response keeps reading from it even after the connection lets go of it
+            assert sock is not None
+            sock.settimeout(min(policy.first_byte_timeout_s, max(0.01, deadline - time.monotonic())))
+            conn.request("GET", path, headers={"User-Agent": "loraplex-worker", "Accept-Encoding": "identity"})
+            resp = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        if resp.status in (301, 302, 303, 307, 308):
+            location = resp.getheader("Location")
+            conn.close()
+            if not location:
+                raise AdapterSourceError(f"GET {_redact(url)} redirected without a Location")
+            nxt = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(nxt).scheme != scheme:
+                raise AdapterSourceError(
+                    f"GET {_redact(url)} redirected to another scheme ({_redact(nxt)}); not followed"
+                )
+            url = nxt
+            continue
+        return conn, resp, sock
+    raise AdapterSourceError(f"more than {policy.max_redirects} redirects")
+
+
+def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy) -> None:
     path_part = src.url.split("?", 1)[0]
     if path_part.endswith(PICKLE_SUFFIXES):
         _refuse_pickle(path_part)
+    shown = _redact(src.url)
     digest = hashlib.sha256()
-    try:
-        check_host(urllib.parse.urlsplit(src.url).hostname)
-    except EgressRefused as e:
-        raise AdapterSourceError(f"url source refused: {e}") from e
+    t0 = time.monotonic()
+    deadline = t0 + policy.total_timeout_s
     tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part")  # noqa: SIM115 - renamed into place
+    conn: http.client.HTTPConnection | None = None
     try:
-        with tmp, urllib.request.urlopen(src.url, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only by schema
+        with tmp:
+            conn, resp, sock = _open(src.url, policy, deadline)
+            if resp.status != 200:
+                raise AdapterSourceError(
+                    f"GET {shown} answered {resp.status}", permanent=resp.status in (401, 403, 404, 410)
+                )
+            length = resp.getheader("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            if expected is not None and expected > max_bytes:
+                raise AdapterSourceError(f"download is {expected} bytes, over the limit of {max_bytes} bytes")
             total = 0
-            while chunk := resp.read(1 << 20):
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise AdapterSourceError(
+                        f"GET {shown}: not complete within {policy.total_timeout_s:g}s", permanent=False
+                    )
+                elapsed = now - t0
+                if elapsed > policy.min_rate_grace_s and total / elapsed < policy.min_bytes_per_s:
+                    raise AdapterSourceError(
+                        f"GET {shown}: too slow ({total / elapsed:.0f} B/s, minimum {policy.min_bytes_per_s:.0f})",
+                        permanent=False,
+                    )
+                sock.settimeout(max(0.01, min(policy.first_byte_timeout_s, deadline - now)))
+                chunk = resp.read1(1 << 20)
+                if not chunk:
+                    break
                 total += len(chunk)
                 if total > max_bytes:
                     raise AdapterSourceError(f"download exceeds the limit of {max_bytes} bytes")
                 digest.update(chunk)
                 tmp.write(chunk)
+            if expected is not None and total != expected:
+                # A transfer cut short says nothing about the adapter: try again later.
+                raise AdapterSourceError(
+                    f"GET {shown}: connection closed after {total} of {expected} bytes", permanent=False
+                )
         if src.sha256 and digest.hexdigest() != src.sha256:
             raise AdapterSourceError(f"sha256 mismatch: expected {src.sha256}, got {digest.hexdigest()}")
         os.replace(tmp.name, target)
-    except urllib.error.HTTPError as e:
-        raise AdapterSourceError(f"GET {src.url} answered {e.code}", permanent=e.code in (401, 403, 404, 410)) from e
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise AdapterSourceError(f"cannot reach {src.url}: {e}", permanent=False) from e
+    except AdapterSourceError:
+        raise
+    except (http.client.HTTPException, OSError, TimeoutError, ValueError) as e:
+        if time.monotonic() >= deadline - 0.05:
+            raise AdapterSourceError(
+                f"GET {shown}: not complete within {policy.total_timeout_s:g}s", permanent=False
+            ) from e
+        if isinstance(e, http.client.IncompleteRead):  # no bytes echoed: the message would quote them
+            raise AdapterSourceError(f"GET {shown}: connection closed before the end", permanent=False) from e
+        raise AdapterSourceError(f"cannot reach {shown}: {type(e).__name__}: {e}", permanent=False) from e
     finally:
+        if conn is not None:
+            conn.close()
         Path(tmp.name).unlink(missing_ok=True)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from inference_pod.adapters.formats import AdapterFormatError, load_adapter_file
 from inference_pod.adapters.lru import BudgetExceeded, BudgetLRU
-from inference_pod.adapters.sources import AdapterSourceError, fetch_to_disk, source_key
+from inference_pod.adapters.sources import AdapterSourceError, SourcePolicy, fetch_to_disk, source_key
 from inference_pod.slots.engine import AdapterMismatchError, PreparedAdapter, SlotEngine
 from inference_pod.slots.files import read_prepared, save_prepared
 from loraplex.api.routing_table import AdapterEntry, PathSource
@@ -83,9 +83,21 @@ class DiskTier:
 
 class AdapterTiers:
     def __init__(
-        self, engine: SlotEngine, budgets: TierBudgets, disk_dir: Path, unet_config=None, prefetch_threads: int = 2
+        self,
+        engine: SlotEngine,
+        budgets: TierBudgets,
+        disk_dir: Path,
+        unet_config=None,
+        prefetch_threads: int = 2,
+        policy: SourcePolicy | None = None,
+        retry_base_s: float = 1.0,
+        retry_max_s: float = 60.0,
     ) -> None:
         self.engine = engine
+        self.policy = policy or SourcePolicy()
+        self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
+        # source key -> (monotonic time before which a transient failure is not retried, its delay, reason)
+        self._retry: dict[str, tuple[float, float, str]] = {}
         self.budgets = budgets
         self.unet_config = unet_config
         self.disk = DiskTier(disk_dir, budgets.disk_bytes)
@@ -125,11 +137,28 @@ class AdapterTiers:
         key = source_key(name, entry)
         if isinstance(entry.source, PathSource):
             try:
-                st = Path(entry.source.path).stat()
-                key += f":{st.st_mtime_ns}:{st.st_size}"
+                st = Path(entry.source.path).stat()  # follows symlinks: a re-pointed link is a change too
+                key += f":{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
             except OSError:
                 pass
         return key
+
+    def check_fresh(self, name: str) -> bool:
+        """Drop a resident path-source adapter whose file changed (one stat); True if it was dropped."""
+        with self._lock:
+            entry = self.catalog.get(name)
+            loaded = self._keys.get(name)
+            if entry is None or loaded is None or not isinstance(entry.source, PathSource):
+                return False
+            if self._key(name, entry) == loaded:
+                return False
+            log.info("adapter %r: its file %s changed; reloading", name, entry.source.path)
+            self._keys.pop(name, None)
+            self.ram.pop(name)
+            slot = self.slots.pop(name)
+            if slot is not None:
+                self.free_slots.append(slot)
+            return True
 
     # -- RAM tier (any thread) ----------------------------------------------------------------------
 
@@ -171,6 +200,10 @@ class AdapterTiers:
         with self._lock:
             if key in self.bad:
                 raise AdapterError(name, self._bad_status.get(key, 422), self.bad[key])
+            retry = self._retry.get(key)
+            if retry is not None and time.monotonic() < retry[0]:
+                wait = retry[0] - time.monotonic()
+                raise AdapterError(name, 502, f"{retry[2]} (transient; retried in {wait:.1f}s)")
         prepared_path = self._prepared_path(key)
         # After a restart the disk tier still holds the slot-layout copy: one read, no key conversion.
         prepared = self._read_prepared(prepared_path) if prepared_path.exists() else None
@@ -194,29 +227,52 @@ class AdapterTiers:
             was_cached = (self.disk.dir / f"{source_key(name, entry)}.safetensors").exists() or isinstance(
                 entry.source, PathSource
             )
-            path = fetch_to_disk(name, entry, self.disk.dir, self.budgets.max_adapter_bytes)
+            path = fetch_to_disk(name, entry, self.disk.dir, self.budgets.max_adapter_bytes, policy=self.policy)
             lora = load_adapter_file(path, self.unet_config)
             if lora.nbytes > self.budgets.max_adapter_bytes:
                 raise AdapterMismatchError(f"{lora.nbytes} bytes of weights, over the limit")
             prepared = self.engine.prepare(lora)
         except AdapterSourceError as e:
             if e.permanent:
-                self._mark_bad(key, 422, str(e))
+                self._mark_bad(name, key, 422, str(e))
                 raise AdapterError(name, 422, str(e)) from e
+            self._transient(name, key, str(e))
             raise AdapterError(name, 502, str(e)) from e
         except (AdapterFormatError, AdapterMismatchError) as e:
-            self._mark_bad(key, 422, str(e))
+            self._mark_bad(name, key, 422, str(e))
             raise AdapterError(name, 422, str(e)) from e
         save_prepared(self.engine, prepared, prepared_path)
         with self._lock:
+            self._retry.pop(key, None)
             self.disk.track(path, pinned=entry.pinned)
         return ("disk" if was_cached else "source"), prepared
 
-    def _mark_bad(self, key: str, status: int, reason: str) -> None:
+    def _transient(self, name: str, key: str, reason: str) -> None:
+        """A failure that says nothing about the adapter (network, truncated transfer): retry later, backing off."""
+        with self._lock:
+            prev = self._retry.get(key)
+            delay = self.retry_base_s if prev is None else min(self.retry_max_s, prev[1] * 2)
+            self._retry[key] = (time.monotonic() + delay, delay, reason)
+        log.warning("adapter %r: fetch failed (transient, retry in %.0fs): %s", name, delay, reason)
+
+    def mark_bad(self, name: str, status: int, reason: str) -> None:
+        """Remember the adapter's current source as bad (e.g. it made the output non-finite)."""
+        with self._lock:
+            entry = self.catalog.get(name)
+            key = self._keys.get(name) or (self._key(name, entry) if entry else None)
+            if key is None:
+                return
+            self._mark_bad(name, key, status, reason)
+            self.ram.pop(name)
+            slot = self.slots.pop(name)
+            if slot is not None:
+                self.free_slots.append(slot)
+
+    def _mark_bad(self, name: str, key: str, status: int, reason: str) -> None:
         with self._lock:
             self.bad[key] = reason
             self._bad_status[key] = status
-        log.warning("adapter marked bad: %s", reason)
+        log.warning("adapter %r marked bad: %s", name, reason)
 
     # -- GPU slots (the GPU job thread only) ---------------------------------------------------------
 

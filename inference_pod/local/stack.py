@@ -120,9 +120,17 @@ def post_generate(url: str, body: dict, timeout: float = 300) -> tuple[int, dict
         return e.code, dict(e.headers), e.read()
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_local's finally: the children are stopped
+
+
 def run_local(
     workdir: Path, steps: int = 4, size: int = 64, keep_running: bool = False, requests: list[str] | None = None
 ) -> int:
+    # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the worker and the sidecar too;
+    # without this the process died at once and left both running in their own sessions.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "images").mkdir(exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
@@ -131,6 +139,10 @@ def run_local(
     print(f"loraplex local stack in {workdir}")
     print("generating demo adapters for the tiny model ...", flush=True)
     table = write_demo_files(workdir, "tiny", sidecar_url)
+    from loraplex.api.hopauth import write_random_key_file
+
+    # The pool key that authenticates the sidecar to its worker (and hops between sidecars): fresh per run.
+    hop_key = str(write_random_key_file(workdir / "hop-key"))
     worker = start(
         "worker",
         [
@@ -149,6 +161,8 @@ def run_local(
             "16",
             "--default-steps",
             str(steps),
+            "--hop-key-file",
+            hop_key,
         ],
         worker_port,
         workdir / "logs",
@@ -167,6 +181,8 @@ def run_local(
             "local-0",
             "--table-file",
             str(table),
+            "--hop-key-file",
+            hop_key,
         ],
         sidecar_port,
         workdir / "logs",

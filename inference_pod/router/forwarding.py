@@ -35,6 +35,7 @@ from inference_pod.router.request import Resolved, route_header
 from inference_pod.router.stats import RouterStats
 from loraplex.api import headers as hdr
 from loraplex.api.errors import ApiError
+from loraplex.api.hopauth import HopKeys
 from loraplex.api.routing_table import Endpoint, PoolEntry, RoutingTable
 from loraplex.egress import aiohttp_trace_configs
 
@@ -117,8 +118,10 @@ class Forwarder:
         hop_name: str,
         connect_timeout_s: float,
         max_attempts: int,
+        hop_keys: HopKeys | None = None,
     ) -> None:
         self.stats = stats
+        self.hop_keys = hop_keys
         self.worker_url = worker_url
         self.pod_name = pod_name
         self.hop_name = hop_name
@@ -170,7 +173,7 @@ class Forwarder:
             local_url = self._local_url(name)
             target = (local_url or by_name[name].url.rstrip("/")) + request.path_qs
             # Peers check the same bearer token; the local worker does not need it.
-            hdrs = headers if local_url else self._with_auth(headers, request)
+            hdrs = self._signed(headers if local_url else self._with_auth(headers, request), request, body)
             try:
                 with self._in_flight(name):
                     up = await self.post(target, body, hdrs, remaining, name)
@@ -221,6 +224,7 @@ class Forwarder:
         headers[hdr.HOP] = hop
         if route:
             headers[hdr.ROUTE] = route
+        headers = self._signed(headers, request, body)
         pool = "unknown"
         with contextlib.suppress(ValueError, KeyError, TypeError):
             pool = str(json.loads(route)["pool"]) if route else pool
@@ -267,6 +271,15 @@ class Forwarder:
         headers.setdefault("Content-Type", "application/json")
         headers[hdr.HOP] = self.hop_name
         return headers
+
+    def _signed(self, headers: dict[str, str], request: web.Request, body: bytes) -> dict[str, str]:
+        """`headers` plus the hop signature over this request (peers and the local worker check it)."""
+        if self.hop_keys is None:
+            return headers
+        sig = self.hop_keys.sign(
+            request.method, request.path_qs, headers.get(hdr.HOP, ""), headers.get(hdr.ROUTE, ""), body
+        )
+        return {**headers, hdr.HOP_AUTH: sig} if sig else headers
 
     @staticmethod
     def _with_auth(headers: dict[str, str], request: web.Request) -> dict[str, str]:

@@ -55,6 +55,7 @@ from inference_pod.router.table_source import (
 )
 from loraplex.api import headers as hdr
 from loraplex.api.errors import ApiError
+from loraplex.api.hopauth import HopAuthError, HopKeys
 from loraplex.api.names import TABLE_LABEL_SELECTOR
 from loraplex.api.routing_table import Endpoint, PoolEntry, RoutingTable
 from loraplex.logs import setup_logging
@@ -75,6 +76,7 @@ class SidecarConfig:
     table_configmaps: str | None = None
     table_label_selector: str = TABLE_LABEL_SELECTOR
     auth_tokens_file: str | None = None
+    hop_key_file: str | None = None
     request_timeout_s: float = 300.0
     connect_timeout_s: float = 2.0
     max_body_bytes: int = 8 * 1024 * 1024
@@ -100,6 +102,9 @@ class Sidecar:
         self.stats = stats or RouterStats(pod=config.pod_name, mode=config.mode, window_s=config.stats_window_s)
         self.tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
         self.worker_url = config.worker_url.rstrip("/") if config.worker_url else None
+        self.hop_keys = HopKeys(config.hop_key_file) if config.hop_key_file else None
+        if self.hop_keys is None:
+            log.warning("no --hop-key-file: requests from peers (hops) are refused, and peers refuse ours")
         self.forwarder = Forwarder(
             self.stats,
             worker_url=self.worker_url,
@@ -107,6 +112,7 @@ class Sidecar:
             hop_name=config.hop_name,
             connect_timeout_s=config.connect_timeout_s,
             max_attempts=config.max_attempts,
+            hop_keys=self.hop_keys,
         )
         self.view: AsyncTable | None = None
         self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
@@ -278,7 +284,9 @@ class Sidecar:
         t0 = time.monotonic()
         body = await self._read_body(request)
         if hdr.HOP in request.headers:
+            self._authenticate_hop(request, body)
             return await self._serve_hop(request, body, t0)
+        # Public edge: no internal header of a client's goes further (forward_headers passes none on).
         try:
             payload = json.loads(body)
         except ValueError:
@@ -354,6 +362,29 @@ class Sidecar:
             headers={"Retry-After": "5"},
         )
 
+    def _authenticate_hop(self, request: web.Request, body: bytes) -> None:
+        """A hop must be signed with the pool's key; anything else is a client forging internal headers (401)."""
+        try:
+            if self.hop_keys is None:
+                raise HopAuthError("this router has no hop key")
+            self.hop_keys.verify(
+                request.headers.get(hdr.HOP_AUTH),
+                request.method,
+                request.path_qs,
+                request.headers.get(hdr.HOP, ""),
+                request.headers.get(hdr.ROUTE, ""),
+                body,
+            )
+        except HopAuthError as e:
+            self.stats.rejected(401)
+            log.warning("refused an unauthenticated hop from %s: %s", request.remote, e)
+            raise ApiError(
+                401,
+                f"Unauthenticated internal request: {e}. The {hdr.PREFIX}* request headers are reserved for "
+                "loraplex routers.",
+                code="invalid_hop_signature",
+            ) from None
+
     def _route_for(self, body: bytes) -> str | None:
         table = self.view.table if self.view else None
         try:
@@ -392,6 +423,11 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
     p.add_argument("--table-label-selector", default=d.table_label_selector)
     p.add_argument("--auth-tokens-file", help="bearer tokens, one per line; enables auth on the public API")
     p.add_argument(
+        "--hop-key-file",
+        help="the pool's hop keys (file, one per line, or a directory of such files; sign with the first): "
+        "authenticates requests between sidecars and to the local worker",
+    )
+    p.add_argument(
         "--request-timeout", type=float, default=d.request_timeout_s, help="seconds per client request, all tries"
     )
     p.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s, help="seconds to connect to a pod")
@@ -411,6 +447,7 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
         table_configmaps=a.table_configmaps,
         table_label_selector=a.table_label_selector,
         auth_tokens_file=a.auth_tokens_file,
+        hop_key_file=a.hop_key_file,
         request_timeout_s=a.request_timeout,
         connect_timeout_s=a.connect_timeout,
         max_body_bytes=a.max_body_bytes,

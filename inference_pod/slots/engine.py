@@ -250,8 +250,8 @@ class SlotEngine:
                 raise AdapterMismatchError(f"module {name} is not a LoRA target of this base model")
             if pair.down.shape[1] != lay.in_features or pair.up.shape[0] != lay.out_features:
                 raise AdapterMismatchError(
-                    f"module {name}: shape {tuple(pair.up.shape[:1])}x{tuple(pair.down.shape[1:])} does not "
-                    f"match the base model's {lay.out_features}x{lay.in_features} (adapter for another base model?)"
+                    f"module {name}: the adapter maps {pair.down.shape[1]} -> {pair.up.shape[0]} features (in -> out), "
+                    f"the base model's layer {lay.in_features} -> {lay.out_features} (adapter for another base model?)"
                 )
 
     def prepare(self, lora: CanonicalLora, pin_memory: bool | None = None) -> PreparedAdapter:

@@ -44,6 +44,13 @@ class WorkerConfig:
     default_steps: int = 25
     default_size: int = 0  # 0: the model's native size
     warmup: bool = True
+    hop_key_file: Path | None = None  # the pod's hop keys: a route header must be signed with one
+    allow_private_sources: bool = False  # URL sources on loopback/private/link-local addresses (tests, local stack)
+    adapter_path_roots: tuple[Path, ...] = ()  # path sources must resolve under one of these (default: --table's dir)
+    fetch_connect_timeout_s: float = 10.0
+    fetch_first_byte_timeout_s: float = 30.0
+    fetch_total_timeout_s: float = 600.0
+    fetch_min_bytes_per_s: float = 64 * 1024
     limits: Limits = field(default_factory=Limits)
 
 
@@ -55,9 +62,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--host", default=d.host, help="listen address; keep it on loopback behind the sidecar")
+    p.add_argument("--host", default=d.host, help="listen address: a loopback address (behind the sidecar)")
+    p.add_argument(
+        "--hop-key-file",
+        type=Path,
+        default=None,
+        help="the keys the sidecar signs requests with (same file as the sidecar's --hop-key-file); "
+        "without it, X-Loraplex-Route headers are refused and only --table adapters are served",
+    )
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--table", type=Path, default=None, help="routing table JSON file naming the adapters")
+    p.add_argument(
+        "--allow-private-sources",
+        action="store_true",
+        help="let URL sources reach loopback, private and link-local addresses (tests and the local stack only)",
+    )
+    p.add_argument(
+        "--adapter-path-root",
+        action="append",
+        type=Path,
+        default=[],
+        help="a directory path sources may name files under (repeatable; default: the --table file's directory; "
+        "none: path sources are refused)",
+    )
+    p.add_argument("--fetch-connect-timeout", type=float, default=d.fetch_connect_timeout_s)
+    p.add_argument("--fetch-first-byte-timeout", type=float, default=d.fetch_first_byte_timeout_s)
+    p.add_argument("--fetch-total-timeout", type=float, default=d.fetch_total_timeout_s)
+    p.add_argument(
+        "--fetch-min-bytes-per-s", type=float, default=d.fetch_min_bytes_per_s, help="after a 10 s grace period"
+    )
     p.add_argument("--gpu-slots", type=int, default=d.gpu_slots)
     p.add_argument("--max-rank", type=int, default=d.max_rank)
     p.add_argument("--ram-cache-mb", type=int, default=d.ram_cache_mb)
@@ -82,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    if not _is_loopback(a.host):
+        p.error(f"--host {a.host}: the worker listens on loopback only (clients reach it through the sidecar)")
     if a.hf_home:
         os.environ["HF_HOME"] = a.hf_home
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
@@ -105,5 +141,23 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         torch_threads=a.torch_threads,
         default_steps=a.default_steps,
         warmup=not a.no_warmup,
+        hop_key_file=a.hop_key_file,
+        allow_private_sources=a.allow_private_sources,
+        adapter_path_roots=tuple(a.adapter_path_root) or ((a.table.resolve().parent,) if a.table else ()),
+        fetch_connect_timeout_s=a.fetch_connect_timeout,
+        fetch_first_byte_timeout_s=a.fetch_first_byte_timeout,
+        fetch_total_timeout_s=a.fetch_total_timeout,
+        fetch_min_bytes_per_s=a.fetch_min_bytes_per_s,
         limits=limits,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

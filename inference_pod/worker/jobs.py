@@ -36,6 +36,12 @@ class Job:
     future: asyncio.Future = field(compare=False, kw_only=True)
 
 
+def _consume(future: asyncio.Future) -> None:
+    """Retrieve a result nobody waits for, so asyncio does not log 'Future exception was never retrieved'."""
+    if not future.cancelled():
+        future.exception()
+
+
 class GpuJobQueue:
     def __init__(self, max_queued: int) -> None:
         self.max_queued = max_queued
@@ -70,9 +76,11 @@ class GpuJobQueue:
             result = await asyncio.wait_for(asyncio.shield(job.future), timeout=deadline_s)
         except TimeoutError:
             job.deadline = 0.0  # not started yet: the runner will drop it
+            job.future.add_done_callback(_consume)  # a running job's late error has no reader any more
             raise DeadlineExceeded() from None
         except asyncio.CancelledError:
             job.deadline = 0.0
+            job.future.add_done_callback(_consume)
             raise
         return result, (job.started or time.monotonic()) - job.enqueued
 

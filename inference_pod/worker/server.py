@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inference_pod.adapters.sources import SourcePolicy
 from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
 from inference_pod.slots.targets import TEXT_ENCODER_TARGETS
@@ -33,6 +35,7 @@ from inference_pod.worker.pipeline import load_pipeline
 from inference_pod.worker.request import GenerationRequest, parse_request
 from loraplex.api import headers as hdr
 from loraplex.api.errors import ApiError
+from loraplex.api.hopauth import HopAuthError, HopKeys
 from loraplex.api.routing_table import AdapterEntry, TableError, parse_table
 from loraplex.logs import setup_logging
 
@@ -52,6 +55,8 @@ class Worker:
         self.base_names: set[str] = {cfg.model, *BASE_NAMES}
         self.aliases: dict[str, str] = {}
         self._table_stamp: tuple[float, int] | None = None
+        self._table_checked = float("-inf")
+        self.hop_keys = HopKeys(cfg.hop_key_file) if cfg.hop_key_file else None
 
     # -- start-up -------------------------------------------------------------------------------------
 
@@ -78,9 +83,19 @@ class Worker:
             disk_bytes=cfg.disk_cache_mb << 20,
             max_adapter_bytes=cfg.max_adapter_mb << 20,
         )
-        self.tiers = AdapterTiers(self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config)
+        policy = SourcePolicy(
+            allow_private=cfg.allow_private_sources,
+            path_roots=cfg.adapter_path_roots,
+            connect_timeout_s=cfg.fetch_connect_timeout_s,
+            first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
+            total_timeout_s=cfg.fetch_total_timeout_s,
+            min_bytes_per_s=cfg.fetch_min_bytes_per_s,
+        )
+        self.tiers = AdapterTiers(
+            self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config, policy=policy
+        )
         self.native_size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        self.reload_table()
+        self.reload_table(force=True)
         if cfg.warmup:
             self._generate(
                 GenerationRequest(
@@ -108,11 +123,15 @@ class Worker:
             self.engine.slot_nbytes / 1e6,
         )
 
-    def reload_table(self) -> None:
-        """Register the adapters of the --table file; re-read only when the file changed."""
+    def reload_table(self, force: bool = False) -> None:
+        """Register the adapters of the --table file; re-read only when the file changed (checked once a second)."""
         path = self.cfg.table
         if path is None:
             return
+        now = time.monotonic()
+        if not force and now - self._table_checked < 1.0:
+            return
+        self._table_checked = now
         try:
             st = path.stat()
         except OSError:
@@ -139,11 +158,28 @@ class Worker:
 
     # -- request handling ---------------------------------------------------------------------------
 
-    def _apply_route_header(self, request: web.Request) -> bool:
-        """Register the adapters the sidecar resolved; True when it resolved the model to the base model."""
+    def _apply_route_header(self, request: web.Request, body: bytes) -> bool:
+        """Register the adapters the sidecar resolved; True when it resolved the model to the base model.
+
+        The route names adapter sources, so it is taken only from this pod's sidecar: signed with the hop key.
+        """
         raw = request.headers.get(hdr.ROUTE)
         if not raw:
             return False
+        try:
+            if self.hop_keys is None:
+                raise HopAuthError("this worker has no --hop-key-file")
+            self.hop_keys.verify(
+                request.headers.get(hdr.HOP_AUTH),
+                request.method,
+                request.path_qs,
+                request.headers.get(hdr.HOP, ""),
+                raw,
+                body,
+            )
+        except HopAuthError as e:
+            log.warning("refused a %s header from %s: %s", hdr.ROUTE, request.remote, e)
+            raise ApiError(401, f"{hdr.ROUTE} refused: {e}", param=hdr.ROUTE, code="invalid_hop_signature") from None
         try:
             route = json.loads(raw)
             for name, entry in route.get("adapters", {}).items():
@@ -201,8 +237,20 @@ class Worker:
                 height=req.height,
                 num_images_per_prompt=req.n,
                 generator=generator,
+                output_type="np",
             ).images
         infer_s = time.perf_counter() - t0
+        if not np.isfinite(images).all():
+            # Finite but huge weights overflow inside the model: the PNG would be all black. Name the culprit.
+            names = [n for n, _ in uses]
+            reason = "made the model's output non-finite (NaN/inf): its weights are out of range for this model"
+            if len(names) == 1:
+                self.tiers.mark_bad(names[0], 422, reason)  # remembered: fails fast until its source changes
+                raise AdapterError(names[0], 422, reason)
+            if names:  # which one is at fault is unknown: name them all, remember none (each alone will tell)
+                raise AdapterError(", ".join(names), 422, reason.replace("made", "together made", 1))
+            raise RuntimeError("the base model produced a non-finite image")
+        images = self.pipe.numpy_to_pil(images)
         pngs = []
         for im in images:
             buf = io.BytesIO()
@@ -231,8 +279,9 @@ class Worker:
         if request.content_length and request.content_length > self.cfg.limits.max_body_bytes:
             raise ApiError(413, f"body over {self.cfg.limits.max_body_bytes} bytes")
         try:
-            body = await request.json()
-        except json.JSONDecodeError as e:
+            raw_body = await request.read()
+            body = json.loads(raw_body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"body is not valid JSON: {e}") from e
         except web.HTTPRequestEntityTooLarge as e:
             raise ApiError(413, f"body over {self.cfg.limits.max_body_bytes} bytes") from e
@@ -241,14 +290,27 @@ class Worker:
         )
         if not openai and req.n != 1:
             raise ApiError(400, "n must be 1 for /v1/generate (use /v1/images/generations for several)", param="n")
-        routed_to_base = self._apply_route_header(request)
+        routed_to_base = self._apply_route_header(request, raw_body)
         self.reload_table()
         uses = self._resolve(req, routed_to_base)
         assert self.tiers is not None
-        for name, _ in uses:
-            self.tiers.prefetch(name)  # overlap the fetch with whatever runs now
+        t_admit = time.monotonic()
         try:
-            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), self.cfg.limits.deadline_s)
+            # Fetch beside the GPU job (a bounded pool): this request waits for its own adapters, others run on.
+            for name, _ in uses:
+                self.tiers.check_fresh(name)  # a path source replaced in place is reloaded
+            # Shielded: a fetch is shared by every request for that adapter, and one request giving up (its
+            # deadline) must not cancel a fetch the others still wait for.
+            fetches = [asyncio.shield(asyncio.wrap_future(self.tiers.prefetch(name))) for name, _ in uses]
+            if fetches:
+                await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
+        except TimeoutError:
+            raise ApiError(504, f"adapters not fetched within the deadline of {self.cfg.limits.deadline_s} s") from None
+        except AdapterError as e:
+            raise ApiError(e.status, str(e), param="model" if not req.adapters else "adapters") from e
+        remaining_s = max(0.001, self.cfg.limits.deadline_s - (time.monotonic() - t_admit))
+        try:
+            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), remaining_s)
         except QueueFull:
             raise ApiError(
                 429, "the GPU queue is full; retry later", headers={"Retry-After": str(self.jobs.retry_after_s())}
@@ -310,7 +372,7 @@ class Worker:
         if self.tiers is None:
             return ApiError(503, "worker is still loading").response()
         try:
-            self._apply_route_header(request)
+            self._apply_route_header(request, await request.read())
             self.reload_table()
             name = self.aliases.get(request.match_info["name"], request.match_info["name"])
             if name not in self.tiers.catalog:
@@ -329,6 +391,11 @@ class Worker:
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.ready:
             return web.json_response({"status": "loading"}, status=503)
+        running = self.jobs.running
+        if running is not None and running.started is not None:
+            busy_s = time.monotonic() - running.started
+            if busy_s > self.cfg.limits.deadline_s:  # no job may take this long: the GPU thread is stuck
+                return web.json_response({"status": "stuck", "jobSeconds": round(busy_s, 1)}, status=503)
         return web.json_response({"status": "ready", "model": self.cfg.model, "queue": self.jobs.depth})
 
     async def metrics_route(self, request: web.Request) -> web.Response:

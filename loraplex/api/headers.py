@@ -3,6 +3,8 @@
 Internal (never accepted from or shown to a client at the public edge):
 - `HOP`: set by a sidecar that forwards to a peer; a request carrying it is served locally, never forwarded again.
 - `ROUTE`: compact JSON of the adapter entries a request uses, so the worker needs no routing table of its own.
+- `HOP_AUTH`: the HMAC that authenticates a hop (see `loraplex.api.hopauth`); without a valid one, HOP and ROUTE
+  are refused (401). Every other X-Loraplex-* request header from a client is dropped at the public edge.
 
 Returned to the client: queue, swap and inference times from the worker, the pod that served the request, the
 router's own time and the number of attempts from the sidecar, the seed to reproduce an image.
@@ -14,6 +16,8 @@ PREFIX = "X-Loraplex-"
 
 HOP = "X-Loraplex-Hop"
 ROUTE = "X-Loraplex-Route"
+HOP_AUTH = "X-Loraplex-Hop-Auth"
+INTERNAL_REQUEST = (HOP, ROUTE, HOP_AUTH)
 
 POD = "X-Loraplex-Pod"
 ROUTER_MS = "X-Loraplex-Router-Ms"

@@ -35,7 +35,13 @@ def make_app(name: str) -> web.Application:
         status = 200
         if "status" in echo and ("failOn" not in echo or name in echo["failOn"]):
             status = int(echo["status"])
-        payload = {"servedBy": name, "path": request.path, "headers": dict(request.headers), "body": body}
+        payload = {
+            "servedBy": name,
+            "path": request.path,
+            "headers": dict(request.headers),
+            "body": body,
+            "rawBody": raw.decode(errors="replace"),
+        }
         if status != 200:
             payload["error"] = {
                 "message": f"echo {name} answers {status}",

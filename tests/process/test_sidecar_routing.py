@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from inference_pod.router.placement import home_endpoints
+from loraplex.api.hopauth import HopKeys, write_random_key_file
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process
 
@@ -111,6 +112,8 @@ def start_sidecar(stack: Stack, name: str, *extra: str) -> ProcHandle:
         "1",
         "--request-timeout",
         "30",
+        "--hop-key-file",
+        str(stack.tmp / "hop-key"),
         *extra,
     ]
     return start_process(cmd, port, timeout=60, log_dir=stack.tmp)
@@ -120,6 +123,7 @@ def start_sidecar(stack: Stack, name: str, *extra: str) -> ProcHandle:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("router")
     s = Stack(tmp, tmp / "table.json")
+    write_random_key_file(tmp / "hop-key")
     try:
         for n in POD_NAMES:
             port = free_port()
@@ -148,6 +152,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "1",
                 "--request-timeout",
                 "30",
+                "--hop-key-file",
+                str(tmp / "hop-key"),
             ]
             s.sidecars[n] = start_process(cmd, ports[n], timeout=60, log_dir=tmp)
         s.sidecars["gateway"] = start_sidecar(s, "gateway", "--max-body-bytes", "4096")
@@ -196,6 +202,9 @@ def test_forwarded_request_carries_body_route_and_hop(stack: Stack) -> None:
     assert seen["body"] == body
     h = {k.lower(): v for k, v in seen["headers"].items()}
     assert h["x-loraplex-hop"] == "gateway"
+    HopKeys(stack.tmp / "hop-key").verify(  # the last hop (sidecar -> its worker) is signed too
+        h["x-loraplex-hop-auth"], "POST", "/v1/generate", "gateway", h["x-loraplex-route"], seen["rawBody"].encode()
+    )
     route = json.loads(h["x-loraplex-route"])
     assert route["pool"] == "tiny" and route["model"] == "a0"
     assert set(route["adapters"]) == {"a0", "a5"}
@@ -261,18 +270,75 @@ def test_unknown_route_and_method_are_json(stack: Stack) -> None:
     assert r.status == 405 and "error" in r.json()
 
 
+def signed_hop(stack: Stack, body: dict, hop: str, route: str = "", key_file: str = "hop-key") -> dict[str, str]:
+    raw = json.dumps(body).encode()
+    headers = {"X-Loraplex-Hop": hop}
+    if route:
+        headers["X-Loraplex-Route"] = route
+    keys = HopKeys(stack.tmp / key_file)
+    headers["X-Loraplex-Hop-Auth"] = keys.sign("POST", "/v1/generate", hop, route, raw)
+    return headers
+
+
 def test_hop_header_is_served_locally_never_forwarded(stack: Stack) -> None:
     a = next(a for a in ADAPTERS if home(a) != "pod-0")
     r = gen(stack.url("pod-0"), a)
     assert served_by(r) == home(a)
-    r = post(stack.url("pod-0") + "/v1/generate", {"model": a}, headers={"X-Loraplex-Hop": "pod-9"})
+    body = {"model": a}
+    r = post(stack.url("pod-0") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9"))
     assert served_by(r) == "pod-0"
     seen = {k.lower(): v for k, v in r.json()["headers"].items()}
     assert seen["x-loraplex-hop"] == "pod-9"
     assert json.loads(seen["x-loraplex-route"])["model"] == a  # filled in from pod-0's own table
     # A gateway has no local worker: a routed request stops there.
-    r = post(stack.url("gateway") + "/v1/generate", {"model": a}, headers={"X-Loraplex-Hop": "pod-9"})
+    r = post(stack.url("gateway") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9"))
     assert r.status == 502 and r.json()["error"]["code"] == "loop_detected"
+
+
+EVIL_ROUTE = json.dumps(
+    {
+        "pool": "tiny",
+        "model": "a1",
+        "adapters": {"a1": {"pool": "tiny", "source": {"type": "url", "url": "http://169.254.169.254/latest"}}},
+        "names": {"a1": "a1"},
+    }
+)
+
+
+def test_client_cannot_inject_internal_headers(stack: Stack) -> None:
+    """Issue #10: a client-sent hop/route was trusted and its adapter sources reached the worker."""
+    body = {"model": "a1"}
+    before = {n: len(stack.records(n)) for n in POD_NAMES}
+    for entry in ("pod-0", "pod-1", "gateway"):
+        # An unsigned hop, with or without a route naming another source: refused, nothing forwarded.
+        for headers in (
+            {"X-Loraplex-Hop": "pod-9"},
+            {"X-Loraplex-Hop": "pod-9", "X-Loraplex-Route": EVIL_ROUTE},
+            {"X-Loraplex-Hop": "pod-9", "X-Loraplex-Route": EVIL_ROUTE, "X-Loraplex-Hop-Auth": "v1 ts=1 sig=00"},
+        ):
+            r = post(stack.url(entry) + "/v1/generate", body, headers=headers)
+            assert r.status == 401 and r.json()["error"]["code"] == "invalid_hop_signature", (entry, r.body)
+    # A hop signed with the right key but a swapped route (or body) fails the signature.
+    good = signed_hop(stack, body, "pod-9")
+    r = post(stack.url("pod-0") + "/v1/generate", body, headers={**good, "X-Loraplex-Route": EVIL_ROUTE})
+    assert r.status == 401
+    r = post(stack.url("pod-0") + "/v1/generate", {"model": "a2"}, headers=good)
+    assert r.status == 401
+    # A hop signed with another key: refused.
+    write_random_key_file(stack.tmp / "other-key")
+    r = post(stack.url("pod-0") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9", key_file="other-key"))
+    assert r.status == 401
+    assert {n: len(stack.records(n)) for n in POD_NAMES} == before
+    # Without a hop, a client's route (or any internal header) is dropped at the edge: the table's route is used.
+    r = post(
+        stack.url("pod-0") + "/v1/generate",
+        {"model": "a1", "prompt": "x"},
+        headers={"X-Loraplex-Route": EVIL_ROUTE, "X-Loraplex-Hop-Auth": "v1 ts=1 sig=00"},
+    )
+    served_by(r)
+    seen = {k.lower(): v for k, v in r.json()["headers"].items()}
+    assert json.loads(seen["x-loraplex-route"])["adapters"]["a1"]["source"]["type"] == "path"
+    assert seen["x-loraplex-hop-auth"] != "v1 ts=1 sig=00"
 
 
 def test_auth(stack: Stack) -> None:

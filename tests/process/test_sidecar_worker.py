@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from inference_pod.router.placement import home_endpoints
+from loraplex.api.hopauth import HopKeys, write_random_key_file
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process, wait_ready
 
@@ -101,6 +102,7 @@ class Pods:
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     tmp = tmp_path_factory.mktemp("pods")
     s = Pods(tmp, tmp / "table.json", tmp / "adapters")
+    key = str(write_random_key_file(tmp / "hop-key"))
     handles: list[ProcHandle] = []
     try:
         wports = {p: free_port() for p in PODS}
@@ -119,6 +121,10 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
                 "1",
                 "--disk-cache-dir",
                 str(tmp / f"cache-{p}"),
+                "--hop-key-file",
+                key,
+                "--adapter-path-root",
+                str(s.adapter_dir),
             ]
             s.workers[p] = start_process(cmd, wports[p], ready_path=None, log_dir=tmp)
             handles.append(s.workers[p])
@@ -150,6 +156,8 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
                 "1",
                 "--request-timeout",
                 "120",
+                "--hop-key-file",
+                key,
             ]
             s.sidecars[p] = start_process(cmd, s.ports[p], timeout=60, log_dir=tmp)
             handles.append(s.sidecars[p])
@@ -210,13 +218,18 @@ def test_router_errors_in_front_of_real_workers(pods: Pods) -> None:
 
 def test_hop_request_is_served_by_the_local_worker(pods: Pods) -> None:
     adapter = HOMED["pod-1"]
+    body = {"model": adapter, "prompt": "x", "steps": 1, "width": 64, "height": 64, "seed": 1}
+    sig = HopKeys(pods.tmp / "hop-key").sign("POST", "/v1/generate", "elsewhere", "", json.dumps(body).encode())
     r = post(
         pods.url("pod-0") + "/v1/generate",
-        {"model": adapter, "prompt": "x", "steps": 1, "width": 64, "height": 64, "seed": 1},
-        headers={"X-Loraplex-Hop": "elsewhere"},
+        body,
+        headers={"X-Loraplex-Hop": "elsewhere", "X-Loraplex-Hop-Auth": sig},
         timeout=120,
     )
     assert r.status == 200 and r.header("X-Loraplex-Pod") == "pod-0"
+    # Unsigned: refused at the edge (before: served, with any route the client sent on to the worker).
+    r = post(pods.url("pod-0") + "/v1/generate", body, headers={"X-Loraplex-Hop": "elsewhere"}, timeout=120)
+    assert r.status == 401
 
 
 def test_table_hot_reload_with_real_workers(pods: Pods) -> None:

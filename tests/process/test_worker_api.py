@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from loraplex.api.hopauth import HopKeys, write_random_key_file
 from tests.helpers.httpclient import get, post
 from tests.helpers.procs import PYTHON, free_port, start_process
 
@@ -68,6 +69,7 @@ def worker(tmp_path_factory):
     adapters.mkdir()
     subprocess.run([PYTHON, "-c", MAKE_ADAPTERS, str(adapters)], check=True)
     (tmp / "table.json").write_text(json.dumps(table(adapters, free_port())))
+    write_random_key_file(tmp / "hop-key")
     port = free_port()
     cmd = [
         PYTHON,
@@ -95,8 +97,12 @@ def worker(tmp_path_factory):
         "1",
         "--max-body-bytes",
         "4096",
+        "--hop-key-file",
+        str(tmp / "hop-key"),
+        "--allow-private-sources",  # the "unreachable" URL source is on loopback
     ]
     handle = start_process(cmd, port, timeout=300)
+    handle.tmp = tmp  # type: ignore[attr-defined]
     yield handle
     handle.terminate()
 
@@ -235,6 +241,70 @@ def test_full_queue_answers_429_with_retry_after(worker):
     refused = next(r for r in replies if r.status == 429)
     assert int(refused.header("Retry-After")) >= 1
     assert refused.json()["error"]["code"] == "queue_full"
+
+
+def test_route_header_only_from_the_own_sidecar(worker):
+    """Issue #10: the worker registered whatever sources an X-Loraplex-Route header named, from anyone."""
+    adapters_dir = worker.tmp / "adapters"
+    route = json.dumps(
+        {
+            "pool": "tiny",
+            "model": "injected",
+            "adapters": {
+                "injected": {
+                    "pool": "tiny",
+                    "source": {"type": "path", "path": str(adapters_dir / "style.safetensors")},
+                },
+                # re-pointing an adapter other users rely on
+                "peft": {"pool": "tiny", "source": {"type": "path", "path": str(adapters_dir / "kohya.safetensors")}},
+            },
+            "names": {"injected": "injected"},
+        }
+    )
+    body = {"model": "injected", "prompt": "x", "seed": 1, "steps": 1, "width": 64, "height": 64}
+    raw = json.dumps(body).encode()
+    for headers in (
+        {"X-Loraplex-Route": route},
+        {"X-Loraplex-Route": route, "X-Loraplex-Hop": "pod-0", "X-Loraplex-Hop-Auth": "v1 ts=1 sig=00"},
+    ):
+        r = post(worker.url + "/v1/generate", raw, headers={"Content-Type": "application/json", **headers})
+        assert r.status == 401 and r.json()["error"]["code"] == "invalid_hop_signature", r.body
+    names = {a["name"] for a in get(worker.url + "/v1/adapters").json()["adapters"]}
+    assert "injected" not in names
+    # The sidecar's signed route is taken.
+    sig = HopKeys(worker.tmp / "hop-key").sign("POST", "/v1/generate", "pod-0", route, raw)
+    headers = {"Content-Type": "application/json", "X-Loraplex-Route": route, "X-Loraplex-Hop": "pod-0"}
+    r = post(worker.url + "/v1/generate", raw, headers={**headers, "X-Loraplex-Hop-Auth": sig}, timeout=120)
+    assert r.status == 200, r.body
+    # Put "peft" back the way the table has it (a route's entry replaces the table's until the table changes).
+    fix = json.dumps(
+        {
+            "pool": "tiny",
+            "adapters": {
+                "peft": {
+                    "pool": "tiny",
+                    "aliases": ["peft-alias"],
+                    "source": {"type": "path", "path": str(adapters_dir / "peft.safetensors")},
+                }
+            },
+        }
+    )
+    b2 = json.dumps({"model": "peft", "prompt": "x", "seed": 1, "steps": 1, "width": 64, "height": 64}).encode()
+    sig = HopKeys(worker.tmp / "hop-key").sign("POST", "/v1/generate", "pod-0", fix, b2)
+    r = post(
+        worker.url + "/v1/generate",
+        b2,
+        headers={**headers, "X-Loraplex-Route": fix, "X-Loraplex-Hop-Auth": sig},
+        timeout=120,
+    )
+    assert r.status == 200, r.body
+
+
+def test_worker_refuses_a_public_listen_address():
+    r = subprocess.run(
+        [PYTHON, "-m", "inference_pod.worker", "--host", "0.0.0.0", "--port", "1"], capture_output=True, timeout=120
+    )
+    assert r.returncode == 2 and b"loopback" in r.stderr
 
 
 def test_metrics_and_probes(worker):

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from inference_pod.adapters.sources import SourcePolicy
 from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
 from inference_pod.local.lora_factory import write_lora
 from inference_pod.slots.engine import SlotEngine
@@ -22,7 +23,8 @@ def pipe(tiny_pipe):
 def make_tiers(pipe, tmp_path, slots=2, max_rank=8, ram_adapters=3):
     engine = SlotEngine(pipe, n_slots=slots, max_rank=max_rank)
     budgets = TierBudgets(gpu_slots=slots, ram_bytes=ram_adapters * engine.slot_nbytes, disk_bytes=1 << 30)
-    return AdapterTiers(engine, budgets, tmp_path / "disk", unet_config=pipe.unet.config)
+    policy = SourcePolicy(path_roots=(tmp_path,))
+    return AdapterTiers(engine, budgets, tmp_path / "disk", unet_config=pipe.unet.config, policy=policy)
 
 
 def register(tiers, tmp_path, unet, name, pinned=False, **kw):

@@ -215,8 +215,9 @@ def test_refusals(engine_factory, pristine):
     sd = make_adapter(pristine, rank=2)
     key = next(k for k in sd if k.endswith("attn2.to_k.lora_A.weight"))
     sd[key] = torch.zeros(2, 7)
-    with pytest.raises(AdapterMismatchError, match="attn2.to_k: shape"):
+    with pytest.raises(AdapterMismatchError, match=r"attn2.to_k: the adapter maps 7 -> \d+ features") as e:
         engine.prepare(canonicalize(sd, cfg))
+    assert "(7,)" not in str(e.value) and ")x(" not in str(e.value)  # was "shape (640,)x(7,)"
     sd = make_adapter(pristine, rank=2)
     sd[next(iter(sd))][0, 0] = float("nan")
     with pytest.raises(AdapterMismatchError, match="NaN"):

@@ -80,3 +80,26 @@ async def test_job_errors_go_back_to_their_caller_only():
         await q.submit(boom, 5)
     assert (await q.submit(lambda: "still serving", 5))[0] == "still serving"
     await q.close()
+
+
+async def test_a_late_error_after_the_deadline_is_not_logged_as_never_retrieved():
+    """Issue #10: 'Future exception was never retrieved' once a running job failed after its caller's deadline."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx.get("message", "")))
+    q = GpuJobQueue(max_queued=2)
+    q.start()
+
+    def fails_late():
+        time.sleep(0.3)
+        raise RuntimeError("late")
+
+    with pytest.raises(DeadlineExceeded):
+        await q.submit(fails_late, 0.05)
+    await asyncio.sleep(0.5)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [m for m in seen if "never retrieved" in m], seen
+    await q.close()

@@ -1,0 +1,152 @@
+"""Authenticating the internal hops: sidecar -> peer sidecar, and sidecar -> its own worker.
+
+The internal headers (`X-Loraplex-Hop`, `X-Loraplex-Route`) decide where a request is served and where the worker
+fetches adapter bytes from, so a hop carries an HMAC-SHA256 over everything that matters:
+
+    v1 \\n <unix seconds> \\n <METHOD> \\n <path and query> \\n <hop header> \\n <route header> \\n <sha256(body) hex>
+
+sent as `X-Loraplex-Hop-Auth: v1 ts=<unix seconds> sig=<hex>`. A signature is accepted within `max_skew_s` of the
+receiver's clock (bounds replay) and under any key of the key file, which is signed with its first key (rotation:
+add the new key second, roll out, move it first, roll out, drop the old one).
+
+The key file is a mounted Secret: either a file with one key per line (`#` comments and blank lines skipped) or a
+directory whose regular, non-hidden files each hold keys the same way (read in name order). Keys shorter than 16
+bytes are ignored. The file is re-read when it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from loraplex.api import headers as hdr
+
+log = logging.getLogger("loraplex.hopauth")
+
+MIN_KEY_BYTES = 16
+DEFAULT_MAX_SKEW_S = 60.0
+
+
+class HopAuthError(Exception):
+    """The hop's signature is missing, malformed, stale or wrong; the message says which (never a key)."""
+
+
+def _message(ts: int, method: str, path_qs: str, hop: str, route: str, body: bytes) -> bytes:
+    digest = hashlib.sha256(body).hexdigest()
+    return "\n".join(("v1", str(ts), method.upper(), path_qs, hop, route, digest)).encode()
+
+
+def signature(key: bytes, ts: int, method: str, path_qs: str, hop: str, route: str, body: bytes) -> str:
+    return hmac.new(key, _message(ts, method, path_qs, hop, route, body), hashlib.sha256).hexdigest()
+
+
+class HopKeys:
+    """The pool's hop keys from a file or directory, re-read (at most every `check_interval_s`) when changed."""
+
+    def __init__(self, path: str | os.PathLike[str], check_interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.check_interval_s = check_interval_s
+        self._keys: tuple[bytes, ...] = ()
+        self._stamp: object = None
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+        self._refresh(force=True)
+
+    def _files(self) -> list[Path]:
+        if self.path.is_dir():
+            return sorted(p for p in self.path.iterdir() if not p.name.startswith(".") and p.is_file())
+        return [self.path]
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._checked < self.check_interval_s:
+                return
+            self._checked = now
+            try:
+                files = self._files()
+                stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+                if stamp == self._stamp:
+                    return
+                keys: list[bytes] = []
+                for p in files:
+                    for line in p.read_text(encoding="utf-8").splitlines():
+                        line = line.strip()
+                        if not line or line.startswith("#"):
+                            continue
+                        if len(line.encode()) < MIN_KEY_BYTES:
+                            log.warning("hop key file %s: a key shorter than %d bytes is ignored", p, MIN_KEY_BYTES)
+                            continue
+                        keys.append(line.encode())
+            except (OSError, UnicodeDecodeError) as e:
+                log.error("cannot read hop key file %s: %s (every hop is refused)", self.path, e)
+                self._keys, self._stamp = (), None
+                return
+            if not keys:
+                log.error("hop key file %s holds no usable key: every hop is refused", self.path)
+            self._keys, self._stamp = tuple(keys), stamp
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        self._refresh()
+        return self._keys
+
+    def sign(self, method: str, path_qs: str, hop: str, route: str, body: bytes, now: float | None = None) -> str:
+        """The `X-Loraplex-Hop-Auth` value for this request, signed with the first key ('' without a key)."""
+        keys = self.keys
+        if not keys:
+            return ""
+        ts = int(time.time() if now is None else now)
+        return f"v1 ts={ts} sig={signature(keys[0], ts, method, path_qs, hop, route, body)}"
+
+    def verify(
+        self,
+        value: str | None,
+        method: str,
+        path_qs: str,
+        hop: str,
+        route: str,
+        body: bytes,
+        *,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
+        now: float | None = None,
+    ) -> None:
+        """Raise HopAuthError unless `value` signs this request under one of the keys, within the clock skew."""
+        if not value:
+            raise HopAuthError(f"missing {hdr.HOP_AUTH} header")
+        parts = value.split()
+        fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        if not parts or parts[0] != "v1" or "ts" not in fields or "sig" not in fields:
+            raise HopAuthError(f"malformed {hdr.HOP_AUTH} header")
+        try:
+            ts = int(fields["ts"])
+        except ValueError:
+            raise HopAuthError(f"malformed {hdr.HOP_AUTH} timestamp") from None
+        current = time.time() if now is None else now
+        if abs(current - ts) > max_skew_s:
+            raise HopAuthError(f"{hdr.HOP_AUTH} timestamp is outside the allowed {max_skew_s:g}s window")
+        keys = self.keys
+        if not keys:
+            raise HopAuthError("no hop key is configured here")
+        given = fields["sig"].encode()
+        ok = False
+        for key in keys:  # every key, no early exit
+            ok |= hmac.compare_digest(given, signature(key, ts, method, path_qs, hop, route, body).encode())
+        if not ok:
+            raise HopAuthError(f"bad {hdr.HOP_AUTH} signature")
+
+
+def write_random_key_file(path: str | os.PathLike[str]) -> Path:
+    """A fresh key file only its owner can read (the local stack's and the tests' pool key)."""
+    import secrets
+
+    p = Path(path)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return p

@@ -1,0 +1,77 @@
+"""A misbehaving HTTP server on loopback (raw sockets in threads) for adapter URL sources.
+
+Paths: /slow/<name> sends headers, then the file one small piece every `delay` seconds; /short/<name> announces the
+full Content-Length and closes after a few bytes (`short_count` times, then serves the file whole); /silent never
+answers; /redirect?to=<url> answers 302 to that URL; anything else serves the file whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import urllib.parse
+
+
+class TrickleServer:
+    def __init__(self, payload: bytes, delay: float = 0.2, piece: int = 16, short_count: int = 1) -> None:
+        self.payload = payload
+        self.delay = delay
+        self.piece = piece
+        self.short_left = short_count
+        self.requests: list[str] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> TrickleServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            target = data.split(b" ", 2)[1].decode()
+            self.requests.append(target)
+            path = urllib.parse.urlsplit(target).path
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.payload)}\r\nConnection: close\r\n\r\n".encode()
+            if path.startswith("/silent"):
+                self._stop.wait(60)
+            elif path.startswith("/redirect"):
+                to = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)["to"][0]
+                conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n".encode())
+            elif path.startswith("/slow"):
+                conn.sendall(head)
+                for i in range(0, len(self.payload), self.piece):
+                    if self._stop.is_set():
+                        return
+                    conn.sendall(self.payload[i : i + self.piece])
+                    time.sleep(self.delay)
+            elif path.startswith("/short") and self.short_left > 0:
+                self.short_left -= 1
+                conn.sendall(head + self.payload[:10])
+            else:
+                conn.sendall(head + self.payload)

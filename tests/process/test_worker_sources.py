@@ -1,0 +1,170 @@
+"""Issue #10 on a real worker process (tiny model, CPU): adapter sources that misbehave.
+
+A slow source must not stall other requests, a cut-short download is transient, an adapter that turns the image
+non-finite is named and remembered as bad, and a path source replaced in place is reloaded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.httpclient import Reply, get, post
+from tests.helpers.procs import PYTHON, ProcHandle, free_port, start_process
+from tests.helpers.trickle_server import TrickleServer
+
+pytestmark = pytest.mark.slow
+
+MAKE_ADAPTERS = """
+import sys
+from pathlib import Path
+from inference_pod.local.lora_factory import write_lora
+from inference_pod.worker.tiny_model import build_tiny_pipeline
+out = Path(sys.argv[1])
+unet = build_tiny_pipeline().unet
+write_lora(out / "plain.safetensors", unet, rank=4, seed=1, strength=3.0)
+write_lora(out / "other.safetensors", unet, rank=4, seed=2, strength=3.0)
+write_lora(out / "swap.safetensors", unet, rank=4, seed=3, strength=3.0)
+write_lora(out / "huge.safetensors", unet, rank=4, seed=4, strength=1e30)
+"""
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    adapters: Path
+    worker: ProcHandle
+    trickle: TrickleServer
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("sources")
+    adapters = tmp / "adapters"
+    adapters.mkdir()
+    subprocess.run([PYTHON, "-c", MAKE_ADAPTERS, str(adapters)], check=True, timeout=300)
+    payload = (adapters / "other.safetensors").read_bytes()
+    with TrickleServer(payload, delay=0.25, piece=64, short_count=1) as trickle:
+
+        def path(name: str) -> dict:
+            return {"pool": "tiny", "source": {"type": "path", "path": str(adapters / f"{name}.safetensors")}}
+
+        def url(p: str) -> dict:
+            return {"pool": "tiny", "source": {"type": "url", "url": trickle.url + p}}
+
+        table = {
+            "version": 1,
+            "pools": {"tiny": {"baseModel": "tiny"}},
+            "adapters": {
+                "plain": path("plain"),
+                "other": path("other"),
+                "swap": path("swap"),
+                "huge": path("huge"),
+                "slow": url("/slow/a.safetensors"),
+                "short": url("/short/a.safetensors"),
+            },
+        }
+        (tmp / "table.json").write_text(json.dumps(table))
+        port = free_port()
+        cmd = [
+            PYTHON,
+            "-m",
+            "inference_pod.worker",
+            "--port",
+            str(port),
+            "--table",
+            str(tmp / "table.json"),
+            "--disk-cache-dir",
+            str(tmp / "cache"),
+            "--gpu-slots",
+            "2",
+            "--max-rank",
+            "8",
+            "--torch-threads",
+            "1",
+            "--allow-private-sources",
+            "--fetch-total-timeout",
+            "20",
+            "--fetch-min-bytes-per-s",
+            "0",
+        ]
+        worker = start_process(cmd, port, timeout=300, log_dir=tmp)
+        try:
+            yield Stack(tmp, adapters, worker, trickle)
+        finally:
+            worker.terminate()
+
+
+def gen(stack: Stack, model: str, seed: int = 1, timeout: float = 120) -> Reply:
+    body = {"model": model, "prompt": "a red fox", "seed": seed, "steps": 1, "width": 64, "height": 64}
+    return post(stack.worker.url + "/v1/generate", body, timeout=timeout)
+
+
+def bad_of(stack: Stack) -> dict[str, str | None]:
+    return {a["name"]: a["bad"] for a in get(stack.worker.url + "/v1/adapters").json()["adapters"]}
+
+
+def test_a_slow_source_does_not_stall_other_requests(stack: Stack) -> None:
+    """Before: the GPU job itself waited for the trickling download, so every request queued behind it."""
+    assert gen(stack, "plain").status == 200  # warm
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(gen, stack, "slow")
+        time.sleep(1.0)  # the slow fetch has started
+        t0 = time.monotonic()
+        r = gen(stack, "other", timeout=60)
+        took = time.monotonic() - t0
+        assert r.status == 200, r.body
+        assert not slow.done(), "the slow source finished too early for this test to mean anything"
+        assert took < 15, took
+        assert get(stack.worker.url + "/readyz").status == 200  # it can serve: ready, truthfully
+        s = slow.result(timeout=60)
+    # The slow source runs into the total time limit: a transient error, not a bad adapter.
+    assert s.status == 502, s.body
+    assert "slow" in s.json()["error"]["message"]
+    assert bad_of(stack)["slow"] is None
+
+
+def test_a_short_download_is_transient_then_retried(stack: Stack) -> None:
+    """Before: a transfer cut short was judged a corrupt adapter and marked bad for good."""
+    r = gen(stack, "short")
+    assert r.status == 502, r.body
+    assert bad_of(stack)["short"] is None
+    time.sleep(1.2)  # the first backoff
+    r = gen(stack, "short")
+    assert r.status == 200, r.body
+
+
+def test_an_adapter_that_blackens_the_image_is_named_and_remembered(stack: Stack) -> None:
+    """Before: 200 with an all-black PNG."""
+    r = gen(stack, "huge")
+    assert r.status == 422, r.body[:200]
+    message = r.json()["error"]["message"]
+    assert "huge" in message and "non-finite" in message
+    assert bad_of(stack)["huge"]
+    r2 = gen(stack, "huge")
+    assert r2.status == 422
+    assert gen(stack, "plain").status == 200  # the worker is fine
+
+
+def test_a_path_source_replaced_in_place_is_reloaded(stack: Stack) -> None:
+    """Before: the resident copy kept serving the old weights."""
+    first = gen(stack, "swap", seed=5)
+    assert first.status == 200
+    assert gen(stack, "swap", seed=5).header("X-Loraplex-Swap-Tier") == "gpu"  # resident
+    want = gen(stack, "other", seed=5)
+    tmp = stack.adapters / "swap.tmp"
+    shutil.copyfile(stack.adapters / "other.safetensors", tmp)
+    os.replace(tmp, stack.adapters / "swap.safetensors")
+    again = gen(stack, "swap", seed=5)
+    assert again.status == 200
+    assert again.body != first.body
+    assert again.body == want.body
