@@ -55,3 +55,10 @@ DISK_CACHE_DIR = "/var/cache/loraplex"
 
 # Non-root identity baked into both images (docker/).
 RUN_AS_USER = 10001
+
+# Hops between sidecars (and a sidecar's requests to its worker) are signed with this namespace's key
+# (loraplex/api/hopauth.py). One Secret per namespace, created once by the operator and never rewritten,
+# because the gateway forwards to every pool of its namespace with one key.
+HOP_KEY_SECRET = "loraplex-hop-key"
+HOP_KEY_DATA_KEY = "hop-key"
+HOP_KEY_DIR = "/etc/loraplex/hop-key"

@@ -161,3 +161,24 @@ def test_scale_subresource_spec_change_and_garbage_collection(
     wait_until("Deployment collected", lambda: kube.get("apps/v1", "deployments", namespace, "scaled") is None, 60)
     wait_until("Service collected", lambda: kube.get("v1", "services", namespace, "scaled") is None, 60)
     wait_until("routing table removed", lambda: routing_table(kube, namespace) is None, 60)
+
+
+def test_namespace_hop_key_is_created_once_and_never_replaced(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """The operator (as the chart's ServiceAccount) creates the hop key with the first pool; a second pool and a
+    restart keep it, since a new key would cut the namespace's pods and gateway off from each other."""
+    kube.create(pool_manifest("first", namespace, replicas=0))
+    secret = wait_until("the hop key Secret", lambda: kube.get("v1", "secrets", namespace, c.HOP_KEY_SECRET))
+    key = secret["data"][c.HOP_KEY_DATA_KEY]
+    assert len(key) > 64  # base64 of 64 hex characters and a newline
+    dep = wait_until("the pool's Deployment", lambda: kube.get("apps/v1", "deployments", namespace, "first"))
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["hop-key"]["secret"]["secretName"] == c.HOP_KEY_SECRET
+    kube.create(pool_manifest("second", namespace, replicas=0))
+    wait_until("the second pool's Deployment", lambda: kube.get("apps/v1", "deployments", namespace, "second"))
+    operator.stop()
+    operator.start()
+    kube.create(pool_manifest("third", namespace, replicas=0))
+    wait_until("the third pool's Deployment", lambda: kube.get("apps/v1", "deployments", namespace, "third"))
+    assert kube.get("v1", "secrets", namespace, c.HOP_KEY_SECRET)["data"][c.HOP_KEY_DATA_KEY] == key

@@ -96,10 +96,10 @@ app.kubernetes.io/component: gateway
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
-# Hub tokens, to read private repos' metadata.
+# Hub tokens, to read private repos' metadata; the namespace's hop key is created once (never updated).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, create]
 # Warnings posted by kopf on the objects it handles.
 - apiGroups: ["", events.k8s.io]
   resources: [events]

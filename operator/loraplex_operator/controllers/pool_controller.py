@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.controllers.autoscaler import Autoscaler
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.conditions import Condition, merge_conditions, status_changed
-from loraplex_operator.logic.manifests import build_pool_objects, selector_string
+from loraplex_operator.logic.manifests import build_hop_key_secret, build_pool_objects, selector_string
 from loraplex_operator.logic.podstate import summarize_pods
 from loraplex_operator.logic.poolstatus import PoolObservation, pool_status
 from loraplex_operator.logic.specs import SpecError, parse_pool_spec
@@ -49,6 +50,7 @@ class PoolController:
         self.poke_delay_s = poke_delay_s
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}  # (ns, kind, name) -> (hash, when)
+        self._hop_keys: dict[str, float] = {}  # namespace -> when its hop key Secret was last seen
         self._pokes: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.reconciles = 0
 
@@ -139,9 +141,34 @@ class PoolController:
         self.autoscaler.track(namespace, name, spec, replicas)
         self.writer.mark(namespace)  # endpoints or the pool entry may have changed
 
+    async def _ensure_hop_key(self, namespace: str, force: bool) -> str | None:
+        """Create the namespace's hop key once; never rewrite it (pods would lose each other)."""
+        now = self.clock()
+        seen = self._hop_keys.get(namespace)
+        if not force and seen is not None and now - seen < self.reapply_s:
+            return None
+        try:
+            found = await self.kube.run(self.kube.get, "v1", "secrets", namespace, c.HOP_KEY_SECRET)
+            if found is None:
+                manifest = build_hop_key_secret(namespace, secrets.token_hex(32))
+                try:
+                    await self.kube.run(self.kube.create, manifest)
+                    log.info("namespace %s: created the hop key Secret %s", namespace, c.HOP_KEY_SECRET)
+                except KubeError as e:
+                    if e.status != 409:  # another replica or a restart made it first: keep theirs
+                        raise
+        except KubeError as e:
+            self._hop_keys.pop(namespace, None)
+            return f"cannot create Secret {c.HOP_KEY_SECRET}: {e}"
+        self._hop_keys[namespace] = now
+        return None
+
     async def _apply_all(
         self, namespace: str, name: str, body: dict[str, Any], spec: Any, replicas: int, force: bool
     ) -> str | None:
+        key_error = await self._ensure_hop_key(namespace, force)
+        if key_error:
+            return key_error
         now = self.clock()
         for manifest in build_pool_objects(body, spec, replicas):
             key = (namespace, manifest["kind"], name)

@@ -61,6 +61,24 @@ def inference_service_account_name(pool: str) -> str:
     return f"{pool}-inference"
 
 
+HOP_KEY_MOUNT = {"name": "hop-key", "mountPath": c.HOP_KEY_DIR, "readOnly": True}
+
+
+def build_hop_key_secret(namespace: str, key: str) -> Manifest:
+    """The namespace's hop key (created once, never applied again: a new key would cut every pod off)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": c.HOP_KEY_SECRET,
+            "namespace": namespace,
+            "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY},
+        },
+        "type": "Opaque",
+        "stringData": {c.HOP_KEY_DATA_KEY: key + "\n"},
+    }
+
+
 def worker_args(spec: PoolSpec) -> list[str]:
     cache, limits = spec.adapter_cache, spec.limits
     return [
@@ -95,6 +113,8 @@ def worker_args(spec: PoolSpec) -> list[str]:
         str(limits.queue_size),
         "--hf-home",
         c.MODEL_CACHE_DIR,
+        "--hop-key-file",
+        c.HOP_KEY_DIR,
     ]
 
 
@@ -111,6 +131,8 @@ def sidecar_args() -> list[str]:
         "$(POD_NAME)",
         "--table-configmaps",
         "$(POD_NAMESPACE)",
+        "--hop-key-file",
+        c.HOP_KEY_DIR,
     ]
 
 
@@ -215,6 +237,8 @@ def _volumes(spec: PoolSpec) -> list[dict[str, Any]]:
         {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
         # torch/diffusers use /dev/shm; the runtime default of 64 MiB is too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+        # Group-readable by fsGroup (RUN_AS_USER), nobody else.
+        {"name": "hop-key", "secret": {"secretName": c.HOP_KEY_SECRET, "defaultMode": 0o440}},
     ]
 
 
@@ -242,6 +266,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
             {"name": "adapter-cache", "mountPath": c.DISK_CACHE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            HOP_KEY_MOUNT,
         ],
         **_pre_stop(spec),
     }
@@ -260,7 +285,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
         "livenessProbe": _http_probe("/healthz", period=10, timeout=3, failures=3),
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, HOP_KEY_MOUNT],
         **_pre_stop(spec),
     }
     pod_spec: dict[str, Any] = {

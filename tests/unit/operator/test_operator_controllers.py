@@ -28,6 +28,7 @@ _PLURAL = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps",
+    "Secret": "secrets",
 }
 
 
@@ -79,6 +80,10 @@ class FakeKube:
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("apply", manifest["kind"]))
+        return self.put(_PLURAL[manifest["kind"]], manifest)
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", manifest["kind"]))
         return self.put(_PLURAL[manifest["kind"]], manifest)
 
     def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> None:
@@ -254,6 +259,9 @@ async def test_pool_reconcile_applies_once_and_writes_status_once() -> None:
     await controller.reconcile("ns", "sdxl")
     applied = [k for v, k in kube.calls if v == "apply"]
     assert applied == ["ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget"]
+    assert [k for v, k in kube.calls if v == "create"] == ["Secret"]  # the namespace's hop key, once
+    key = kube.get("v1", "secrets", "ns", c.HOP_KEY_SECRET)["stringData"][c.HOP_KEY_DATA_KEY]
+    assert len(key.strip()) == 64
     dep = kube.get("apps/v1", "deployments", "ns", "sdxl")
     assert dep["spec"]["replicas"] == 2
     status = kube.get(c.API_VERSION, c.POOL_PLURAL, "ns", "sdxl")["status"]
@@ -261,6 +269,9 @@ async def test_pool_reconcile_applies_once_and_writes_status_once() -> None:
     kube.calls.clear()
     await controller.reconcile("ns", "sdxl")
     assert kube.calls == []  # nothing changed: no apply, no status write
+    await controller.reconcile("ns", "sdxl", force_apply=True)  # a resync re-applies, but never a new key
+    assert ("create", "Secret") not in kube.calls
+    assert kube.get("v1", "secrets", "ns", c.HOP_KEY_SECRET)["stringData"][c.HOP_KEY_DATA_KEY] == key
     await writer.idle()
 
 

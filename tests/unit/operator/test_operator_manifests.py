@@ -8,6 +8,7 @@ from typing import Any
 from loraplex_operator import constants as c
 from loraplex_operator.logic.manifests import (
     build_deployment,
+    build_hop_key_secret,
     build_pdb,
     build_pool_objects,
     build_role,
@@ -68,6 +69,8 @@ def test_deployment_has_worker_and_sidecar_with_contract_args() -> None:
         "$(POD_NAME)",
         "--table-configmaps",
         "$(POD_NAMESPACE)",
+        "--hop-key-file",
+        "/etc/loraplex/hop-key",
     ]
     env = {e["name"] for e in sidecar["env"]}
     assert {"POD_NAME", "POD_NAMESPACE"} <= env
@@ -129,6 +132,29 @@ def test_every_probe_port_resolves_in_its_own_container() -> None:
                 continue
             port = ct[kind]["httpGet"]["port"]
             assert (port in own) if isinstance(port, str) else (port in pod_ports), (ct["name"], kind, port)
+
+
+def test_both_containers_get_the_namespace_hop_key() -> None:
+    dep = build_deployment(OWNER, _spec(), 1)
+    pod = dep["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "hop-key")
+    assert volume["secret"]["secretName"] == c.HOP_KEY_SECRET
+    assert volume["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == c.RUN_AS_USER
+    for ct in _containers(dep).values():
+        mount = next(m for m in ct["volumeMounts"] if m["name"] == "hop-key")
+        assert mount == {"name": "hop-key", "mountPath": c.HOP_KEY_DIR, "readOnly": True}
+        assert ct["args"][ct["args"].index("--hop-key-file") + 1] == c.HOP_KEY_DIR
+
+
+def test_hop_key_secret() -> None:
+    secret = build_hop_key_secret("team-a", "ab" * 32)
+    assert secret["metadata"] == {
+        "name": c.HOP_KEY_SECRET,
+        "namespace": "team-a",
+        "labels": {c.LABEL_MANAGED_BY: c.MANAGED_BY},
+    }
+    assert secret["stringData"] == {c.HOP_KEY_DATA_KEY: "ab" * 32 + "\n"}
+    assert "ownerReferences" not in secret["metadata"]  # shared by every pool (and the gateway) of the namespace
 
 
 def test_hardened_security_context() -> None:
