@@ -104,7 +104,7 @@ class Operator:
                     c.ADAPTER_PLURAL,
                     namespace,
                     body["metadata"]["name"],
-                    {"metadata": {"annotations": {"loraplex.io/pool-changed": stamp}}},
+                    {"metadata": {"annotations": {c.ANNOTATION_NUDGE: stamp}}},
                 )
             except KubeError as e:
                 if e.status != 404:

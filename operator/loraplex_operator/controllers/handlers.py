@@ -34,11 +34,37 @@ OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
 _OWNED_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
 
 
+class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base without the user's annotations.
+
+    kopf stores the last handled "essence" of every object in an annotation, and by
+    default that essence includes all the object's annotations: one annotation of
+    ~200 KB (accepted by the apiserver) then makes kopf's own patch exceed the 256 KiB
+    limit on all annotations, and every event fails with a 422. No handler of ours
+    reacts to annotations, except the operator's own nudge (`ANNOTATION_NUDGE`), which
+    is kept so that a nudge is still a change to kopf.
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        meta = essence.get("metadata") or {}
+        annotations = meta.get("annotations")
+        if annotations is not None:
+            kept = {k: v for k, v in annotations.items() if k in c.DIFFBASE_ANNOTATIONS}
+            if kept:
+                meta["annotations"] = kept
+            else:
+                del meta["annotations"]
+            if not meta:
+                del essence["metadata"]
+        return essence
+
+
 def build_settings() -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
-    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    s.persistence.diffbase_storage = CompactDiffBaseStorage(
         prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"

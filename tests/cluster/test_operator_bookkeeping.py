@@ -1,0 +1,58 @@
+"""kopf's bookkeeping and the operator's reactions, on the real control plane (issue #10, control-plane part)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loraplex_operator import constants as c
+from loraplex_operator.clients.kube import Kube
+from tests.cluster.operator_support import (
+    OperatorProcess,
+    adapter_manifest,
+    pool_manifest,
+    wait_until,
+)
+
+DIFFBASE = f"{c.KOPF_ANNOTATION_PREFIX}/last-handled-configuration"
+
+
+def get_adapter(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    return kube.get(c.API_VERSION, c.ADAPTER_PLURAL, ns, name)
+
+
+def no_pods_pool(name: str, ns: str, **spec: Any) -> dict[str, Any]:
+    return pool_manifest(name, ns, replicas=0, minReplicas=0, **spec)
+
+
+def test_a_large_user_annotation_stays_out_of_kopfs_diff_base(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(no_pods_pool("tiny", namespace))
+    big = adapter_manifest("big", namespace)
+    big["metadata"]["annotations"] = {"example.com/notes": "x" * 200_000}
+    kube.create(big)  # the apiserver accepts it (all annotations < 256 KiB)
+    wait_until(
+        "big Ready",
+        lambda: (get_adapter(kube, namespace, "big") or {}).get("status", {}).get("phase") == "Ready",
+        timeout=60,
+    )
+    # kopf stored its diff base (its own patch was accepted) and it holds no copy of the note.
+    ad = wait_until(
+        "kopf's diff base stored",
+        lambda: (a := get_adapter(kube, namespace, "big")) and DIFFBASE in a["metadata"].get("annotations", {}) and a,
+    )
+    base = ad["metadata"]["annotations"][DIFFBASE]
+    assert len(base) < 10_000 and "example.com/notes" not in base
+    assert json.loads(base)["spec"]["pool"] == "tiny"
+    # An edit of the spec is still seen (the diff base works), and the note is still there.
+    kube.merge_patch(c.API_VERSION, c.ADAPTER_PLURAL, namespace, "big", {"spec": {"scale": 0.5}})
+    wait_until(
+        "the edit handled",
+        lambda: (
+            json.loads(get_adapter(kube, namespace, "big")["metadata"]["annotations"][DIFFBASE])["spec"].get("scale")
+            == 0.5
+        ),
+    )
+    refused = [line for line in operator.log_tail(2000).splitlines() if namespace in line and "422" in line]
+    assert not refused, refused[:3]
