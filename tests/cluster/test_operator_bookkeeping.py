@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from loraplex_operator import constants as c
@@ -11,6 +12,7 @@ from tests.cluster.operator_support import (
     OperatorProcess,
     adapter_manifest,
     pool_manifest,
+    routing_table,
     wait_until,
 )
 
@@ -56,3 +58,31 @@ def test_a_large_user_annotation_stays_out_of_kopfs_diff_base(
     )
     refused = [line for line in operator.log_tail(2000).splitlines() if namespace in line and "422" in line]
     assert not refused, refused[:3]
+
+
+def test_a_new_pool_routes_and_readies_a_waiting_adapter_without_its_backoff(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(adapter_manifest("early", namespace, pool="later"))
+
+    def retries() -> int:
+        a = get_adapter(kube, namespace, "early") or {}
+        progress = [
+            json.loads(v)
+            for k, v in (a["metadata"].get("annotations") or {}).items()
+            if k.startswith(c.KOPF_ANNOTATION_PREFIX + "/adapter_changed")
+        ]
+        return max((p.get("retries", 0) for p in progress), default=0)
+
+    # After two retries kopf's next one is 20 s away (5, 10, 20 s).
+    wait_until("two retries", lambda: retries() >= 2, timeout=60)
+    kube.create(no_pods_pool("later", namespace))
+    start = time.monotonic()
+    wait_until(
+        "Ready soon after the pool appears",
+        lambda: get_adapter(kube, namespace, "early")["status"]["phase"] == "Ready",
+        timeout=40,
+    )
+    took = time.monotonic() - start
+    assert took < 8, f"status said Ready {took:.1f} s after the pool appeared"
+    wait_until("early routed", lambda: (t := routing_table(kube, namespace)) and "early" in t.adapters, timeout=10)

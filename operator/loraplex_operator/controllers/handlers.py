@@ -22,6 +22,7 @@ import kopf
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import load_configuration
 from loraplex_operator.controllers.adapter_controller import Retry
+from loraplex_operator.logic.nudge import DIFFBASE_KEY
 from loraplex_operator.logic.resolution import PoolInfo
 from loraplex_operator.logic.routes import pool_info
 from loraplex_operator.logic.specs import SpecError, parse_pool_spec
@@ -64,9 +65,7 @@ def build_settings() -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
-    s.persistence.diffbase_storage = CompactDiffBaseStorage(
-        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    s.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=c.KOPF_ANNOTATION_PREFIX, key=DIFFBASE_KEY)
     s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"
     # One k8s Event per handler success would be thousands in a burst; keep warnings and errors.
     s.posting.level = logging.WARNING
