@@ -11,6 +11,7 @@ from loraplex_operator.clients.kube import Kube
 from tests.cluster.operator_support import (
     OperatorProcess,
     adapter_manifest,
+    condition,
     pool_manifest,
     routing_table,
     wait_until,
@@ -86,3 +87,27 @@ def test_a_new_pool_routes_and_readies_a_waiting_adapter_without_its_backoff(
     took = time.monotonic() - start
     assert took < 8, f"status said Ready {took:.1f} s after the pool appeared"
     wait_until("early routed", lambda: (t := routing_table(kube, namespace)) and "early" in t.adapters, timeout=10)
+
+
+def test_a_failing_adapter_gets_one_warning_event(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+    kube.create(no_pods_pool("tiny", namespace))
+    kube.create(adapter_manifest("wrong", namespace, baseModel="stabilityai/stable-diffusion-xl-base-1.0"))
+
+    def events() -> list[dict[str, Any]]:
+        return [e for e in kube.list("v1", "events", namespace) if e["involvedObject"].get("name") == "wrong"]
+
+    found = wait_until("a Warning event about the adapter", events, timeout=60)
+    assert [(e["type"], e["reason"], e["involvedObject"]["kind"]) for e in found] == [
+        ("Warning", "BaseModelMismatch", c.ADAPTER_KIND)
+    ]
+    assert "tiny" in found[0]["message"]
+    # Seen again (a nudge re-runs its handler; the status is reset): still one Event for that failure.
+    kube.merge_patch(c.API_VERSION, c.ADAPTER_PLURAL, namespace, "wrong", {"status": None}, "status")
+    kube.merge_patch(
+        c.API_VERSION, c.ADAPTER_PLURAL, namespace, "wrong", {"metadata": {"annotations": {c.ANNOTATION_NUDGE: "t"}}}
+    )
+    wait_until(
+        "Failed again", lambda: condition(get_adapter(kube, namespace, "wrong"), "Degraded").get("status") == "True"
+    )
+    time.sleep(2)
+    assert len(events()) == 1

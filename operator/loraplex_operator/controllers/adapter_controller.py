@@ -11,6 +11,7 @@ pool, an unreachable hub or a conflicting alias heals without a crash loop.
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +21,7 @@ from typing import Any
 from loraplex_operator import constants as c
 from loraplex_operator.clients.hub import HubError, fetch_model_info
 from loraplex_operator.clients.kube import Kube, KubeError
+from loraplex_operator.controllers.events import post_failure_event
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.backoff import retry_delay
 from loraplex_operator.logic.conditions import Condition, merge_conditions, status_changed
@@ -114,8 +116,9 @@ class AdapterController:
         meta = body["metadata"]
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
         outcome = await self._resolve(body, list(pools), claimants)
-        status = adapter_status(outcome, body.get("status"), generation, self.clock())
-        if status_changed(body.get("status"), status):
+        old_status = copy.deepcopy(body.get("status"))
+        status = adapter_status(outcome, old_status, generation, self.clock())
+        if status_changed(old_status, status):
             try:
                 await self.kube.run(
                     self.kube.merge_patch,
@@ -130,6 +133,7 @@ class AdapterController:
                 if e.status == 404:
                     return outcome  # deleted meanwhile
                 raise
+            await post_failure_event(self.kube, body, c.ADAPTER_KIND, old_status, status)
         self.writer.mark(namespace)
         if outcome.phase != "Ready":
             # Failed needs a spec change, but retry slowly anyway: a fixed hub

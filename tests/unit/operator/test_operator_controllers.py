@@ -28,6 +28,7 @@ _PLURAL = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps",
+    "Event": "events",
 }
 
 
@@ -79,6 +80,13 @@ class FakeKube:
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("apply", manifest["kind"]))
+        return self.put(_PLURAL[manifest["kind"]], manifest)
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", manifest["kind"]))
+        meta = manifest["metadata"]
+        if (_PLURAL[manifest["kind"]], meta.get("namespace", ""), meta["name"]) in self.objects:
+            raise KubeError(409, "AlreadyExists", meta["name"])
         return self.put(_PLURAL[manifest["kind"]], manifest)
 
     def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> None:
@@ -364,6 +372,24 @@ async def test_adapter_failures_have_reasons() -> None:
         assert status["phase"] == phase, (name, status)
         assert {x["type"]: x["reason"] for x in status["conditions"]}["Ready"] == reason
     assert json.dumps(status)  # plain JSON, nothing of kopf in it
+    # Only the Failed one is an Event (a Warning about that adapter).
+    events = kube.list("v1", "events", "ns")
+    assert [(e["involvedObject"]["name"], e["reason"], e["type"]) for e in events] == [
+        ("not-lora", "NotALora", "Warning")
+    ]
+
+
+async def test_a_failure_is_one_event_however_often_it_is_seen() -> None:
+    kube = FakeKube()
+    ctl = AdapterController(kube, fast_writer(kube), fetch=lambda *a: _hub_info(tags=["diffusers"]))  # type: ignore[arg-type]
+    kube.put("loraadapters", adapter_obj("not-lora", source={"type": "hub", "repo": "org/x"}))
+    for retry in range(3):
+        body = kube.get(c.API_VERSION, "loraadapters", "ns", "not-lora")
+        if retry == 2:
+            body["status"] = {}  # e.g. the status was reset: the same failure is seen anew
+        with pytest.raises(Retry):
+            await ctl.reconcile(body, retry, [PoolInfo("sdxl", "org/sdxl")], {})
+    assert len(kube.list("v1", "events", "ns")) == 1
 
 
 async def test_autoscaler_polls_sidecars_sizes_the_pool_and_tolerates_dead_ones() -> None:
