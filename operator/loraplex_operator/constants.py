@@ -7,9 +7,9 @@ that a rename cannot leave a manifest builder and a watcher disagreeing.
 from __future__ import annotations
 
 # The routing table's ConfigMap names are the data plane's contract too: defined in loraplex.api.names.
-from loraplex.api.names import LABEL_ROUTING_TABLE, TABLE_CONFIGMAP_PREFIX, TABLE_DATA_KEY
+from loraplex.api.names import ANNOTATION_TABLE_EMPTY, LABEL_ROUTING_TABLE, TABLE_CONFIGMAP_PREFIX, TABLE_DATA_KEY
 
-__all__ = ["LABEL_ROUTING_TABLE", "TABLE_CONFIGMAP_PREFIX", "TABLE_DATA_KEY"]
+__all__ = ["ANNOTATION_TABLE_EMPTY", "LABEL_ROUTING_TABLE", "TABLE_CONFIGMAP_PREFIX", "TABLE_DATA_KEY"]
 
 GROUP = "loraplex.io"
 VERSION = "v1alpha1"

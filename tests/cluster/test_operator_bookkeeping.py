@@ -111,3 +111,42 @@ def test_a_failing_adapter_gets_one_warning_event(kube: Kube, operator: Operator
     )
     time.sleep(2)
     assert len(events()) == 1
+
+
+def _shards(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return [cm for cm in kube.list("v1", "configmaps", ns) if cm["metadata"]["name"].startswith("loraplex-routes-")]
+
+
+def test_routing_table_shards_deleted_emptied_or_unlabelled_by_hand_are_restored_at_once(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(no_pods_pool("tiny", namespace))
+    kube.create(adapter_manifest("pixel", namespace))
+    wait_until("pixel routed", lambda: (t := routing_table(kube, namespace)) and "pixel" in t.adapters, timeout=60)
+    time.sleep(1.5)  # let the writer settle (its own writes' events need no flush)
+
+    def restored() -> bool:
+        t = routing_table(kube, namespace)
+        return bool(t and "pixel" in t.adapters and "tiny" in t.pools)
+
+    # 1. Every shard deleted by hand.
+    for cm in _shards(kube, namespace):
+        kube.delete("v1", "configmaps", namespace, cm["metadata"]["name"])
+    start = time.monotonic()
+    wait_until("shards re-created", restored, timeout=30)
+    assert time.monotonic() - start < 8, "the table was restored only by the periodic resync"
+
+    # 2. A valid but empty table written by hand.
+    (shard0,) = _shards(kube, namespace)
+    name = shard0["metadata"]["name"]
+    empty = json.dumps({"version": 1, "generation": 1, "pools": {}, "adapters": {}})
+    kube.merge_patch("v1", "configmaps", namespace, name, {"data": {c.TABLE_DATA_KEY: empty}})
+    start = time.monotonic()
+    wait_until("shard rewritten", restored, timeout=30)
+    assert time.monotonic() - start < 8
+
+    # 3. The routing-table label removed.
+    kube.merge_patch("v1", "configmaps", namespace, name, {"metadata": {"labels": {c.LABEL_ROUTING_TABLE: None}}})
+    start = time.monotonic()
+    wait_until("label restored", restored, timeout=30)
+    assert time.monotonic() - start < 8

@@ -5,6 +5,7 @@ Triggers map onto the one reconcile per kind:
 - pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
 - LoraAdapter create/update -> AdapterController.reconcile (retried with backoff)
 - any pool, adapter or pod event -> TableWriter.mark(namespace)
+- a routing-table ConfigMap deleted, edited or unlabelled by anyone else -> TableWriter.mark(namespace)
 
 No handler needs a finalizer (owner references and the level-triggered
 table cover deletion), so deleting a pool or adapter never waits for the
@@ -76,6 +77,9 @@ def build_settings() -> kopf.OperatorSettings:
     # Only our pods and Deployments, filtered by the apiserver rather than after the fact.
     s.watching.label_selectors["v1", "pods"] = _OWNED_SELECTOR
     s.watching.label_selectors["apps", "v1", "deployments"] = _OWNED_SELECTOR
+    # The routing-table shards: a shard deleted, edited or unlabelled by hand is restored at once (a shard whose
+    # label is removed leaves this label-selected watch as a DELETED event).
+    s.watching.label_selectors["v1", "configmaps"] = f"{c.LABEL_ROUTING_TABLE}=true"
     s.watching.server_timeout = 300
     s.networking.request_timeout = 60
     return s
@@ -144,6 +148,14 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             if type == "DELETED":
                 op.pools.invalidate(namespace, pool)  # deleted by hand: re-create it
             op.pools.poke(namespace, pool)
+
+    # No `labels=` filter here: the watch itself is label-selected (settings), and a shard whose label was just
+    # removed arrives as DELETED, possibly with its new (unlabelled) body.
+    @kopf.on.event("v1", "configmaps", registry=registry, id="table_event")
+    async def table_event(namespace: str, name: str, type: str | None, body: Any, **_: Any) -> None:
+        if namespace and name.startswith(c.TABLE_CONFIGMAP_PREFIX + "-"):
+            data = (body.get("data") or {}).get(c.TABLE_DATA_KEY)
+            op.writer.table_event(namespace, name, type == "DELETED", data)
 
     # -- adapters ------------------------------------------------------------
 

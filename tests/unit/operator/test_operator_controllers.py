@@ -189,7 +189,7 @@ async def test_a_burst_is_coalesced_into_few_writes_and_nothing_is_rewritten() -
     assert kube.get(c.API_VERSION, c.POOL_PLURAL, "ns", "sdxl")["status"]["adapters"] == 300
 
 
-async def test_deletions_reach_the_table_and_no_pool_means_no_table() -> None:
+async def test_deletions_reach_the_table_and_no_pool_means_an_explicitly_empty_table() -> None:
     kube = FakeKube()
     writer = fast_writer(kube)
     kube.put("basemodelpools", pool_obj())
@@ -205,7 +205,43 @@ async def test_deletions_reach_the_table_and_no_pool_means_no_table() -> None:
     kube.delete(c.API_VERSION, "basemodelpools", "ns", "sdxl")
     writer.mark("ns")
     await writer.idle()
-    assert kube.list("v1", "configmaps", "ns") == []
+    # One empty shard, marked so that sidecars accept it (they refuse an unexplained empty table).
+    (cm,) = kube.list("v1", "configmaps", "ns")
+    assert cm["metadata"]["annotations"][c.ANNOTATION_TABLE_EMPTY] == "true"
+    assert cm["metadata"]["ownerReferences"] == []
+    empty = table_of(kube)
+    assert not empty.pools and not empty.adapters
+    before = list(kube.calls)
+    writer.mark("ns")  # e.g. the periodic resync: nothing to do
+    await writer.idle()
+    assert ("apply", "ConfigMap") not in kube.calls[len(before) :]
+    # A new pool: a real table again, the marker gone.
+    kube.put("basemodelpools", pool_obj())
+    writer.mark("ns")
+    await writer.idle()
+    cms = kube.list("v1", "configmaps", "ns")
+    assert set(table_of(kube).adapters) == {"b"}
+    assert not any(c.ANNOTATION_TABLE_EMPTY in x["metadata"].get("annotations", {}) for x in cms)
+
+
+async def test_writer_restores_shards_changed_by_anyone_else_but_ignores_its_own_writes() -> None:
+    kube = FakeKube()
+    writer = fast_writer(kube)
+    kube.put("basemodelpools", pool_obj())
+    kube.put("loraadapters", adapter_obj("a"))
+    writer.mark("ns")
+    await writer.idle()
+    (cm,) = kube.list("v1", "configmaps", "ns")
+    name, data = cm["metadata"]["name"], cm["data"][c.TABLE_DATA_KEY]
+    assert not writer.table_event("ns", name, False, data)  # our own write's watch event
+    kube.delete("v1", "configmaps", "ns", name)
+    assert writer.table_event("ns", name, True, None)  # deleted by hand
+    await writer.idle()
+    assert kube.list("v1", "configmaps", "ns")[0]["data"][c.TABLE_DATA_KEY] == data
+    kube.objects[("configmaps", "ns", name)]["data"][c.TABLE_DATA_KEY] = '{"version": 1, "pools": {}, "adapters": {}}'
+    assert writer.table_event("ns", name, False, '{"version": 1, "pools": {}, "adapters": {}}')  # emptied by hand
+    await writer.idle()
+    assert set(table_of(kube).adapters) == {"a"}
 
 
 async def test_writer_survives_api_errors_and_retries() -> None:
