@@ -150,3 +150,27 @@ def test_routing_table_shards_deleted_emptied_or_unlabelled_by_hand_are_restored
     start = time.monotonic()
     wait_until("label restored", restored, timeout=30)
     assert time.monotonic() - start < 8
+
+
+def test_an_adapter_that_loses_an_alias_is_ready_and_routed_by_its_own_name(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(no_pods_pool("tiny", namespace))
+    kube.create(adapter_manifest("alpha", namespace, aliases=["shared"]))
+    kube.create(adapter_manifest("beta", namespace, aliases=["shared", "b"]))
+    table = wait_until(
+        "both routed", lambda: (t := routing_table(kube, namespace)) and {"alpha", "beta"} <= set(t.adapters) and t
+    )
+    assert table.resolve("shared") == ("tiny", "alpha") and table.resolve("beta") == ("tiny", "beta")
+    assert table.resolve("b") == ("tiny", "beta")
+    # The status says the same: beta is Ready (routed), and a separate condition names the alias it lost.
+    beta = wait_until(
+        "beta's AliasConflict condition",
+        lambda: (
+            (a := get_adapter(kube, namespace, "beta")) and condition(a, "AliasConflict").get("status") == "True" and a
+        ),
+    )
+    assert beta["status"]["phase"] == "Ready" and condition(beta, "Ready")["status"] == "True"
+    assert "'shared'" in condition(beta, "AliasConflict")["message"]
+    alpha = get_adapter(kube, namespace, "alpha")
+    assert alpha["status"]["phase"] == "Ready" and not condition(alpha, "AliasConflict")

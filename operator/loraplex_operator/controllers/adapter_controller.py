@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -54,6 +55,9 @@ class Outcome:
     message: str
     pool: str | None = None
     fields: Mapping[str, Any] | None = None  # extra status fields (resolvedRevision, sha256, ...)
+    # An alias another adapter or a pool holds: the adapter is still routed (by its name and its other
+    # aliases, exactly as logic/routes.py builds the table), and this says which alias is not.
+    alias_conflict: str = ""
 
 
 def adapter_conditions(outcome: Outcome) -> list[Condition]:
@@ -77,7 +81,7 @@ def adapter_conditions(outcome: Outcome) -> list[Condition]:
             outcome.reason if outcome.phase == "Failed" else "AsExpected",
             outcome.message if outcome.phase == "Failed" else "",
         ),
-    ]
+    ] + ([Condition("AliasConflict", True, "AliasConflict", outcome.alias_conflict)] if outcome.alias_conflict else [])
 
 
 def adapter_status(outcome: Outcome, old_status: dict[str, Any] | None, generation: int, now: float) -> dict[str, Any]:
@@ -135,11 +139,16 @@ class AdapterController:
                 raise
             await post_failure_event(self.kube, body, c.ADAPTER_KIND, old_status, status)
         self.writer.mark(namespace)
-        if outcome.phase != "Ready":
+        if outcome.phase != "Ready" or outcome.alias_conflict:
             # Failed needs a spec change, but retry slowly anyway: a fixed hub
-            # card, a new pool or a freed alias is then picked up by itself.
+            # card, a new pool or a freed alias is then picked up by itself
+            # (a Ready adapter that lost an alias too: its condition clears then).
             base = 5.0 if outcome.phase == "Pending" else 30.0
-            raise Retry(f"{outcome.reason}: {outcome.message}", retry_delay(retry, base_s=base))
+            message = outcome.alias_conflict if outcome.phase == "Ready" else outcome.message
+            raise Retry(
+                f"{outcome.reason if outcome.phase != 'Ready' else 'AliasConflict'}: {message}",
+                retry_delay(retry, base_s=base),
+            )
         return outcome
 
     async def _resolve(
@@ -159,25 +168,34 @@ class AdapterController:
             for n in pool_claims(p):
                 pool_owner.setdefault(n, p.name)  # same precedence as assign_names
         problem = name_problem(meta["name"], spec.aliases, pool_owner, claimants)
+        if problem is not None and problem[0] == "AliasConflict":
+            # Routed anyway, by its own name (routes.build_table drops only the alias): Ready says so.
+            outcome = await self._resolve_source(body, spec, infos, res.pool)
+            return dataclasses.replace(outcome, alias_conflict=problem[1])
         if problem is not None:
             phase = "Failed" if problem[0] == "InvalidName" else "Pending"
             return Outcome(phase, problem[0], problem[1], res.pool)
+        return await self._resolve_source(body, spec, infos, res.pool)
+
+    async def _resolve_source(
+        self, body: dict[str, Any], spec: AdapterSpec, infos: Mapping[str, PoolInfo], pool: str
+    ) -> Outcome:
         src = spec.source
         if src.type == "url":
             if not src.url or not src.sha256:
-                return Outcome("Failed", "InvalidSource", "a url source needs url and sha256", res.pool)
+                return Outcome("Failed", "InvalidSource", "a url source needs url and sha256", pool)
             return Outcome(
                 "Ready",
                 "Routed",
                 "",
-                res.pool,
+                pool,
                 {"resolvedRevision": src.sha256, "sha256": src.sha256, "format": "safetensors"},
             )
         if src.type == "path":
             if not src.path:
-                return Outcome("Failed", "InvalidSource", "a path source needs path", res.pool)
-            return Outcome("Ready", "Routed", "", res.pool, {"resolvedRevision": "", "format": "safetensors"})
-        return await self._resolve_hub(body, spec, infos[res.pool], res.pool)
+                return Outcome("Failed", "InvalidSource", "a path source needs path", pool)
+            return Outcome("Ready", "Routed", "", pool, {"resolvedRevision": "", "format": "safetensors"})
+        return await self._resolve_hub(body, spec, infos[pool], pool)
 
     async def _resolve_hub(self, body: dict[str, Any], spec: AdapterSpec, pool: PoolInfo, pool_name: str) -> Outcome:
         meta, status = body["metadata"], body.get("status") or {}

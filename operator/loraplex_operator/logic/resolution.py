@@ -9,7 +9,9 @@ Name rules, deterministic and independent of event order:
 - then adapter names (unique per namespace, as Kubernetes names are);
   an adapter whose name a pool already holds is not routed at all;
 - then adapter aliases, adapters in name order; an alias already taken is
-  dropped from the table and reported on that adapter.
+  dropped from the table and reported on that adapter: it stays routed by
+  its own name and its other aliases, so its status is Ready, with a
+  separate `AliasConflict` condition naming the alias it lost.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from loraplex_operator.controllers.autoscaler import Autoscaler
 from loraplex_operator.controllers.pool_controller import PoolController
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.resolution import PoolInfo
+from loraplex_operator.logic.routes import build_table
 
 _PLURAL = {
     "Deployment": "deployments",
@@ -388,7 +389,8 @@ async def test_adapter_failures_have_reasons() -> None:
     cases = {
         "no-pool": (adapter_obj("no-pool", pool="missing"), "PoolNotFound", "Pending"),
         "not-lora": (adapter_obj("not-lora", source={"type": "hub", "repo": "org/x"}), "NotALora", "Failed"),
-        "taken": (adapter_obj("taken", aliases=["px"]), "AliasConflict", "Pending"),
+        # Lost its alias: routed by its own name (as build_table does), so Ready, plus an AliasConflict condition.
+        "taken": (adapter_obj("taken", aliases=["px"]), "Routed", "Ready"),
         "ok": (
             adapter_obj("ok", source={"type": "url", "url": "https://h/x.safetensors", "sha256": "c" * 64}),
             "Routed",
@@ -400,14 +402,20 @@ async def test_adapter_failures_have_reasons() -> None:
         body = kube.put("loraadapters", obj)
         try:
             outcome = await ctl.reconcile(body, 0, [PoolInfo("sdxl", "org/sdxl")], claims)
-        except Retry as e:
-            assert reason in str(e)
+        except Retry as e:  # "taken" is Ready, retried slowly until its alias is free
+            assert reason in str(e) or (name == "taken" and "AliasConflict" in str(e))
         else:
             assert outcome.phase == "Ready"
         status = kube.get(c.API_VERSION, "loraadapters", "ns", name)["status"]
         assert status["phase"] == phase, (name, status)
         assert {x["type"]: x["reason"] for x in status["conditions"]}["Ready"] == reason
     assert json.dumps(status)  # plain JSON, nothing of kopf in it
+    taken = {x["type"]: x for x in kube.get(c.API_VERSION, "loraadapters", "ns", "taken")["status"]["conditions"]}
+    assert taken["AliasConflict"]["status"] == "True" and "'px'" in taken["AliasConflict"]["message"]
+    # The table agrees: "taken" is routed by its name, without the alias.
+    build = build_table([pool_obj()], [kube.get(c.API_VERSION, "loraadapters", "ns", "taken"), adapter_obj("px")], {})
+    assert "taken" in build.table.adapters and build.table.adapters["taken"].aliases == ()
+    assert build.table.resolve("px") == ("sdxl", "px")
     # Only the Failed one is an Event (a Warning about that adapter).
     events = kube.list("v1", "events", "ns")
     assert [(e["involvedObject"]["name"], e["reason"], e["type"]) for e in events] == [
