@@ -174,3 +174,42 @@ def test_an_adapter_that_loses_an_alias_is_ready_and_routed_by_its_own_name(
     assert "'shared'" in condition(beta, "AliasConflict")["message"]
     alpha = get_adapter(kube, namespace, "alpha")
     assert alpha["status"]["phase"] == "Ready" and not condition(alpha, "AliasConflict")
+
+
+def test_url_and_path_sources_are_checked_against_the_pools_rules(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.create(no_pods_pool("tiny", namespace))
+    sha = "ab" * 32
+    bad = {
+        "meta": ({"type": "url", "url": "https://169.254.169.254/latest/x.safetensors", "sha256": sha}, "url"),
+        "loop": ({"type": "url", "url": "https://127.0.0.1:6443/x.safetensors", "sha256": sha}, "url"),
+        "apiserver": ({"type": "url", "url": "https://kubernetes.default.svc/x.safetensors", "sha256": sha}, "url"),
+        "relative": ({"type": "path", "path": "loras/x.safetensors"}, "path"),
+        "escape": ({"type": "path", "path": "/models/loras/../../etc/x.safetensors"}, "path"),
+    }
+    for name, (source, _) in bad.items():
+        kube.create(adapter_manifest(name, namespace, source=source))
+    kube.create(adapter_manifest("fine", namespace))
+    for name, (_, field) in bad.items():
+        ad = wait_until(
+            f"{name} refused",
+            lambda n=name: (
+                (a := get_adapter(kube, namespace, n)) and (a.get("status") or {}).get("phase") == "Failed" and a
+            ),
+        )
+        degraded = condition(ad, "Degraded")
+        assert degraded["reason"] == "SourceNotAllowed" and f"spec.source.{field}" in degraded["message"], degraded
+    wait_until("fine routed", lambda: (t := routing_table(kube, namespace)) and "fine" in t.adapters)
+    assert set(routing_table(kube, namespace).adapters) == {"fine"}
+    # The pool allows private URLs: those adapters are admitted (the pool's change wakes them at once).
+    kube.merge_patch(
+        c.API_VERSION, c.POOL_PLURAL, namespace, "tiny", {"spec": {"adapterSources": {"allowPrivateUrls": True}}}
+    )
+    wait_until(
+        "meta admitted",
+        lambda: (get_adapter(kube, namespace, "meta") or {}).get("status", {}).get("phase") == "Ready",
+        timeout=20,
+    )
+    wait_until("meta routed", lambda: "meta" in routing_table(kube, namespace).adapters)
+    assert "relative" not in routing_table(kube, namespace).adapters

@@ -35,6 +35,8 @@ from loraplex_operator.logic.resolution import (
     resolve_pool,
     sanitize_pools,
 )
+from loraplex_operator.logic.sources import REASON as SOURCE_REFUSED
+from loraplex_operator.logic.sources import source_problem
 from loraplex_operator.logic.specs import AdapterSpec, SpecError, parse_adapter_spec
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,10 @@ class AdapterController:
         self, body: dict[str, Any], spec: AdapterSpec, infos: Mapping[str, PoolInfo], pool: str
     ) -> Outcome:
         src = spec.source
+        info = infos[pool]
+        refused = source_problem(src, info.allow_private_urls, info.path_roots)
+        if refused is not None:
+            return Outcome("Failed", SOURCE_REFUSED, refused, pool)
         if src.type == "url":
             if not src.url or not src.sha256:
                 return Outcome("Failed", "InvalidSource", "a url source needs url and sha256", pool)

@@ -16,6 +16,7 @@ Name rules, deterministic and independent of event order:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class PoolInfo:
     name: str
     base_model: str
     aliases: tuple[str, ...] = ()
+    # spec.adapterSources: which sources the pool admits (logic/sources.py)
+    allow_private_urls: bool = False
+    path_roots: tuple[str, ...] = ("/models/loras",)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def sanitize_pools(pools: Iterable[PoolInfo]) -> list[PoolInfo]:
             if alias and alias not in taken:
                 taken.add(alias)
                 keep.append(alias)
-        out.append(PoolInfo(pool.name, pool.base_model, tuple(keep)))
+        out.append(dataclasses.replace(pool, aliases=tuple(keep)))
     return out
 
 

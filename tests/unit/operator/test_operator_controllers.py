@@ -132,7 +132,7 @@ def pool_obj(name: str = "sdxl", **spec: Any) -> dict[str, Any]:
 
 def adapter_obj(name: str, **spec: Any) -> dict[str, Any]:
     spec.setdefault("pool", "sdxl")
-    spec.setdefault("source", {"type": "path", "path": f"/l/{name}.safetensors"})
+    spec.setdefault("source", {"type": "path", "path": f"/models/loras/{name}.safetensors"})
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.ADAPTER_KIND,
