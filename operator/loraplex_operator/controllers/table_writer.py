@@ -78,9 +78,13 @@ class TableWriter:
         # (namespace, ConfigMap) -> sha256 of the data we last wrote: our own writes' watch events
         # need no flush; anyone else's change (a deletion, an edit, a removed label) does.
         self._written: dict[tuple[str, str], str] = {}
+        # Namespaces where a table was seen (written, listed or watched): when their last pool goes,
+        # the table becomes an explicitly empty one, even if the garbage collector deleted the shards first.
+        self._had_table: set[str] = set()
 
     def table_event(self, namespace: str, name: str, deleted: bool, data: str | None) -> bool:
         """A routing-table ConfigMap changed (watch event); restore it unless we wrote exactly that. True: marked."""
+        self._had_table.add(namespace)
         if not deleted and data is not None and self._written.get((namespace, name)) == _digest(data):
             return False
         self.mark(namespace)
@@ -166,6 +170,8 @@ class TableWriter:
                 pool = pod["metadata"]["labels"][c.LABEL_POOL]
                 ready.setdefault(pool, []).append(ReadyPod(pod["metadata"]["name"], pod["status"]["podIP"]))
         live_pools = [p for p in pools if not p["metadata"].get("deletionTimestamp")]
+        if existing:
+            self._had_table.add(namespace)
         st = self._ns.get(namespace)
         if st is not None:
             st.empty = not (pools or adapters or [cm for cm in existing if not is_empty_marker(cm)])
@@ -173,7 +179,7 @@ class TableWriter:
         self.stats.flushes += 1
         if live_pools:
             desired = shard_configmaps(namespace, split_table(build.table), live_pools)
-        elif existing:
+        elif existing or namespace in self._had_table:
             # No pool left: an explicitly empty table (sidecars refuse an unexplained empty one).
             desired = empty_table_configmaps(namespace)
         else:

@@ -225,6 +225,22 @@ async def test_deletions_reach_the_table_and_no_pool_means_an_explicitly_empty_t
     assert not any(c.ANNOTATION_TABLE_EMPTY in x["metadata"].get("annotations", {}) for x in cms)
 
 
+async def test_a_table_collected_with_its_last_pool_becomes_an_explicitly_empty_one() -> None:
+    kube = FakeKube()
+    writer = fast_writer(kube)
+    kube.put("basemodelpools", pool_obj())
+    writer.mark("ns")
+    await writer.idle()
+    (cm,) = kube.list("v1", "configmaps", "ns")
+    # The garbage collector deletes the pool and its shards before the writer's next flush.
+    kube.delete(c.API_VERSION, "basemodelpools", "ns", "sdxl")
+    kube.delete("v1", "configmaps", "ns", cm["metadata"]["name"])
+    writer.table_event("ns", cm["metadata"]["name"], True, None)
+    await writer.idle()
+    (marker,) = kube.list("v1", "configmaps", "ns")
+    assert marker["metadata"]["annotations"][c.ANNOTATION_TABLE_EMPTY] == "true"
+
+
 async def test_writer_restores_shards_changed_by_anyone_else_but_ignores_its_own_writes() -> None:
     kube = FakeKube()
     writer = fast_writer(kube)
