@@ -12,6 +12,11 @@ after every accepted change; `AsyncTable` bridges that into an asyncio loop.
   the data key `table.json`, joined with `merge_shards` in ConfigMap-name
   order. Watch events are coalesced (the operator writes shards in bursts),
   a 410 Gone re-lists at once, other errors re-list with backoff.
+  A drop from a non-empty table to an empty one (every shard deleted,
+  unlabelled, or emptied by hand) is refused like a malformed update, unless
+  a shard carries the operator's `loraplex.io/table-empty` marker (the
+  operator writes it when the namespace really has no pool left): the old
+  table keeps routing until the operator restores the shards.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from loraplex.api.names import TABLE_DATA_KEY, TABLE_LABEL_SELECTOR
+from loraplex.api.names import ANNOTATION_TABLE_EMPTY, TABLE_DATA_KEY, TABLE_LABEL_SELECTOR
 from loraplex.api.routing_table import RoutingTable, TableError, merge_shards, parse_table
 
 log = logging.getLogger("loraplex.table")
@@ -47,6 +52,7 @@ class TableSource:
         self._loaded = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_error: str | None = None
+        self.refused_empty = 0  # unexplained drops to an empty table refused (each also an error: metrics)
 
     @property
     def table(self) -> RoutingTable | None:
@@ -194,7 +200,8 @@ class ConfigMapTableSource(TableSource):
         self.max_backoff_s = max_backoff_s
         self._api = api
         self._shards: dict[str, str | None] = {}
-        self._merged_input: list[tuple[str, str | None]] | None = None
+        self._marked_empty: set[str] = set()  # shards carrying the operator's "empty on purpose" marker
+        self._merged_input: tuple[list[tuple[str, str | None]], bool] | None = None
         self._dirty = threading.Event()
         self._watch: Any = None
 
@@ -218,6 +225,7 @@ class ConfigMapTableSource(TableSource):
         """Set the shards from a full list (V1ConfigMap objects), then merge now."""
         with self._lock:
             self._shards = {cm.metadata.name: (cm.data or {}).get(TABLE_DATA_KEY) for cm in configmaps}
+            self._marked_empty = {cm.metadata.name for cm in configmaps if _marked_empty(cm)}
         self.merge()
 
     def apply_event(self, kind: str, cm: Any) -> bool:
@@ -225,15 +233,21 @@ class ConfigMapTableSource(TableSource):
         name = cm.metadata.name
         with self._lock:
             if kind == "DELETED":
+                self._marked_empty.discard(name)
                 if name not in self._shards:
                     return False
                 del self._shards[name]
                 return True
             if kind in ("ADDED", "MODIFIED"):
                 data = (cm.data or {}).get(TABLE_DATA_KEY)
-                if name in self._shards and self._shards[name] == data:
-                    return False  # e.g. an annotation changed
+                marked = _marked_empty(cm)
+                if name in self._shards and self._shards[name] == data and (name in self._marked_empty) == marked:
+                    return False  # e.g. another annotation changed
                 self._shards[name] = data
+                if marked:
+                    self._marked_empty.add(name)
+                else:
+                    self._marked_empty.discard(name)
                 return True
         return False
 
@@ -241,9 +255,10 @@ class ConfigMapTableSource(TableSource):
         """Join the current shards; publish if they changed and parse. True when published."""
         with self._lock:
             shards = sorted(self._shards.items())
-        if shards == self._merged_input:
+            marked = bool(self._marked_empty & set(self._shards))
+        if (shards, marked) == self._merged_input:
             return False
-        self._merged_input = shards
+        self._merged_input = (shards, marked)
         missing = [name for name, data in shards if data is None]
         if missing:
             self._reject(f"ConfigMap(s) {', '.join(missing)} have no {TABLE_DATA_KEY!r} key")
@@ -253,6 +268,16 @@ class ConfigMapTableSource(TableSource):
         except TableError as e:
             names = ", ".join(name for name, _ in shards)
             self._reject(f"{e} (shards in order: {names})")
+            return False
+        current = self._table
+        if current is not None and not _is_empty(current) and _is_empty(table) and not marked:
+            self.refused_empty += 1
+            what = f"{len(shards)} shard(s), none marked {ANNOTATION_TABLE_EMPTY}" if shards else "no shard left"
+            self._reject(
+                f"refusing to drop from generation {current.generation} ({len(current.pools)} pools, "
+                f"{len(current.adapters)} adapters) to an empty table ({what}): shards deleted or emptied "
+                "by hand? the operator restores them"
+            )
             return False
         self._publish(table)
         return True
@@ -320,6 +345,15 @@ class ConfigMapTableSource(TableSource):
                 self._dirty.set()
         # The stream ended (server-side timeout): resume from the last version seen.
         return w.resource_version or rv
+
+
+def _is_empty(table: RoutingTable) -> bool:
+    return not table.pools and not table.adapters
+
+
+def _marked_empty(cm: Any) -> bool:
+    annotations = getattr(cm.metadata, "annotations", None) or {}
+    return annotations.get(ANNOTATION_TABLE_EMPTY) == "true"
 
 
 class AsyncTable:

@@ -11,3 +11,6 @@ LABEL_ROUTING_TABLE = "loraplex.io/routing-table"
 TABLE_LABEL_SELECTOR = f"{LABEL_ROUTING_TABLE}=true"
 TABLE_CONFIGMAP_PREFIX = "loraplex-routes"
 TABLE_DATA_KEY = "table.json"
+# Set (to "true") by the operator on the one shard it writes when a namespace really has no pool left: a sidecar
+# accepts a drop from a non-empty table to an empty one only with this marker (deleted or emptied shards are refused).
+ANNOTATION_TABLE_EMPTY = "loraplex.io/table-empty"

@@ -7,9 +7,9 @@ that a rename cannot leave a manifest builder and a watcher disagreeing.
 from __future__ import annotations
 
 # The routing table's ConfigMap names are the data plane's contract too: defined in loraplex.api.names.
-from loraplex.api.names import LABEL_ROUTING_TABLE, TABLE_CONFIGMAP_PREFIX, TABLE_DATA_KEY
+from loraplex.api.names import ANNOTATION_TABLE_EMPTY, LABEL_ROUTING_TABLE, TABLE_CONFIGMAP_PREFIX, TABLE_DATA_KEY
 
-__all__ = ["LABEL_ROUTING_TABLE", "TABLE_CONFIGMAP_PREFIX", "TABLE_DATA_KEY"]
+__all__ = ["ANNOTATION_TABLE_EMPTY", "LABEL_ROUTING_TABLE", "TABLE_CONFIGMAP_PREFIX", "TABLE_DATA_KEY"]
 
 GROUP = "loraplex.io"
 VERSION = "v1alpha1"
@@ -30,6 +30,11 @@ FIELD_MANAGER = "loraplex-operator"
 # kopf keeps its handler progress and diff base in annotations under this
 # prefix (never in .status, which belongs to the operator's own contract).
 KOPF_ANNOTATION_PREFIX = "operator.loraplex.io"
+
+# Set by the operator on waiting adapters to make kopf run their handlers again at once.
+ANNOTATION_NUDGE = "loraplex.io/pool-changed"
+# The only annotations kept in kopf's diff base (user annotations may be large: issue #10).
+DIFFBASE_ANNOTATIONS = frozenset({ANNOTATION_NUDGE})
 
 # Labels on everything the operator creates.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

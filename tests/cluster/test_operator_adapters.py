@@ -137,7 +137,8 @@ def test_adapter_waits_for_its_pool_then_routes(kube: Kube, operator: OperatorPr
         lambda: get_adapter(kube, namespace, "early")["status"]["phase"] == "Ready",
         timeout=30,
     )
-    assert "early" in routing_table(kube, namespace).adapters
+    # The table follows within the writer's debounce (the status may be patched first).
+    wait_until("early routed", lambda: (t := routing_table(kube, namespace)) and "early" in t.adapters, timeout=10)
 
 
 def test_base_model_mismatch_is_a_clear_failure(kube: Kube, operator: OperatorProcess, namespace: str) -> None:

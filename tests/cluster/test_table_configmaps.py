@@ -38,12 +38,14 @@ def adapter(name: str) -> dict:
 POOLS = {"tiny": {"baseModel": "tiny", "endpoints": [{"name": "p0", "url": "http://127.0.0.1:1"}]}}
 
 
-def put(core, ns: str, name: str, data: str | None, labels: dict | None = LABEL) -> None:
+def put(
+    core, ns: str, name: str, data: str | None, labels: dict | None = LABEL, annotations: dict | None = None
+) -> None:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     body = client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
         data={TABLE_DATA_KEY: data} if data is not None else {"other": "x"},
     )
     try:
@@ -92,6 +94,27 @@ def test_watch_follows_shards_and_keeps_the_last_good_table(core, namespace: str
         time.sleep(3)  # the 2 s watch ends server-side; the source resumes from its resourceVersion
         put(core, ns, "rt-c", shard(5, adapters=adapter("c1")))
         eventually(lambda: set(src.table.adapters) == {"c1"}, timeout=5)
+    finally:
+        src.stop()
+
+
+def test_watch_refuses_an_unexplained_empty_table(core, namespace: str) -> None:
+    ns = namespace
+    put(core, ns, "rt-0", shard(1, pools=POOLS, adapters=adapter("a1")))
+    src = ConfigMapTableSource(ns, api=core, debounce_s=0.05, watch_timeout_s=30)
+    errors: list[str] = []
+    src.add_error_listener(errors.append)
+    src.start()
+    try:
+        eventually(lambda: src.table is not None and set(src.table.adapters) == {"a1"})
+        core.delete_namespaced_config_map("rt-0", ns)  # every shard deleted by hand
+        eventually(lambda: src.refused_empty == 1)
+        assert set(src.table.adapters) == {"a1"} and "empty table" in errors[-1]
+        put(core, ns, "rt-0", shard(2))  # a valid, empty, unmarked table written by hand
+        eventually(lambda: src.refused_empty == 2)
+        assert set(src.table.adapters) == {"a1"}
+        put(core, ns, "rt-0", shard(3), annotations={"loraplex.io/table-empty": "true"})  # the operator's marker
+        eventually(lambda: src.table.generation == 3 and not src.table.adapters and not src.table.pools)
     finally:
         src.stop()
 

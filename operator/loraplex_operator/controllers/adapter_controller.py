@@ -11,6 +11,8 @@ pool, an unreachable hub or a conflicting alias heals without a crash loop.
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +22,7 @@ from typing import Any
 from loraplex_operator import constants as c
 from loraplex_operator.clients.hub import HubError, fetch_model_info
 from loraplex_operator.clients.kube import Kube, KubeError
+from loraplex_operator.controllers.events import post_failure_event
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.backoff import retry_delay
 from loraplex_operator.logic.conditions import Condition, merge_conditions, status_changed
@@ -32,6 +35,8 @@ from loraplex_operator.logic.resolution import (
     resolve_pool,
     sanitize_pools,
 )
+from loraplex_operator.logic.sources import REASON as SOURCE_REFUSED
+from loraplex_operator.logic.sources import source_problem
 from loraplex_operator.logic.specs import AdapterSpec, SpecError, parse_adapter_spec
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,9 @@ class Outcome:
     message: str
     pool: str | None = None
     fields: Mapping[str, Any] | None = None  # extra status fields (resolvedRevision, sha256, ...)
+    # An alias another adapter or a pool holds: the adapter is still routed (by its name and its other
+    # aliases, exactly as logic/routes.py builds the table), and this says which alias is not.
+    alias_conflict: str = ""
 
 
 def adapter_conditions(outcome: Outcome) -> list[Condition]:
@@ -75,7 +83,7 @@ def adapter_conditions(outcome: Outcome) -> list[Condition]:
             outcome.reason if outcome.phase == "Failed" else "AsExpected",
             outcome.message if outcome.phase == "Failed" else "",
         ),
-    ]
+    ] + ([Condition("AliasConflict", True, "AliasConflict", outcome.alias_conflict)] if outcome.alias_conflict else [])
 
 
 def adapter_status(outcome: Outcome, old_status: dict[str, Any] | None, generation: int, now: float) -> dict[str, Any]:
@@ -114,8 +122,9 @@ class AdapterController:
         meta = body["metadata"]
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 0)
         outcome = await self._resolve(body, list(pools), claimants)
-        status = adapter_status(outcome, body.get("status"), generation, self.clock())
-        if status_changed(body.get("status"), status):
+        old_status = copy.deepcopy(body.get("status"))
+        status = adapter_status(outcome, old_status, generation, self.clock())
+        if status_changed(old_status, status):
             try:
                 await self.kube.run(
                     self.kube.merge_patch,
@@ -130,12 +139,18 @@ class AdapterController:
                 if e.status == 404:
                     return outcome  # deleted meanwhile
                 raise
+            await post_failure_event(self.kube, body, c.ADAPTER_KIND, old_status, status)
         self.writer.mark(namespace)
-        if outcome.phase != "Ready":
+        if outcome.phase != "Ready" or outcome.alias_conflict:
             # Failed needs a spec change, but retry slowly anyway: a fixed hub
-            # card, a new pool or a freed alias is then picked up by itself.
+            # card, a new pool or a freed alias is then picked up by itself
+            # (a Ready adapter that lost an alias too: its condition clears then).
             base = 5.0 if outcome.phase == "Pending" else 30.0
-            raise Retry(f"{outcome.reason}: {outcome.message}", retry_delay(retry, base_s=base))
+            message = outcome.alias_conflict if outcome.phase == "Ready" else outcome.message
+            raise Retry(
+                f"{outcome.reason if outcome.phase != 'Ready' else 'AliasConflict'}: {message}",
+                retry_delay(retry, base_s=base),
+            )
         return outcome
 
     async def _resolve(
@@ -155,25 +170,38 @@ class AdapterController:
             for n in pool_claims(p):
                 pool_owner.setdefault(n, p.name)  # same precedence as assign_names
         problem = name_problem(meta["name"], spec.aliases, pool_owner, claimants)
+        if problem is not None and problem[0] == "AliasConflict":
+            # Routed anyway, by its own name (routes.build_table drops only the alias): Ready says so.
+            outcome = await self._resolve_source(body, spec, infos, res.pool)
+            return dataclasses.replace(outcome, alias_conflict=problem[1])
         if problem is not None:
             phase = "Failed" if problem[0] == "InvalidName" else "Pending"
             return Outcome(phase, problem[0], problem[1], res.pool)
+        return await self._resolve_source(body, spec, infos, res.pool)
+
+    async def _resolve_source(
+        self, body: dict[str, Any], spec: AdapterSpec, infos: Mapping[str, PoolInfo], pool: str
+    ) -> Outcome:
         src = spec.source
+        info = infos[pool]
+        refused = source_problem(src, info.allow_private_urls, info.path_roots)
+        if refused is not None:
+            return Outcome("Failed", SOURCE_REFUSED, refused, pool)
         if src.type == "url":
             if not src.url or not src.sha256:
-                return Outcome("Failed", "InvalidSource", "a url source needs url and sha256", res.pool)
+                return Outcome("Failed", "InvalidSource", "a url source needs url and sha256", pool)
             return Outcome(
                 "Ready",
                 "Routed",
                 "",
-                res.pool,
+                pool,
                 {"resolvedRevision": src.sha256, "sha256": src.sha256, "format": "safetensors"},
             )
         if src.type == "path":
             if not src.path:
-                return Outcome("Failed", "InvalidSource", "a path source needs path", res.pool)
-            return Outcome("Ready", "Routed", "", res.pool, {"resolvedRevision": "", "format": "safetensors"})
-        return await self._resolve_hub(body, spec, infos[res.pool], res.pool)
+                return Outcome("Failed", "InvalidSource", "a path source needs path", pool)
+            return Outcome("Ready", "Routed", "", pool, {"resolvedRevision": "", "format": "safetensors"})
+        return await self._resolve_hub(body, spec, infos[pool], pool)
 
     async def _resolve_hub(self, body: dict[str, Any], spec: AdapterSpec, pool: PoolInfo, pool_name: str) -> Outcome:
         meta, status = body["metadata"], body.get("status") or {}

@@ -22,6 +22,7 @@ from loraplex_operator.controllers.health import HealthServer
 from loraplex_operator.controllers.leader import LeaderElector
 from loraplex_operator.controllers.pool_controller import PoolController
 from loraplex_operator.controllers.table_writer import TableWriter
+from loraplex_operator.logic.nudge import nudge_patch
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class Operator:
                 wanted = status.get("phase") in ("Pending", "Failed")
             if not wanted:
                 continue
-            # An annotation change is an update to kopf: the adapter's handler runs again at once.
+            # A new stamp, and kopf's retry progress cleared: the adapter's handler runs again at
+            # once instead of after its backoff (logic/nudge.py).
             try:
                 await self.kube.run(
                     self.kube.merge_patch,
@@ -104,7 +106,7 @@ class Operator:
                     c.ADAPTER_PLURAL,
                     namespace,
                     body["metadata"]["name"],
-                    {"metadata": {"annotations": {"loraplex.io/pool-changed": stamp}}},
+                    nudge_patch(body["metadata"].get("annotations"), stamp),
                 )
             except KubeError as e:
                 if e.status != 404:

@@ -5,6 +5,7 @@ Triggers map onto the one reconcile per kind:
 - pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
 - LoraAdapter create/update -> AdapterController.reconcile (retried with backoff)
 - any pool, adapter or pod event -> TableWriter.mark(namespace)
+- a routing-table ConfigMap deleted, edited or unlabelled by anyone else -> TableWriter.mark(namespace)
 
 No handler needs a finalizer (owner references and the level-triggered
 table cover deletion), so deleting a pool or adapter never waits for the
@@ -22,6 +23,7 @@ import kopf
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import load_configuration
 from loraplex_operator.controllers.adapter_controller import Retry
+from loraplex_operator.logic.nudge import DIFFBASE_KEY
 from loraplex_operator.logic.resolution import PoolInfo
 from loraplex_operator.logic.routes import pool_info
 from loraplex_operator.logic.specs import SpecError, parse_pool_spec
@@ -34,13 +36,37 @@ OWNED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
 _OWNED_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
 
 
+class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base without the user's annotations.
+
+    kopf stores the last handled "essence" of every object in an annotation, and by
+    default that essence includes all the object's annotations: one annotation of
+    ~200 KB (accepted by the apiserver) then makes kopf's own patch exceed the 256 KiB
+    limit on all annotations, and every event fails with a 422. No handler of ours
+    reacts to annotations, except the operator's own nudge (`ANNOTATION_NUDGE`), which
+    is kept so that a nudge is still a change to kopf.
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        meta = essence.get("metadata") or {}
+        annotations = meta.get("annotations")
+        if annotations is not None:
+            kept = {k: v for k, v in annotations.items() if k in c.DIFFBASE_ANNOTATIONS}
+            if kept:
+                meta["annotations"] = kept
+            else:
+                del meta["annotations"]
+            if not meta:
+                del essence["metadata"]
+        return essence
+
+
 def build_settings() -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
-    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    s.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=c.KOPF_ANNOTATION_PREFIX, key=DIFFBASE_KEY)
     s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"
     # One k8s Event per handler success would be thousands in a burst; keep warnings and errors.
     s.posting.level = logging.WARNING
@@ -51,6 +77,9 @@ def build_settings() -> kopf.OperatorSettings:
     # Only our pods and Deployments, filtered by the apiserver rather than after the fact.
     s.watching.label_selectors["v1", "pods"] = _OWNED_SELECTOR
     s.watching.label_selectors["apps", "v1", "deployments"] = _OWNED_SELECTOR
+    # The routing-table shards: a shard deleted, edited or unlabelled by hand is restored at once (a shard whose
+    # label is removed leaves this label-selected watch as a DELETED event).
+    s.watching.label_selectors["v1", "configmaps"] = f"{c.LABEL_ROUTING_TABLE}=true"
     s.watching.server_timeout = 300
     s.networking.request_timeout = 60
     return s
@@ -119,6 +148,14 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             if type == "DELETED":
                 op.pools.invalidate(namespace, pool)  # deleted by hand: re-create it
             op.pools.poke(namespace, pool)
+
+    # No `labels=` filter here: the watch itself is label-selected (settings), and a shard whose label was just
+    # removed arrives as DELETED, possibly with its new (unlabelled) body.
+    @kopf.on.event("v1", "configmaps", registry=registry, id="table_event")
+    async def table_event(namespace: str, name: str, type: str | None, body: Any, **_: Any) -> None:
+        if namespace and name.startswith(c.TABLE_CONFIGMAP_PREFIX + "-"):
+            data = (body.get("data") or {}).get(c.TABLE_DATA_KEY)
+            op.writer.table_event(namespace, name, type == "DELETED", data)
 
     # -- adapters ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Deployment and pods, and writes the status only if it changed.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.controllers.autoscaler import Autoscaler
+from loraplex_operator.controllers.events import post_failure_event
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.conditions import Condition, merge_conditions, status_changed
 from loraplex_operator.logic.manifests import build_hop_key_secret, build_pool_objects, selector_string
@@ -187,7 +189,8 @@ class PoolController:
         return None
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        if not status_changed(body.get("status"), status):
+        old_status = copy.deepcopy(body.get("status"))
+        if not status_changed(old_status, status):
             return
         meta = body["metadata"]
         try:
@@ -203,3 +206,5 @@ class PoolController:
         except KubeError as e:
             if e.status != 404:
                 raise
+            return
+        await post_failure_event(self.kube, body, c.POOL_KIND, old_status, status)

@@ -13,6 +13,7 @@ a restart, a missed event or a duplicate one all converge to the same bytes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -23,7 +24,13 @@ from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.logic.podstate import ReadyPod, is_pod_ready
 from loraplex_operator.logic.routes import TableBuild, build_table
-from loraplex_operator.logic.shards import plan, shard_configmaps, split_table
+from loraplex_operator.logic.shards import (
+    empty_table_configmaps,
+    is_empty_marker,
+    plan,
+    shard_configmaps,
+    split_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,20 @@ class TableWriter:
         # A complete, current view of a namespace's adapters (kopf's index), once available;
         # until then each flush LISTs them.
         self.adapter_source: Callable[[str], list[dict]] | None = None
+        # (namespace, ConfigMap) -> sha256 of the data we last wrote: our own writes' watch events
+        # need no flush; anyone else's change (a deletion, an edit, a removed label) does.
+        self._written: dict[tuple[str, str], str] = {}
+        # Namespaces where a table was seen (written, listed or watched): when their last pool goes,
+        # the table becomes an explicitly empty one, even if the garbage collector deleted the shards first.
+        self._had_table: set[str] = set()
+
+    def table_event(self, namespace: str, name: str, deleted: bool, data: str | None) -> bool:
+        """A routing-table ConfigMap changed (watch event); restore it unless we wrote exactly that. True: marked."""
+        self._had_table.add(namespace)
+        if not deleted and data is not None and self._written.get((namespace, name)) == _digest(data):
+            return False
+        self.mark(namespace)
+        return True
 
     def mark(self, namespace: str) -> None:
         """Note that `namespace`'s table may be stale; a write follows soon (coalesced)."""
@@ -149,20 +170,29 @@ class TableWriter:
                 pool = pod["metadata"]["labels"][c.LABEL_POOL]
                 ready.setdefault(pool, []).append(ReadyPod(pod["metadata"]["name"], pod["status"]["podIP"]))
         live_pools = [p for p in pools if not p["metadata"].get("deletionTimestamp")]
+        if existing:
+            self._had_table.add(namespace)
         st = self._ns.get(namespace)
         if st is not None:
-            st.empty = not (pools or adapters or existing)
+            st.empty = not (pools or adapters or [cm for cm in existing if not is_empty_marker(cm)])
         build = build_table(live_pools, adapters, ready, self.demand(namespace))
         self.stats.flushes += 1
-        # No pool, nothing to route: remove the table.
-        desired = shard_configmaps(namespace, split_table(build.table), live_pools) if live_pools else []
+        if live_pools:
+            desired = shard_configmaps(namespace, split_table(build.table), live_pools)
+        elif existing or namespace in self._had_table:
+            # No pool left: an explicitly empty table (sidecars refuse an unexplained empty one).
+            desired = empty_table_configmaps(namespace)
+        else:
+            desired = []
         todo = plan(desired, existing)
         for cm in (*todo.create, *todo.update):
             await kube.run(kube.apply, cm)
+            self._written[(namespace, cm["metadata"]["name"])] = _digest(cm["data"][c.TABLE_DATA_KEY])
             self.stats.writes += 1
             self.stats.by_namespace[namespace] += 1
         for name in todo.delete:
             await kube.run(kube.delete, "v1", "configmaps", namespace, name)
+            self._written.pop((namespace, name), None)
             self.stats.deletes += 1
         if not todo.empty:
             log.info(
@@ -195,6 +225,10 @@ class TableWriter:
                 except KubeError as e:
                     if e.status != 404:
                         log.warning("cannot update adapter count of pool %s/%s: %s", namespace, name, e)
+
+
+def _digest(data: str) -> str:
+    return hashlib.sha256(data.encode()).hexdigest()
 
 
 def _namespace_going_away(e: KubeError) -> bool:

@@ -9,11 +9,14 @@ Name rules, deterministic and independent of event order:
 - then adapter names (unique per namespace, as Kubernetes names are);
   an adapter whose name a pool already holds is not routed at all;
 - then adapter aliases, adapters in name order; an alias already taken is
-  dropped from the table and reported on that adapter.
+  dropped from the table and reported on that adapter: it stays routed by
+  its own name and its other aliases, so its status is Ready, with a
+  separate `AliasConflict` condition naming the alias it lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +31,9 @@ class PoolInfo:
     name: str
     base_model: str
     aliases: tuple[str, ...] = ()
+    # spec.adapterSources: which sources the pool admits (logic/sources.py)
+    allow_private_urls: bool = False
+    path_roots: tuple[str, ...] = ("/models/loras",)
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ def sanitize_pools(pools: Iterable[PoolInfo]) -> list[PoolInfo]:
             if alias and alias not in taken:
                 taken.add(alias)
                 keep.append(alias)
-        out.append(PoolInfo(pool.name, pool.base_model, tuple(keep)))
+        out.append(dataclasses.replace(pool, aliases=tuple(keep)))
     return out
 
 

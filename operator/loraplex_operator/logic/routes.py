@@ -26,6 +26,7 @@ from loraplex_operator import constants as c
 from loraplex_operator.logic.podstate import ReadyPod
 from loraplex_operator.logic.resolution import PoolInfo, assign_names, resolve_pool, sanitize_pools
 from loraplex_operator.logic.sizing import adapter_replication
+from loraplex_operator.logic.sources import source_problem
 from loraplex_operator.logic.specs import AdapterSpec, PoolSpec, SpecError, parse_adapter_spec, parse_pool_spec
 
 
@@ -37,7 +38,13 @@ class TableBuild:
 
 
 def pool_info(name: str, spec: PoolSpec) -> PoolInfo:
-    return PoolInfo(name, spec.model.name, tuple(spec.routing.aliases))
+    return PoolInfo(
+        name,
+        spec.model.name,
+        tuple(spec.routing.aliases),
+        spec.adapter_sources.allow_private_urls,
+        tuple(spec.adapter_sources.path_roots),
+    )
 
 
 def parse_pools(pools: Sequence[dict[str, Any]]) -> dict[str, tuple[PoolSpec, dict[str, Any]]]:
@@ -61,6 +68,9 @@ def hub_source_ready(body: dict[str, Any]) -> bool:
 
 def _source(spec: AdapterSpec, body: dict[str, Any], pool_spec: PoolSpec) -> tuple[Any, str] | None:
     src = spec.source
+    policy = pool_spec.adapter_sources
+    if source_problem(src, policy.allow_private_urls, policy.path_roots) is not None:
+        return None  # refused at admission: the adapter's status says why
     if src.type == "url":
         if not src.url or not src.sha256:
             return None

@@ -119,6 +119,23 @@ def shard_configmaps(namespace: str, docs: Sequence[str], owners: Sequence[dict[
     return out
 
 
+def empty_table_configmaps(namespace: str) -> list[dict[str, Any]]:
+    """The table of a namespace with no pool left: one empty shard, marked as meant to be empty.
+
+    Sidecars refuse a drop to an empty table unless a shard carries this marker
+    (`ANNOTATION_TABLE_EMPTY`), so shards deleted or emptied by hand never take routing down.
+    It has no owner (there is no pool left to own it); the next pool's table replaces it.
+    """
+    cms = shard_configmaps(namespace, split_table(RoutingTable()), [])
+    for cm in cms:
+        cm["metadata"]["annotations"][c.ANNOTATION_TABLE_EMPTY] = "true"
+    return cms
+
+
+def is_empty_marker(cm: dict[str, Any]) -> bool:
+    return ((cm.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_TABLE_EMPTY) == "true"
+
+
 @dataclass(frozen=True)
 class WritePlan:
     create: tuple[dict[str, Any], ...]

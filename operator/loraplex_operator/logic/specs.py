@@ -89,6 +89,11 @@ class Routing(_Spec):
     activation_timeout_seconds: float = Field(default=0.0, ge=0.0)
 
 
+class AdapterSources(_Spec):
+    allow_private_urls: bool = False
+    path_roots: tuple[str, ...] = ("/models/loras",)
+
+
 class PoolSpec(_Spec):
     model: ModelRef
     image: str = DEFAULT_INFERENCE_IMAGE
@@ -110,6 +115,7 @@ class PoolSpec(_Spec):
     model_cache: ModelCache = ModelCache()
     hub_token_secret: SecretKeyRef | None = None
     routing: Routing = Routing()
+    adapter_sources: AdapterSources = AdapterSources()
 
 
 class AdapterSource(_Spec):

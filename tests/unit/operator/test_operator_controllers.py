@@ -19,6 +19,7 @@ from loraplex_operator.controllers.autoscaler import Autoscaler
 from loraplex_operator.controllers.pool_controller import PoolController
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.resolution import PoolInfo
+from loraplex_operator.logic.routes import build_table
 
 _PLURAL = {
     "Deployment": "deployments",
@@ -29,6 +30,7 @@ _PLURAL = {
     "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps",
     "Secret": "secrets",
+    "Event": "events",
 }
 
 
@@ -84,6 +86,9 @@ class FakeKube:
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("create", manifest["kind"]))
+        meta = manifest["metadata"]
+        if (_PLURAL[manifest["kind"]], meta.get("namespace", ""), meta["name"]) in self.objects:
+            raise KubeError(409, "AlreadyExists", meta["name"])
         return self.put(_PLURAL[manifest["kind"]], manifest)
 
     def delete(self, api_version: str, plural: str, namespace: str | None, name: str) -> None:
@@ -128,7 +133,7 @@ def pool_obj(name: str = "sdxl", **spec: Any) -> dict[str, Any]:
 
 def adapter_obj(name: str, **spec: Any) -> dict[str, Any]:
     spec.setdefault("pool", "sdxl")
-    spec.setdefault("source", {"type": "path", "path": f"/l/{name}.safetensors"})
+    spec.setdefault("source", {"type": "path", "path": f"/models/loras/{name}.safetensors"})
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.ADAPTER_KIND,
@@ -186,7 +191,7 @@ async def test_a_burst_is_coalesced_into_few_writes_and_nothing_is_rewritten() -
     assert kube.get(c.API_VERSION, c.POOL_PLURAL, "ns", "sdxl")["status"]["adapters"] == 300
 
 
-async def test_deletions_reach_the_table_and_no_pool_means_no_table() -> None:
+async def test_deletions_reach_the_table_and_no_pool_means_an_explicitly_empty_table() -> None:
     kube = FakeKube()
     writer = fast_writer(kube)
     kube.put("basemodelpools", pool_obj())
@@ -202,7 +207,59 @@ async def test_deletions_reach_the_table_and_no_pool_means_no_table() -> None:
     kube.delete(c.API_VERSION, "basemodelpools", "ns", "sdxl")
     writer.mark("ns")
     await writer.idle()
-    assert kube.list("v1", "configmaps", "ns") == []
+    # One empty shard, marked so that sidecars accept it (they refuse an unexplained empty table).
+    (cm,) = kube.list("v1", "configmaps", "ns")
+    assert cm["metadata"]["annotations"][c.ANNOTATION_TABLE_EMPTY] == "true"
+    assert cm["metadata"]["ownerReferences"] == []
+    empty = table_of(kube)
+    assert not empty.pools and not empty.adapters
+    before = list(kube.calls)
+    writer.mark("ns")  # e.g. the periodic resync: nothing to do
+    await writer.idle()
+    assert ("apply", "ConfigMap") not in kube.calls[len(before) :]
+    # A new pool: a real table again, the marker gone.
+    kube.put("basemodelpools", pool_obj())
+    writer.mark("ns")
+    await writer.idle()
+    cms = kube.list("v1", "configmaps", "ns")
+    assert set(table_of(kube).adapters) == {"b"}
+    assert not any(c.ANNOTATION_TABLE_EMPTY in x["metadata"].get("annotations", {}) for x in cms)
+
+
+async def test_a_table_collected_with_its_last_pool_becomes_an_explicitly_empty_one() -> None:
+    kube = FakeKube()
+    writer = fast_writer(kube)
+    kube.put("basemodelpools", pool_obj())
+    writer.mark("ns")
+    await writer.idle()
+    (cm,) = kube.list("v1", "configmaps", "ns")
+    # The garbage collector deletes the pool and its shards before the writer's next flush.
+    kube.delete(c.API_VERSION, "basemodelpools", "ns", "sdxl")
+    kube.delete("v1", "configmaps", "ns", cm["metadata"]["name"])
+    writer.table_event("ns", cm["metadata"]["name"], True, None)
+    await writer.idle()
+    (marker,) = kube.list("v1", "configmaps", "ns")
+    assert marker["metadata"]["annotations"][c.ANNOTATION_TABLE_EMPTY] == "true"
+
+
+async def test_writer_restores_shards_changed_by_anyone_else_but_ignores_its_own_writes() -> None:
+    kube = FakeKube()
+    writer = fast_writer(kube)
+    kube.put("basemodelpools", pool_obj())
+    kube.put("loraadapters", adapter_obj("a"))
+    writer.mark("ns")
+    await writer.idle()
+    (cm,) = kube.list("v1", "configmaps", "ns")
+    name, data = cm["metadata"]["name"], cm["data"][c.TABLE_DATA_KEY]
+    assert not writer.table_event("ns", name, False, data)  # our own write's watch event
+    kube.delete("v1", "configmaps", "ns", name)
+    assert writer.table_event("ns", name, True, None)  # deleted by hand
+    await writer.idle()
+    assert kube.list("v1", "configmaps", "ns")[0]["data"][c.TABLE_DATA_KEY] == data
+    kube.objects[("configmaps", "ns", name)]["data"][c.TABLE_DATA_KEY] = '{"version": 1, "pools": {}, "adapters": {}}'
+    assert writer.table_event("ns", name, False, '{"version": 1, "pools": {}, "adapters": {}}')  # emptied by hand
+    await writer.idle()
+    assert set(table_of(kube).adapters) == {"a"}
 
 
 async def test_writer_survives_api_errors_and_retries() -> None:
@@ -355,7 +412,8 @@ async def test_adapter_failures_have_reasons() -> None:
     cases = {
         "no-pool": (adapter_obj("no-pool", pool="missing"), "PoolNotFound", "Pending"),
         "not-lora": (adapter_obj("not-lora", source={"type": "hub", "repo": "org/x"}), "NotALora", "Failed"),
-        "taken": (adapter_obj("taken", aliases=["px"]), "AliasConflict", "Pending"),
+        # Lost its alias: routed by its own name (as build_table does), so Ready, plus an AliasConflict condition.
+        "taken": (adapter_obj("taken", aliases=["px"]), "Routed", "Ready"),
         "ok": (
             adapter_obj("ok", source={"type": "url", "url": "https://h/x.safetensors", "sha256": "c" * 64}),
             "Routed",
@@ -367,14 +425,38 @@ async def test_adapter_failures_have_reasons() -> None:
         body = kube.put("loraadapters", obj)
         try:
             outcome = await ctl.reconcile(body, 0, [PoolInfo("sdxl", "org/sdxl")], claims)
-        except Retry as e:
-            assert reason in str(e)
+        except Retry as e:  # "taken" is Ready, retried slowly until its alias is free
+            assert reason in str(e) or (name == "taken" and "AliasConflict" in str(e))
         else:
             assert outcome.phase == "Ready"
         status = kube.get(c.API_VERSION, "loraadapters", "ns", name)["status"]
         assert status["phase"] == phase, (name, status)
         assert {x["type"]: x["reason"] for x in status["conditions"]}["Ready"] == reason
     assert json.dumps(status)  # plain JSON, nothing of kopf in it
+    taken = {x["type"]: x for x in kube.get(c.API_VERSION, "loraadapters", "ns", "taken")["status"]["conditions"]}
+    assert taken["AliasConflict"]["status"] == "True" and "'px'" in taken["AliasConflict"]["message"]
+    # The table agrees: "taken" is routed by its name, without the alias.
+    build = build_table([pool_obj()], [kube.get(c.API_VERSION, "loraadapters", "ns", "taken"), adapter_obj("px")], {})
+    assert "taken" in build.table.adapters and build.table.adapters["taken"].aliases == ()
+    assert build.table.resolve("px") == ("sdxl", "px")
+    # Only the Failed one is an Event (a Warning about that adapter).
+    events = kube.list("v1", "events", "ns")
+    assert [(e["involvedObject"]["name"], e["reason"], e["type"]) for e in events] == [
+        ("not-lora", "NotALora", "Warning")
+    ]
+
+
+async def test_a_failure_is_one_event_however_often_it_is_seen() -> None:
+    kube = FakeKube()
+    ctl = AdapterController(kube, fast_writer(kube), fetch=lambda *a: _hub_info(tags=["diffusers"]))  # type: ignore[arg-type]
+    kube.put("loraadapters", adapter_obj("not-lora", source={"type": "hub", "repo": "org/x"}))
+    for retry in range(3):
+        body = kube.get(c.API_VERSION, "loraadapters", "ns", "not-lora")
+        if retry == 2:
+            body["status"] = {}  # e.g. the status was reset: the same failure is seen anew
+        with pytest.raises(Retry):
+            await ctl.reconcile(body, retry, [PoolInfo("sdxl", "org/sdxl")], {})
+    assert len(kube.list("v1", "events", "ns")) == 1
 
 
 async def test_autoscaler_polls_sidecars_sizes_the_pool_and_tolerates_dead_ones() -> None:

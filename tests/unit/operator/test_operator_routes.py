@@ -39,7 +39,7 @@ def adapter(
     spec.setdefault("pool", "sdxl")
     return {
         "metadata": {"name": name, "namespace": "ns", "generation": generation},
-        "spec": {"source": source or {"type": "path", "path": f"/loras/{name}.safetensors"}, **spec},
+        "spec": {"source": source or {"type": "path", "path": f"/models/loras/{name}.safetensors"}, **spec},
         "status": status or {},
     }
 

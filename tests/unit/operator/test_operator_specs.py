@@ -42,6 +42,7 @@ def _assert_defaults_match(schema: dict[str, Any], model: dict[str, Any], path: 
             checked += _assert_defaults_match(schema["properties"][name], model[name], f"{path}.{name}")
         else:
             got = model[name]
+            got = list(got) if isinstance(got, tuple) else got  # the models keep lists as tuples (frozen)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 assert float(got) == float(value), f"{path}.{name}: CRD {value!r} vs model {got!r}"
             else:

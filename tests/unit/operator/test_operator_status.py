@@ -149,6 +149,14 @@ def test_adapter_status_phases() -> None:
         "Progressing": ("True", "HubUnreachable"),
         "Degraded": ("False", "AsExpected"),
     }
+    # Lost an alias: still Ready (routed by its own name), with a condition of its own naming the alias.
+    conflict = adapter_status(Outcome("Ready", "Routed", "", "sdxl", alias_conflict="alias 'px' is taken"), ready, 4, 1)
+    assert conds(conflict)["Ready"] == ("True", "Routed") and conds(conflict)["AliasConflict"] == (
+        "True",
+        "AliasConflict",
+    )
+    assert find(conflict["conditions"], "AliasConflict")["message"] == "alias 'px' is taken"
+    assert "AliasConflict" not in conds(adapter_status(Outcome("Ready", "Routed", "", "sdxl"), conflict, 4, 2))
     failed = adapter_status(Outcome("Failed", "NotALora", "no lora tag"), None, 4, 0)
     assert conds(failed)["Degraded"] == ("True", "NotALora")
     assert find(failed["conditions"], "Ready")["message"] == "no lora tag"

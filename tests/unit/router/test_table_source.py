@@ -62,9 +62,10 @@ def test_file_source_missing_then_created(tmp_path: Path) -> None:
         src.stop()
 
 
-def cm(name: str, doc: dict | str | None) -> V1ConfigMap:
+def cm(name: str, doc: dict | str | None, marked_empty: bool = False) -> V1ConfigMap:
     data = None if doc is None else {"table.json": doc if isinstance(doc, str) else json.dumps(doc)}
-    return V1ConfigMap(metadata=V1ObjectMeta(name=name), data=data)
+    annotations = {"loraplex.io/table-empty": "true"} if marked_empty else None
+    return V1ConfigMap(metadata=V1ObjectMeta(name=name, annotations=annotations), data=data)
 
 
 def test_configmap_shards_merge_and_keep_last_good() -> None:
@@ -95,6 +96,44 @@ def test_configmap_no_shards_is_an_empty_table() -> None:
     src = ConfigMapTableSource("ns", api=object())
     src.replace_all([])
     assert src.wait_loaded(0) and src.table.pools == {}
+
+
+EMPTY = {"version": 1, "generation": 7, "pools": {}, "adapters": {}}
+
+
+def test_an_unexplained_drop_to_an_empty_table_is_refused() -> None:
+    src = ConfigMapTableSource("ns", api=object())
+    errors: list[str] = []
+    src.add_error_listener(errors.append)
+    src.replace_all([cm("rt-0", table(3, ("a", "b")))])
+    assert set(src.table.adapters) == {"a", "b"}
+    # Every shard deleted by hand: keep the last good table, and say so (error listeners feed the metrics).
+    assert src.apply_event("DELETED", cm("rt-0", None))
+    assert not src.merge() and set(src.table.adapters) == {"a", "b"}
+    assert src.refused_empty == 1 and "empty table" in errors[-1]
+    # A valid but empty table written by hand: refused too.
+    assert src.apply_event("ADDED", cm("rt-0", EMPTY))
+    assert not src.merge() and set(src.table.adapters) == {"a", "b"} and src.refused_empty == 2
+    # The operator restores the shard: routed again.
+    assert src.apply_event("MODIFIED", cm("rt-0", table(4, ("a", "b"))))
+    assert src.merge() and src.table.generation == 4
+    # A re-list that finds nothing (label removed from every shard while the watch was down): refused.
+    src.replace_all([])
+    assert src.table.generation == 4 and src.refused_empty == 3
+
+
+def test_an_empty_table_marked_by_the_operator_is_accepted() -> None:
+    src = ConfigMapTableSource("ns", api=object())
+    src.replace_all([cm("rt-0", table(3))])
+    # Only the marker changes (same data as a refused empty shard before): that is a change too.
+    assert src.apply_event("MODIFIED", cm("rt-0", EMPTY))
+    assert not src.merge()
+    assert src.apply_event("MODIFIED", cm("rt-0", EMPTY, marked_empty=True))
+    assert src.merge() and src.table.generation == 7 and not src.table.adapters and not src.table.pools
+    assert src.refused_empty == 1
+    # From empty, anything goes (nothing to protect).
+    src.replace_all([])
+    assert src.table.generation == 0
 
 
 def test_async_table_wakes_waiters(tmp_path: Path) -> None:
