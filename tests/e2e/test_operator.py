@@ -1,0 +1,314 @@
+"""The chart and the operator on the real node, end to end.
+
+`helm install` of charts/loraplex with the locally built images (the operator a
+real pod under its ServiceAccount, pinned to the real node), `helm test`; then
+BaseModelPools that the operator pod turns into real pods: readiness, a PNG
+through the pool's Service (kube-proxy), a missing image reported with its
+reason. One pool of one replica on the `tiny` model: the machine has 2 cores.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import statistics
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    CLUSTER_DIR,
+    K8S_BIN,
+    REAL_NODE_TOLERATION,
+    assert_local_route,
+    kubectl,
+    kubectl_json,
+)
+
+pytestmark = pytest.mark.e2e
+
+PNG = b"\x89PNG\r\n\x1a\n"
+GEN = {"model": "tiny", "prompt": "a red fox", "size": "64x64", "steps": 2, "seed": 1}
+
+
+def helm(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [str(K8S_BIN / "helm"), "--kubeconfig", str(CLUSTER_DIR / "kubeconfig"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def _split(ref: str) -> tuple[str, str]:
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def png_of(body: bytes) -> bytes:
+    png = base64.b64decode(json.loads(body)["data"][0]["b64_json"])
+    assert png.startswith(PNG), png[:16]
+    return png
+
+
+def new_namespace(prefix: str) -> str:
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    deadline = time.monotonic() + 60
+    while kubectl("get", "serviceaccount", "default", "-n", ns, "-o", "name", check=False).strip() == "":
+        assert time.monotonic() < deadline, f"no default ServiceAccount in {ns} after 60s"
+        time.sleep(0.5)
+    return ns
+
+
+def delete_namespace(ns: str, wait: bool) -> None:
+    kubectl("delete", "namespace", ns, f"--wait={str(wait).lower()}", "--timeout=120s", check=False, timeout=150)
+
+
+@pytest.fixture(scope="module")
+def release(real_node: str, operator_image: str, inference_image: str) -> Iterator[tuple[str, str]]:
+    """The chart installed with the local images, the operator pinned to the real node."""
+    ns = new_namespace("lpx-e2e-sys")
+    name = "lpx"
+    op_repo, op_tag = _split(operator_image)
+    inf_repo, inf_tag = _split(inference_image)
+    t0 = time.monotonic()
+    try:
+        helm(
+            "install",
+            name,
+            str(os.path.join(os.path.dirname(__file__), "..", "..", "charts", "loraplex")),
+            "-n",
+            ns,
+            "--set",
+            f"image.operator.repository={op_repo}",
+            "--set-string",
+            f"image.operator.tag={op_tag}",
+            "--set",
+            "image.operator.pullPolicy=Never",
+            "--set",
+            f"image.inference.repository={inf_repo}",
+            "--set-string",
+            f"image.inference.tag={inf_tag}",
+            "--set",
+            "image.inference.pullPolicy=Never",
+            "--set",
+            "operator.replicas=1",
+            "--set",
+            "operator.resources.requests.cpu=50m",
+            "--set-string",
+            f"operator.nodeSelector.kubernetes\\.io/hostname={real_node}",
+            "--set",
+            f"operator.tolerations[0].key={REAL_NODE_TOLERATION['key']}",
+            "--set",
+            "operator.tolerations[0].operator=Exists",
+            "--set",
+            "operator.tolerations[0].effect=NoSchedule",
+            "--wait",
+            "--timeout",
+            "180s",
+        )
+        print(f"helm install --wait: {time.monotonic() - t0:.1f}s")
+        yield ns, name
+    finally:
+        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "60s", check=False, timeout=90)
+        delete_namespace(ns, wait=False)
+
+
+def tiny_pool(name: str, node: str, image: str, replicas: int = 1, gpus: int = 1, **extra: Any) -> dict:
+    return {
+        "apiVersion": "loraplex.io/v1alpha1",
+        "kind": "BaseModelPool",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "tiny", "dtype": "float32"},
+            "image": image,
+            "imagePullPolicy": "Never",
+            "replicas": replicas,
+            "minReplicas": replicas,
+            "maxReplicas": max(replicas, 1),
+            "autoscaling": {"enabled": False},
+            "gpu": {"count": gpus},
+            "resources": {"cpu": "500m", "memory": "3Gi"},
+            "adapterCache": {"gpuSlots": 2, "ramCacheMB": 64, "diskCacheMB": 64, "maxRank": 16},
+            "limits": {"maxSteps": 8, "maxWidth": 128, "maxHeight": 128, "requestTimeoutSeconds": 120},
+            "startupTimeoutSeconds": 300,
+            "drainSeconds": 3,
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [REAL_NODE_TOLERATION],
+            **extra,
+        },
+    }
+
+
+def conditions(obj: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def diagnose(ns: str) -> str:
+    return "\n".join(
+        [
+            kubectl("get", "basemodelpools,deploy,pods,svc,endpointslices", "-n", ns, "-o", "wide", check=False),
+            kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)[-4000:],
+        ]
+    )
+
+
+def wait_pool_ready(ns: str, pool: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = kubectl_json("get", "basemodelpool", pool, "-n", ns)
+        if conditions(obj).get("Ready", {}).get("status") == "True" and (obj["status"].get("readyReplicas") or 0) >= 1:
+            return obj
+        if time.monotonic() > deadline:
+            pytest.fail(f"pool {pool} not Ready after {timeout}s: {json.dumps(obj.get('status'))}\n{diagnose(ns)}")
+        time.sleep(1)
+
+
+def service_ip(ns: str, name: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        ip = kubectl_json("get", "service", name, "-n", ns)["spec"].get("clusterIP") if _exists(ns, name) else None
+        if ip:
+            assert_local_route(ip)
+            return ip
+        assert time.monotonic() < deadline, f"no Service {ns}/{name} after {timeout}s"
+        time.sleep(1)
+
+
+def _exists(ns: str, svc: str) -> bool:
+    return kubectl("get", "service", svc, "-n", ns, "-o", "name", check=False).strip() != ""
+
+
+def generate_until_ok(url: str, body: dict, timeout: float) -> tuple[float, bytes]:
+    """Retry until the Service answers 200 (kube-proxy and the routing table catch up): seconds, body."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        try:
+            status, data = http("POST", url, body, timeout=120)
+            if status == 200:
+                return time.monotonic() - t, data
+            last = (status, data[:300])
+        except OSError as e:
+            last = e
+        time.sleep(1)
+    raise AssertionError(f"no 200 from {url} in {timeout}s; last: {last!r}")
+
+
+@pytest.fixture
+def pool_ns(release: tuple[str, str]) -> Iterator[str]:
+    ns = new_namespace("lpx-e2e")
+    try:
+        yield ns
+    finally:
+        # Before the release goes: the operator's pods would otherwise outlive it.
+        delete_namespace(ns, wait=True)
+
+
+def test_helm_test_passes(release: tuple[str, str], real_node: str) -> None:
+    ns, name = release
+    pods = kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator")["items"]
+    assert pods and all(p["spec"]["nodeName"] == real_node for p in pods), [p["spec"].get("nodeName") for p in pods]
+    # Under the chart's ServiceAccount, not the namespace's default one.
+    assert all(p["spec"]["serviceAccountName"].endswith("-operator") for p in pods)
+    ready = [c for p in pods for c in p["status"].get("conditions", []) if c["type"] == "Ready"]
+    assert ready and all(c["status"] == "True" for c in ready), ready
+    r = helm("test", name, "-n", ns, "--logs", "--timeout", "120s", check=False, timeout=180)
+    assert r.returncode == 0, f"helm test failed:\n{r.stdout}\n{r.stderr}\n{diagnose(ns)}"
+
+
+def test_pool_serves_through_its_service(
+    release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str
+) -> None:
+    """Pods made by the operator pod pass the real probes; a PNG through the pool's Service."""
+    ns = pool_ns
+    t0 = time.monotonic()
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(tiny_pool("tiny", real_node, inference_image)))
+    pool = wait_pool_ready(ns, "tiny", timeout=360)
+    ready_s = time.monotonic() - t0
+    pods = kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=tiny")["items"]
+    assert pods and all(p["spec"]["nodeName"] == real_node for p in pods)
+    svc = service_ip(ns, "tiny")
+    first_s, body = generate_until_ok(f"http://{svc}/v1/images/generations", GEN, timeout=120)
+    first_image_s = time.monotonic() - t0
+    png_of(body)
+
+    # Latency: through the Service (kube-proxy + sidecar) from the host, and inside the pod
+    # the sidecar vs the worker alone on loopback (same requests, warm).
+    n = 5
+    via_service = []
+    for i in range(n):
+        t = time.monotonic()
+        status, body = http("POST", f"http://{svc}/v1/images/generations", {**GEN, "seed": i}, timeout=120)
+        via_service.append(time.monotonic() - t)
+        assert status == 200, body
+    pod = pods[0]["metadata"]["name"]
+    script = (
+        "import json,time,urllib.request as u\n"
+        "def run(port):\n"
+        "  out=[]\n"
+        f"  for i in range({n}):\n"
+        f"    b=json.dumps(dict({GEN!r}, seed=i)).encode()\n"
+        "    r=u.Request(f'http://127.0.0.1:{port}/v1/images/generations',data=b,headers={'Content-Type':'application/json'})\n"
+        "    t=time.monotonic(); u.urlopen(r,timeout=120).read(); out.append(time.monotonic()-t)\n"
+        "  return out\n"
+        "print(json.dumps({'worker':run(8081),'sidecar':run(8080)}))\n"
+    )
+    inner = json.loads(kubectl("exec", pod, "-n", ns, "-c", "sidecar", "--", "python", "-c", script, timeout=300))
+    med = {
+        "service": statistics.median(via_service),
+        "sidecar": statistics.median(inner["sidecar"]),
+        "worker": statistics.median(inner["worker"]),
+    }
+    print(
+        f"FIGURES pool apply->Ready {ready_s:.1f}s, apply->first image {first_image_s:.1f}s "
+        f"(first request {first_s:.2f}s); median of {n} (64x64, 2 steps): "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in med.items())
+    )
+    assert conditions(pool)["Degraded"]["status"] == "False", pool["status"]
+
+
+def test_missing_image_is_reported_with_its_reason(release: tuple[str, str], pool_ns: str, real_node: str) -> None:
+    """A pool whose image is not on the node (pullPolicy Never): Degraded with the kubelet's reason."""
+    ns = pool_ns
+    kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps(tiny_pool("ghost", real_node, "localhost/loraplex/does-not-exist:dev", gpus=0)),
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        obj = kubectl_json("get", "basemodelpool", "ghost", "-n", ns)
+        degraded = conditions(obj).get("Degraded", {})
+        if degraded.get("status") == "True":
+            break
+        assert time.monotonic() < deadline, f"no Degraded condition after 120s: {obj.get('status')}\n{diagnose(ns)}"
+        time.sleep(2)
+    assert degraded["reason"] in ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff"), degraded
+    assert "does-not-exist" in degraded["message"] or "image" in degraded["message"].lower(), degraded
+    assert conditions(obj)["Ready"]["status"] == "False"
