@@ -237,6 +237,8 @@ def test_helm_test_passes(release: tuple[str, str], real_node: str) -> None:
     assert ready and all(c["status"] == "True" for c in ready), ready
     r = helm("test", name, "-n", ns, "--logs", "--timeout", "120s", check=False, timeout=180)
     assert r.returncode == 0, f"helm test failed:\n{r.stdout}\n{r.stderr}\n{diagnose(ns)}"
+    assert "Phase:          Succeeded" in r.stdout or "Succeeded" in r.stdout, r.stdout
+    print(r.stdout[r.stdout.find("TEST SUITE") :])
 
 
 def test_pool_serves_through_its_service(

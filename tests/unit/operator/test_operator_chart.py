@@ -177,3 +177,10 @@ def test_helm_test_pod_runs_where_the_operator_runs() -> None:
     assert test_pod["nodeSelector"] == dep["nodeSelector"] == {"kubernetes.io/hostname": "loraplex-real-0"}
     assert test_pod["tolerations"] == dep["tolerations"]
     assert "nodeSelector" not in next(d for d in render() if d["kind"] == "Pod")["spec"]
+
+
+def test_helm_test_pod_is_kept_for_its_logs() -> None:
+    """`helm test --logs` failed ("pods ... not found") when the hook deleted the pod on success."""
+    hook = next(d for d in render() if d["kind"] == "Pod")["metadata"]["annotations"]
+    assert "hook-succeeded" not in hook["helm.sh/hook-delete-policy"]
+    assert "before-hook-creation" in hook["helm.sh/hook-delete-policy"]
