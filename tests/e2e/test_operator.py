@@ -314,3 +314,150 @@ def test_missing_image_is_reported_with_its_reason(release: tuple[str, str], poo
     assert degraded["reason"] in ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff"), degraded
     assert "does-not-exist" in degraded["message"] or "image" in degraded["message"].lower(), degraded
     assert conditions(obj)["Ready"]["status"] == "False"
+
+
+class Load:
+    """Steady load through the pool's Service from the host: `workers` clients, each one request at a
+    time, no client-side retry. Every outcome is kept: the test then asks for 0 failures."""
+
+    def __init__(self, url: str, workers: int = 2) -> None:
+        import threading
+
+        self.url, self.stop = url, threading.Event()
+        self.ok = 0
+        self.failures: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
+        self.t0 = time.monotonic()
+
+    def _run(self, i: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                status, body = http("POST", self.url, {**GEN, "seed": i * 100000 + n}, timeout=120)
+                err = None if status == 200 and body.startswith(b"{") else f"HTTP {status}: {body[:200]!r}"
+            except OSError as e:
+                err = f"{type(e).__name__}: {e}"
+            with self.lock:
+                if err is None:
+                    self.ok += 1
+                else:
+                    self.failures.append((round(time.monotonic() - self.t0, 1), err))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=130)
+
+
+def ready_pods(ns: str, pool: str) -> list[dict]:
+    pods = kubectl_json("get", "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={pool}")["items"]
+    return [
+        p
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+    ]
+
+
+def wait_ready_pods(
+    ns: str, pool: str, n: int, timeout: float, exclude: frozenset[str] | set[str] = frozenset()
+) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = [p for p in ready_pods(ns, pool) if p["metadata"]["name"] not in exclude]
+        if len(pods) >= n:
+            return pods
+        if time.monotonic() > deadline:
+            pytest.fail(f"{pool}: fewer than {n} ready pods after {timeout}s\n{diagnose(ns)}")
+        time.sleep(1)
+
+
+def kill_container(pod: dict, container: str) -> None:
+    """SIGKILL the container's task in the node's containerd (as an OOM kill or a crash would)."""
+    from tests.e2e.conftest import NODE_DIR
+
+    cid = next(s["containerID"] for s in pod["status"]["containerStatuses"] if s["name"] == container)
+    sock = NODE_DIR / "containerd" / "containerd.sock"
+    subprocess.run(
+        ["ctr", "-a", str(sock), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", cid.split("://", 1)[1]],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def restarts(ns: str, pod: str, container: str) -> int:
+    st = kubectl_json("get", "pod", pod, "-n", ns)["status"]["containerStatuses"]
+    return next(s["restartCount"] for s in st if s["name"] == container)
+
+
+def test_pod_killed_under_load(release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str) -> None:
+    """Two pods (the node's 2 fake GPUs); under steady load a worker container is SIGKILLed, then the
+    other pod is force-deleted: no request fails from the client's view."""
+    ns = pool_ns
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(tiny_pool("tiny", real_node, inference_image, replicas=2)))
+    a, b = (p["metadata"]["name"] for p in wait_ready_pods(ns, "tiny", 2, timeout=360)[:2])
+    url = f"http://{service_ip(ns, 'tiny')}/v1/images/generations"
+    generate_until_ok(url, GEN, timeout=60)
+    time.sleep(3)  # every sidecar's table has both pods
+    with Load(url) as load:
+        time.sleep(5)
+        before = restarts(ns, a, "worker")
+        kill_container(kubectl_json("get", "pod", a, "-n", ns), "worker")
+        t_kill = time.monotonic()
+        deadline = time.monotonic() + 180
+        while not (
+            restarts(ns, a, "worker") > before and any(p["metadata"]["name"] == a for p in ready_pods(ns, "tiny"))
+        ):
+            assert time.monotonic() < deadline, f"{a} not back after its worker was killed\n{diagnose(ns)}"
+            time.sleep(1)
+        back_s = time.monotonic() - t_kill
+        time.sleep(5)
+        kubectl("delete", "pod", b, "-n", ns, "--force", "--grace-period=0", check=False)
+        t_del = time.monotonic()
+        wait_ready_pods(ns, "tiny", 2, timeout=240, exclude={b})
+        replaced_s = time.monotonic() - t_del
+        time.sleep(5)
+    print(
+        f"FIGURES kill: worker back in {back_s:.1f}s, force-deleted pod replaced in {replaced_s:.1f}s; "
+        f"{load.ok} ok, {len(load.failures)} failed"
+    )
+    assert load.ok > 0
+    assert not load.failures, load.failures
+
+
+def test_rolling_update_under_load(
+    release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str
+) -> None:
+    """A spec change rolls the pool's pod (surge one: the second fake GPU) under steady load: 0 failures."""
+    ns = pool_ns
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(tiny_pool("tiny", real_node, inference_image)))
+    (old,) = (p["metadata"]["name"] for p in wait_ready_pods(ns, "tiny", 1, timeout=360)[:1])
+    url = f"http://{service_ip(ns, 'tiny')}/v1/images/generations"
+    generate_until_ok(url, GEN, timeout=60)
+    with Load(url) as load:
+        time.sleep(5)
+        t = time.monotonic()
+        kubectl("patch", "basemodelpool", "tiny", "-n", ns, "--type=merge", "-p", '{"spec":{"limits":{"maxSteps":9}}}')
+        deadline = time.monotonic() + 300
+        while True:
+            names = {
+                p["metadata"]["name"]
+                for p in kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=tiny")["items"]
+            }
+            if old not in names and len(ready_pods(ns, "tiny")) == 1:
+                break
+            assert time.monotonic() < deadline, f"rollout not done after 300s\n{diagnose(ns)}"
+            time.sleep(1)
+        rolled_s = time.monotonic() - t
+        time.sleep(5)
+    print(f"FIGURES rolling update: {rolled_s:.1f}s; {load.ok} ok, {len(load.failures)} failed")
+    assert load.ok > 0
+    assert not load.failures, load.failures
