@@ -461,3 +461,102 @@ def test_rolling_update_under_load(
     print(f"FIGURES rolling update: {rolled_s:.1f}s; {load.ok} ok, {len(load.failures)} failed")
     assert load.ok > 0
     assert not load.failures, load.failures
+
+
+@pytest.fixture
+def adapter_volume(pool_ns: str, real_node: str) -> Iterator[tuple[str, str]]:
+    """A generated LoRA for the tiny model in a host directory, as a PVC (hostPath PV on the real node).
+
+    URL sources must be https (CRD rule) and a pod cannot be told to trust a local CA, so the
+    adapter is a path source on the pool's model-cache volume (an existing claim)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from inference_pod.local.lora_factory import write_lora
+    from inference_pod.worker.tiny_model import build_tiny_pipeline
+
+    host_dir = Path(tempfile.mkdtemp(prefix="lpx-e2e-lora-"))
+    host_dir.chmod(0o777)  # the pods run as uid 10001; hostPath gets no fsGroup
+    write_lora(host_dir / "fox.safetensors", build_tiny_pipeline().unet, rank=4, seed=7, strength=3.0)
+    (host_dir / "fox.safetensors").chmod(0o644)
+    pv = f"{pool_ns}-lora"
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(host_dir), "type": "Directory"},
+                "claimRef": {"namespace": pool_ns, "name": "lora"},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [real_node]}
+                                ]
+                            }
+                        ]
+                    }
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "lora", "namespace": pool_ns},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+    try:
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        yield "lora", "fox.safetensors"
+    finally:
+        kubectl("delete", "namespace", pool_ns, "--wait=true", "--timeout=120s", check=False, timeout=150)
+        kubectl("delete", "pv", pv, "--wait=false", check=False)
+        shutil.rmtree(host_dir, ignore_errors=True)
+
+
+def test_adapter_changes_the_image(
+    release: tuple[str, str], pool_ns: str, adapter_volume: tuple[str, str], real_node: str, inference_image: str
+) -> None:
+    """A LoraAdapter applied to a running pool: the same request (seed) names it and gets another image."""
+    ns = pool_ns
+    claim, filename = adapter_volume
+    pool = tiny_pool("tiny", real_node, inference_image, modelCache={"claimName": claim})
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pool))
+    wait_pool_ready(ns, "tiny", timeout=360)
+    url = f"http://{service_ip(ns, 'tiny')}/v1/images/generations"
+    _, body = generate_until_ok(url, GEN, timeout=60)
+    base = png_of(body)
+
+    adapter = {
+        "apiVersion": "loraplex.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": "fox"},
+        "spec": {"pool": "tiny", "source": {"type": "path", "path": f"/models/{filename}"}},
+    }
+    t0 = time.monotonic()
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(adapter))
+    _, body = generate_until_ok(url, {**GEN, "model": "fox"}, timeout=120)
+    first_s = time.monotonic() - t0
+    with_lora = png_of(body)
+    status, body = http("POST", url, {**GEN, "model": "fox"}, timeout=120)
+    assert status == 200, body
+    warm = time.monotonic()
+    http("POST", url, {**GEN, "model": "fox", "seed": 2}, timeout=120)
+    warm_s = time.monotonic() - warm
+    print(f"FIGURES adapter apply->first image {first_s:.1f}s; warm adapter request {warm_s * 1000:.0f} ms")
+    assert with_lora != base, "the adapter did not change the image"
+    obj = kubectl_json("get", "loraadapter", "fox", "-n", ns)
+    print("adapter status:", json.dumps(obj.get("status", {}))[:400])
