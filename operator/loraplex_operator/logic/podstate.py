@@ -14,6 +14,8 @@ _FAILING_REASONS = frozenset(
         "CrashLoopBackOff",
         "ImagePullBackOff",
         "ErrImagePull",
+        # pullPolicy Never and the image is not on the node (the kubelet's own reason).
+        "ErrImageNeverPull",
         "InvalidImageName",
         "CreateContainerConfigError",
         "CreateContainerError",

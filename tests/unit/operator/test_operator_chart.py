@@ -161,3 +161,26 @@ def test_gateway_and_example_pool() -> None:
     assert adapter["spec"]["pool"] == pool["metadata"]["name"] == "tiny"
     hooks = [d for d in docs if d["kind"] == "Pod"]
     assert hooks and hooks[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+def test_helm_test_pod_runs_where_the_operator_runs() -> None:
+    """A test pod without the operator's nodeSelector/tolerations stayed Pending (or landed on a node
+    without the image) when the operator is pinned to a tainted node."""
+    docs = render(
+        "operator.nodeSelector.kubernetes\\.io/hostname=loraplex-real-0",
+        "operator.tolerations[0].key=loraplex.io/real-node",
+        "operator.tolerations[0].operator=Exists",
+        "operator.tolerations[0].effect=NoSchedule",
+    )
+    dep = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    test_pod = next(d for d in docs if d["kind"] == "Pod")["spec"]
+    assert test_pod["nodeSelector"] == dep["nodeSelector"] == {"kubernetes.io/hostname": "loraplex-real-0"}
+    assert test_pod["tolerations"] == dep["tolerations"]
+    assert "nodeSelector" not in next(d for d in render() if d["kind"] == "Pod")["spec"]
+
+
+def test_helm_test_pod_is_kept_for_its_logs() -> None:
+    """`helm test --logs` failed ("pods ... not found") when the hook deleted the pod on success."""
+    hook = next(d for d in render() if d["kind"] == "Pod")["metadata"]["annotations"]
+    assert "hook-succeeded" not in hook["helm.sh/hook-delete-policy"]
+    assert "before-hook-creation" in hook["helm.sh/hook-delete-policy"]

@@ -80,6 +80,10 @@ def test_unschedulable_pool_is_degraded_with_the_scheduler_message() -> None:
 def test_failing_containers_and_deployment_failures() -> None:
     st = pool_status(obs([pod("a", ready=False, waiting="ImagePullBackOff")]), None, 0.0)
     assert conds(st)["Degraded"] == ("True", "ImagePullBackOff")
+    # What the real node's kubelet reports for a missing image under pullPolicy Never.
+    st = pool_status(obs([pod("a", ready=False, waiting="ErrImageNeverPull")]), None, 0.0)
+    assert conds(st)["Degraded"] == ("True", "ErrImageNeverPull")
+    assert "boom" in next(c for c in st["conditions"] if c["type"] == "Degraded")["message"]
     dep = deployment(
         conditions=[
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
