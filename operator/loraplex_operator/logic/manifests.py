@@ -115,6 +115,9 @@ def worker_args(spec: PoolSpec) -> list[str]:
         c.MODEL_CACHE_DIR,
         "--hop-key-file",
         c.HOP_KEY_DIR,
+        # The worker enforces the pool's source rules too (the operator's admission check is the first line).
+        *[arg for root in spec.adapter_sources.path_roots for arg in ("--adapter-path-root", root)],
+        *(["--allow-private-sources"] if spec.adapter_sources.allow_private_urls else []),
     ]
 
 

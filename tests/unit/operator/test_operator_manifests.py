@@ -146,6 +146,16 @@ def test_both_containers_get_the_namespace_hop_key() -> None:
         assert ct["args"][ct["args"].index("--hop-key-file") + 1] == c.HOP_KEY_DIR
 
 
+def test_worker_enforces_the_pools_source_rules() -> None:
+    args = _containers(build_deployment(OWNER, _spec(), 1))["worker"]["args"]
+    assert args[args.index("--adapter-path-root") + 1] == "/models/loras"
+    assert "--allow-private-sources" not in args
+    spec = _spec(adapterSources={"pathRoots": ["/data/a", "/data/b"], "allowPrivateUrls": True})
+    args = _containers(build_deployment(OWNER, spec, 1))["worker"]["args"]
+    roots = [args[i + 1] for i, a in enumerate(args) if a == "--adapter-path-root"]
+    assert roots == ["/data/a", "/data/b"] and "--allow-private-sources" in args
+
+
 def test_hop_key_secret() -> None:
     secret = build_hop_key_secret("team-a", "ab" * 32)
     assert secret["metadata"] == {
