@@ -487,8 +487,10 @@ def adapter_volume(pool_ns: str, real_node: str) -> Iterator[tuple[str, str]]:
 
     host_dir = Path(tempfile.mkdtemp(prefix="lpx-e2e-lora-"))
     host_dir.chmod(0o777)  # the pods run as uid 10001; hostPath gets no fsGroup
-    write_lora(host_dir / "fox.safetensors", build_tiny_pipeline().unet, rank=4, seed=7, strength=3.0)
-    (host_dir / "fox.safetensors").chmod(0o644)
+    # Under loras/: a pool's path sources must lie under spec.adapterSources.pathRoots (default /models/loras).
+    (host_dir / "loras").mkdir(mode=0o755)
+    write_lora(host_dir / "loras" / "fox.safetensors", build_tiny_pipeline().unet, rank=4, seed=7, strength=3.0)
+    (host_dir / "loras" / "fox.safetensors").chmod(0o644)
     pv = f"{pool_ns}-lora"
     docs = [
         {
@@ -529,7 +531,7 @@ def adapter_volume(pool_ns: str, real_node: str) -> Iterator[tuple[str, str]]:
     ]
     try:
         kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
-        yield "lora", "fox.safetensors"
+        yield "lora", "loras/fox.safetensors"
     finally:
         kubectl("delete", "namespace", pool_ns, "--wait=true", "--timeout=120s", check=False, timeout=150)
         kubectl("delete", "pv", pv, "--wait=false", check=False)

@@ -1,13 +1,16 @@
-"""Smoke test of the real node: the inference image runs the worker with the
-`tiny` model under the pod security settings the operator uses (non-root,
-read-only root filesystem, all capabilities dropped), its /readyz answers on
-the pod IP, and a ClusterIP Service in front of it answers through kube-proxy.
+"""Smoke test of the real node: the inference image runs the worker (on loopback)
+and its sidecar with the `tiny` model under the pod security settings the
+operator uses (non-root, read-only root filesystem, all capabilities dropped),
+the sidecar's /readyz answers on the pod IP, and a ClusterIP Service in front
+of it answers through kube-proxy. The routing table and the hop key come from
+a ConfigMap and a Secret the test makes (the operator's job in a pool).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 import urllib.request
 
@@ -20,9 +23,32 @@ pytestmark = pytest.mark.e2e
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def table_and_key(name: str) -> list[dict]:
+    table = {
+        "version": 1,
+        "generation": 1,
+        "pools": {"tiny": {"baseModel": "tiny", "endpoints": [{"name": name, "url": "http://127.0.0.1:8080"}]}},
+        "adapters": {},
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-table"},
+            "data": {"table.json": json.dumps(table)},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{name}-hop-key"},
+            "stringData": {"hop-key": secrets.token_hex(32) + "\n"},
+        },
+    ]
+
+
 def worker_pod(name: str, image: str, node: str) -> dict:
-    # Mirrors what the operator builds for a pool (loraplex_operator.manifests),
-    # minus the sidecar: the worker listens on the pod IP here.
+    # Mirrors what the operator builds for a pool (loraplex_operator.logic.manifests): the worker on
+    # loopback, the sidecar on the pod IP; here the table is a file instead of the ConfigMap watch.
     security = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -61,9 +87,11 @@ def worker_pod(name: str, image: str, node: str) -> dict:
                         "--dtype",
                         "float32",
                         "--host",
-                        "0.0.0.0",
+                        "127.0.0.1",
                         "--port",
-                        "8080",
+                        "8081",
+                        "--hop-key-file",
+                        "/etc/loraplex/hop-key",
                         "--gpu-slots",
                         "2",
                         "--ram-cache-mb",
@@ -82,8 +110,37 @@ def worker_pod(name: str, image: str, node: str) -> dict:
                         {"name": "HF_HUB_OFFLINE", "value": "1"},
                         {"name": "TMPDIR", "value": "/tmp"},
                     ],
-                    "ports": [{"name": "http", "containerPort": 8080}],
                     "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}},
+                    "securityContext": security,
+                    "volumeMounts": [
+                        {"name": "models", "mountPath": "/models"},
+                        {"name": "adapters", "mountPath": "/var/cache/loraplex"},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "dshm", "mountPath": "/dev/shm"},
+                        {"name": "hop-key", "mountPath": "/etc/loraplex/hop-key", "readOnly": True},
+                    ],
+                },
+                {
+                    "name": "sidecar",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "args": [
+                        "sidecar",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        "8080",
+                        "--worker-url",
+                        "http://127.0.0.1:8081",
+                        "--pod-name",
+                        name,
+                        "--table-file",
+                        "/etc/loraplex/table/table.json",
+                        "--hop-key-file",
+                        "/etc/loraplex/hop-key",
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
                     "readinessProbe": {
                         "httpGet": {"path": "/readyz", "port": "http"},
                         "periodSeconds": 2,
@@ -91,14 +148,15 @@ def worker_pod(name: str, image: str, node: str) -> dict:
                     },
                     "securityContext": security,
                     "volumeMounts": [
-                        {"name": "models", "mountPath": "/models"},
-                        {"name": "adapters", "mountPath": "/var/cache/loraplex"},
                         {"name": "tmp", "mountPath": "/tmp"},
-                        {"name": "dshm", "mountPath": "/dev/shm"},
+                        {"name": "table", "mountPath": "/etc/loraplex/table", "readOnly": True},
+                        {"name": "hop-key", "mountPath": "/etc/loraplex/hop-key", "readOnly": True},
                     ],
-                }
+                },
             ],
             "volumes": [
+                {"name": "table", "configMap": {"name": f"{name}-table"}},
+                {"name": "hop-key", "secret": {"secretName": f"{name}-hop-key", "defaultMode": 0o440}},
                 {"name": "models", "emptyDir": {}},
                 {"name": "adapters", "emptyDir": {}},
                 {"name": "tmp", "emptyDir": {}},
@@ -137,6 +195,8 @@ def wait_ready(ns: str, pod: str, timeout: float) -> dict:
 
 def test_worker_pod_and_service(namespace: str, real_node: str, inference_image: str) -> None:
     t0 = time.monotonic()
+    for obj in table_and_key("tiny-worker"):
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
     kubectl(
         "apply", "-n", namespace, "-f", "-", input=json.dumps(worker_pod("tiny-worker", inference_image, real_node))
     )
