@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from loraplex.api import headers as hdr  # noqa: E402
 from loraplex.api.hopauth import write_random_key_file  # noqa: E402
 from tests.helpers.procs import PYTHON, ProcHandle, free_port, start_process, wait_ready  # noqa: E402
+from tests.helpers.trickle_server import RawHttpServer  # noqa: E402
 
 MAKE_ADAPTERS = """
 import json, sys
@@ -61,38 +62,15 @@ for name, rank, seed, fmt in specs:
 # ---------------------------------------------------------------- adapter sources that misbehave
 
 
-class SourceServer:
+class SourceServer(RawHttpServer):
     """Raw-socket HTTP file server on loopback: `flaky` fails every k-th GET, `slow` trickles every body."""
 
     def __init__(self, directory: Path, mode: str, every: int = 3, piece: int = 32 * 1024, delay: float = 0.15):
+        super().__init__(backlog=64)
         self.directory, self.mode, self.every, self.piece, self.delay = directory, mode, every, piece, delay
         self.counts: Counter[str] = Counter()
         self._n = 0
         self._lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> SourceServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):

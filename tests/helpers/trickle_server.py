@@ -12,24 +12,22 @@ import socket
 import threading
 import time
 import urllib.parse
+from typing import Self
 
 
-class TrickleServer:
-    def __init__(self, payload: bytes, delay: float = 0.2, piece: int = 16, short_count: int = 1) -> None:
-        self.payload = payload
-        self.delay = delay
-        self.piece = piece
-        self.short_left = short_count
-        self.requests: list[str] = []
+class RawHttpServer:
+    """A thread-per-connection socket server on 127.0.0.1; subclasses answer in `_serve(conn)`."""
+
+    def __init__(self, backlog: int = 32) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
+        self.sock.listen(backlog)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> TrickleServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -45,6 +43,19 @@ class TrickleServer:
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class TrickleServer(RawHttpServer):
+    def __init__(self, payload: bytes, delay: float = 0.2, piece: int = 16, short_count: int = 1) -> None:
+        super().__init__()
+        self.payload = payload
+        self.delay = delay
+        self.piece = piece
+        self.short_left = short_count
+        self.requests: list[str] = []
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
