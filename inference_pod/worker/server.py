@@ -37,6 +37,7 @@ from loraplex.api import headers as hdr
 from loraplex.api.errors import ApiError
 from loraplex.api.hopauth import HopAuthError, HopKeys
 from loraplex.api.routing_table import AdapterEntry, TableError, parse_table
+from loraplex.identity import ensure_user_name
 from loraplex.logs import setup_logging
 
 log = logging.getLogger("loraplex.worker")
@@ -438,6 +439,7 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
+    ensure_user_name()  # torch's compile cache calls getpass.getuser()
     cfg = config_from_args(argv)
     Path(cfg.disk_cache_dir).mkdir(parents=True, exist_ok=True)
     worker = Worker(cfg)

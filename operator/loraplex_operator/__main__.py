@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from loraplex.identity import ensure_user_name
 from loraplex.logs import setup_logging
 from loraplex_operator.clients.kube import Kube
 from loraplex_operator.controllers.app import Operator, OperatorConfig
@@ -85,6 +86,7 @@ def _expected_retries_are_info(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ensure_user_name()  # kopf's peering identity calls getpass.getuser()
     level = setup_logging(args.log_level)
     # kopf logs every handler run at INFO; with thousands of adapters that drowns the useful lines.
     logging.getLogger("kopf").setLevel(max(logging.WARNING, level))
