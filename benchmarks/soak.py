@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from loraplex.api import headers as hdr  # noqa: E402
 from loraplex.api.hopauth import write_random_key_file  # noqa: E402
-from tests.helpers.procs import PYTHON, ProcHandle, free_port, start_process, wait_ready  # noqa: E402
+from tests.helpers.procs import PYTHON, ProcHandle, free_port, loopback_server_cmd, start_process, wait_ready  # noqa: E402
 from tests.helpers.trickle_server import RawHttpServer  # noqa: E402
 
 MAKE_ADAPTERS = """
@@ -479,13 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             stack = Stack(tmp, table, Path(hop_key), worker_port, None, None)  # type: ignore[arg-type]
             stack.worker = stack.start_worker()
             sidecar_cmd = [
-                PYTHON,
-                "-m",
-                "inference_pod.router",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(sidecar_port),
+                *loopback_server_cmd("inference_pod.router", str(sidecar_port)),
                 "--worker-url",
                 f"http://127.0.0.1:{worker_port}",
                 "--pod-name",

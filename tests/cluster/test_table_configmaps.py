@@ -15,7 +15,7 @@ import pytest
 from inference_pod.router.table_source import ConfigMapTableSource
 from loraplex.api.names import TABLE_DATA_KEY
 from tests.helpers.httpclient import get
-from tests.helpers.procs import PYTHON, free_port, start_process
+from tests.helpers.procs import free_port, loopback_server_cmd, start_process
 
 LABEL = {"loraplex.io/routing-table": "true"}
 
@@ -125,7 +125,7 @@ def test_sidecar_routes_from_configmaps(core, namespace: str, control_plane, tmp
     put(core, ns, "rt-a", shard(1, adapters=adapter("cm-lora")))
     port = free_port()
     sc = start_process(
-        [PYTHON, "-m", "inference_pod.router", "--host", "127.0.0.1", "--port", str(port), "--table-configmaps", ns],
+        [*loopback_server_cmd("inference_pod.router", str(port)), "--table-configmaps", ns],
         port,
         timeout=60,
         env={"KUBECONFIG": control_plane.kubeconfig},

@@ -39,6 +39,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def loopback_server_cmd(module: str, port: int | str) -> list[str]:
+    """`python -m MODULE --host 127.0.0.1 --port PORT`: the start of every worker/sidecar command line here."""
+    return [PYTHON, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     """GET a URL; (status, body) for any HTTP answer, raises OSError when nothing answers."""
     try:

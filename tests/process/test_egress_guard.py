@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.httpclient import get, post
-from tests.helpers.procs import PYTHON, REPO_ROOT, free_port, start_process
+from tests.helpers.procs import PYTHON, REPO_ROOT, free_port, loopback_server_cmd, start_process
 
 pytestmark = pytest.mark.process
 
@@ -49,13 +49,7 @@ def test_sidecar_refuses_a_peer_outside_the_allowed_ranges(tmp_path: Path) -> No
             p = free_port()
             h = start_process(
                 [
-                    PYTHON,
-                    "-m",
-                    "inference_pod.router",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(p),
+                    *loopback_server_cmd("inference_pod.router", str(p)),
                     "--table-file",
                     str(table),
                     "--connect-timeout",

@@ -20,7 +20,7 @@ import pytest
 from inference_pod.router.placement import home_endpoints
 from loraplex.api.hopauth import HopKeys, write_random_key_file
 from tests.helpers.httpclient import Reply, get, post
-from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process
+from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, loopback_server_cmd, start_process
 
 POD_NAMES = ["pod-0", "pod-1", "pod-2"]
 ADAPTERS = [f"a{i}" for i in range(20)]
@@ -99,13 +99,7 @@ class Stack:
 def start_sidecar(stack: Stack, name: str, *extra: str) -> ProcHandle:
     port = free_port()
     cmd = [
-        PYTHON,
-        "-m",
-        "inference_pod.router",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *loopback_server_cmd("inference_pod.router", str(port)),
         "--table-file",
         str(stack.table_path),
         "--connect-timeout",
@@ -135,13 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.write_raw(json.dumps(s.doc()))
         for n in POD_NAMES:
             cmd = [
-                PYTHON,
-                "-m",
-                "inference_pod.router",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports[n]),
+                *loopback_server_cmd("inference_pod.router", str(ports[n])),
                 "--worker-url",
                 s.echoes[n].url,
                 "--pod-name",

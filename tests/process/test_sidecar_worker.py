@@ -20,7 +20,7 @@ import pytest
 from inference_pod.router.placement import home_endpoints
 from loraplex.api.hopauth import HopKeys, write_random_key_file
 from tests.helpers.httpclient import Reply, get, post
-from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, start_process, wait_ready
+from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, loopback_server_cmd, start_process, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -139,13 +139,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
         for p in PODS:
             wait_ready(s.workers[p], timeout=240)
             cmd = [
-                PYTHON,
-                "-m",
-                "inference_pod.router",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(s.ports[p]),
+                *loopback_server_cmd("inference_pod.router", str(s.ports[p])),
                 "--worker-url",
                 s.workers[p].url,
                 "--pod-name",
