@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loraplex.api import headers as hdr  # noqa: E402
-from tests.helpers.procs import PYTHON, ProcHandle, free_port, start_process, wait_ready  # noqa: E402
+from loraplex.api.hopauth import write_random_key_file  # noqa: E402
+from tests.helpers.procs import PYTHON, ProcHandle, free_port, loopback_server_cmd, start_process, wait_ready  # noqa: E402
 
 ECHO_BODY = {"model": "echo", "prompt": "x"}
 REJECT_BODY = {"model": "tiny", "prompt": "x", "steps": 0}
@@ -48,6 +49,7 @@ class Stats:
     p99_ms: float
     rps: float
     router_ms: float | None  # the sidecar's own X-Loraplex-Router-Ms, median
+    status: int  # every answer of the case had it (checked): a path that fails is not measured as fast
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,23 +57,25 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, float | None]:
+async def one(session: aiohttp.ClientSession, url: str, body: bytes, seen: set[int]) -> tuple[float, float | None]:
     t = time.perf_counter()
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
         await r.read()
         router = r.headers.get(hdr.ROUTER_MS)
+        seen.add(r.status)
     return time.perf_counter() - t, float(router) if router else None
 
 
 async def measure(url: str, body: dict, n_seq: int, n_conc: int, concurrency: int) -> Stats:
     data = json.dumps(body).encode()
     connector = aiohttp.TCPConnector(limit=concurrency)
+    seen: set[int] = set()
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(min(5, n_seq)):  # warm the connections and caches
-            await one(session, url, data)
+            await one(session, url, data, seen)
         lat, router = [], []
         for _ in range(n_seq):
-            dt, rms = await one(session, url, data)
+            dt, rms = await one(session, url, data, seen)
             lat.append(dt)
             if rms is not None:
                 router.append(rms)
@@ -80,13 +84,19 @@ async def measure(url: str, body: dict, n_seq: int, n_conc: int, concurrency: in
         async def client() -> None:
             while queue:
                 queue.pop()
-                await one(session, url, data)
+                await one(session, url, data, seen)
 
         t = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         rps = n_conc / (time.perf_counter() - t)
+    if len(seen) != 1:
+        raise RuntimeError(f"{url}: mixed answers {sorted(seen)}")
     return Stats(
-        percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, rps, statistics.median(router) if router else None
+        percentile(lat, 0.5) * 1e3,
+        percentile(lat, 0.99) * 1e3,
+        rps,
+        statistics.median(router) if router else None,
+        seen.pop(),
     )
 
 
@@ -99,6 +109,8 @@ def write_table(path: Path, endpoints: dict[str, str]) -> None:
 
 def start_stack(tmp: Path, with_worker: bool) -> dict[str, ProcHandle]:
     procs: dict[str, ProcHandle] = {}
+    # Hops and the sidecar's requests to its worker are signed (loraplex/api/hopauth.py).
+    hop_key = ["--hop-key-file", str(write_random_key_file(tmp / "hop-key"))]
     if with_worker:
         port = free_port()
         procs["worker"] = start_process(
@@ -114,6 +126,7 @@ def start_stack(tmp: Path, with_worker: bool) -> dict[str, ProcHandle]:
                 str(port),
                 "--disk-cache-dir",
                 str(tmp / "cache"),
+                *hop_key,
             ],
             port,
             ready_path=None,
@@ -131,13 +144,7 @@ def start_stack(tmp: Path, with_worker: bool) -> dict[str, ProcHandle]:
     write_table(table, {pool: f"http://127.0.0.1:{p}" for pool, p in sc_ports.items()})
     for pool, backend in backends.items():
         cmd = [
-            PYTHON,
-            "-m",
-            "inference_pod.router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(sc_ports[pool]),
+            *loopback_server_cmd("inference_pod.router", str(sc_ports[pool])),
             "--worker-url",
             backend.url,
             "--pod-name",
@@ -146,22 +153,18 @@ def start_stack(tmp: Path, with_worker: bool) -> dict[str, ProcHandle]:
             str(table),
             "--log-level",
             "WARNING",
+            *hop_key,
         ]
         procs[f"sidecar-{pool}"] = start_process(cmd, sc_ports[pool], ready_path="/healthz", log_dir=tmp)
     port = free_port()
     procs["gateway"] = start_process(
         [
-            PYTHON,
-            "-m",
-            "inference_pod.router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *loopback_server_cmd("inference_pod.router", str(port)),
             "--table-file",
             str(table),
             "--log-level",
             "WARNING",
+            *hop_key,
         ],
         port,
         log_dir=tmp,
@@ -228,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(a.runs):
                 for case, path, url, body, n_seq, n_conc, conc in cases:
                     stats = asyncio.run(measure(url + "/v1/generate", body, n_seq, n_conc, conc))
+                    direct = results.get((case, "direct"))
+                    if direct and direct[-1].status != stats.status:
+                        raise RuntimeError(f"{case}: {path} answered {stats.status}, direct {direct[-1].status}")
                     results.setdefault((case, path), []).append(stats)
                 print(f"run {run + 1}/{a.runs} done", file=sys.stderr)
         finally:
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             statistics.median(s.p99_ms for s in runs),
             statistics.median(s.rps for s in runs),
             statistics.median(s.router_ms for s in runs) if runs[0].router_ms is not None else None,
+            runs[0].status,
         )
         base = direct.setdefault(case, med)
         router = f"{med.router_ms:.2f}" if med.router_ms is not None else "-"
