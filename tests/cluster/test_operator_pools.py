@@ -70,9 +70,13 @@ def test_pool_runs_on_fake_gpu_nodes_and_reports_ready(kube: Kube, operator: Ope
     want = {(p["metadata"]["name"], f"http://{p['status']['podIP']}:8080") for p in pods}
     assert {(e.name, e.url) for e in table.pools["tiny"].endpoints} == want
 
-    # kopf's bookkeeping is in annotations under the operator's prefix, never in status.
-    annotations = pool["metadata"].get("annotations") or {}
-    assert any(k.startswith(c.KOPF_ANNOTATION_PREFIX + "/") for k in annotations)
+    # kopf's bookkeeping is in annotations under the operator's prefix, never in status. kopf writes
+    # them in its own patch after the handler, which can land after the status that said Ready.
+    def bookkeeping() -> dict[str, str]:
+        got = (get_pool(kube, namespace, "tiny") or {}).get("metadata", {}).get("annotations") or {}
+        return got if any(k.startswith(c.KOPF_ANNOTATION_PREFIX + "/") for k in got) else {}
+
+    annotations = wait_until("kopf's annotations on the pool", bookkeeping, timeout=30)
     assert not any(k.startswith("kopf.zalando.org") for k in annotations)
     assert set(status) <= {
         "observedGeneration",
