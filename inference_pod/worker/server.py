@@ -91,6 +91,8 @@ class Worker:
             first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
             total_timeout_s=cfg.fetch_total_timeout_s,
             min_bytes_per_s=cfg.fetch_min_bytes_per_s,
+            fetch_attempts=cfg.fetch_attempts,
+            retry_within_s=cfg.limits.deadline_s,  # a retry is only worth starting while the client still waits
         )
         self.tiers = AdapterTiers(
             self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config, policy=policy
