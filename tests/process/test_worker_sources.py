@@ -77,6 +77,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "flaky-4": url("/503/4/a.safetensors", flaky),
                 "gone": url("/404/1/a.safetensors", flaky),
                 "garbage": url("/garbage/1/a.safetensors", flaky),
+                "cold-url": url("/503/0/cold.safetensors", flaky),
+                "cold-path": path("plain"),
             },
         }
         (tmp / "table.json").write_text(json.dumps(table))
@@ -174,6 +176,16 @@ def test_a_4xx_or_malformed_answer_is_not_retried_nor_echoed(stack: Stack) -> No
     assert stack.flaky.gets["/garbage/1/a.safetensors"] == 1
     for name in ("gone", "garbage"):
         assert SECRET not in gen(stack, name).body
+
+
+def test_the_swap_tier_header_names_the_tier_a_cold_adapter_came_from(stack: Stack) -> None:
+    """Before: the fetch beside the GPU job brought it into RAM first, so the job always said `ram`."""
+    for name, cold in (("cold-url", "source"), ("cold-path", "disk")):
+        first = gen(stack, name)
+        assert first.status == 200, first.body[:300]
+        assert first.header("X-Loraplex-Swap-Tier") == cold, name
+        assert gen(stack, name).header("X-Loraplex-Swap-Tier") == "gpu", name
+    assert stack.flaky.gets["/503/0/cold.safetensors"] == 1
 
 
 def test_an_adapter_that_blackens_the_image_is_named_and_remembered(stack: Stack) -> None:
