@@ -6,9 +6,9 @@ huggingface_hub (revision, filename, token). Pickle formats are refused by
 name and by content. Failures raise `AdapterSourceError` with a message a
 user can act on (never quoting file or response bytes).
 
-A URL download that fails in a way a second try may not (a 5xx, a connection
-refused or reset, a body cut short) is tried again within the same fetch, a
-few times with a short backoff, inside the fetch's time limits. Nothing else
+A URL download that fails in a way a second try may well not repeat (a 5xx,
+a connection refused or reset, a body cut short) is tried again within the
+same fetch, a few times with a short backoff, inside the fetch's time limits. Nothing else
 is retried: a 4xx, a timeout or a too-slow source (it already spent its time),
 the size cap, a hash or format error.
 """
@@ -357,7 +357,7 @@ def _download_url(
                 digest.update(chunk)
                 tmp.write(chunk)
             if expected is not None and total != expected:
-                # A transfer cut short says nothing about the adapter: try again later.
+                # A transfer cut short says nothing about the adapter: try again (now, then later).
                 raise AdapterSourceError(
                     f"GET {shown}: connection closed after {total} of {expected} bytes", retryable=True
                 )
