@@ -305,7 +305,7 @@ def _download_url_retrying(src: UrlSource, target: Path, max_bytes: int, policy:
                 if attempt == 1:
                     raise
                 raise AdapterSourceError(f"{e} (attempt {attempt} of {attempts})", permanent=e.permanent) from e
-            log.info("GET %s: %s; attempt %d of %d in %.2fs", _redact(src.url), e, attempt + 1, attempts, delay)
+            log.info("%s; attempt %d of %d in %.2fs", e, attempt + 1, attempts, delay)  # e names the URL
             time.sleep(delay)
 
 
