@@ -4,7 +4,13 @@ Sources: a local path (file, or a directory holding one .safetensors file),
 an http(s) URL checked against its sha256, or a hub repo through
 huggingface_hub (revision, filename, token). Pickle formats are refused by
 name and by content. Failures raise `AdapterSourceError` with a message a
-user can act on.
+user can act on (never quoting file or response bytes).
+
+A URL download that fails in a way a second try may well not repeat (a 5xx,
+a connection refused or reset, a body cut short) is tried again within the
+same fetch, a few times with a short backoff, inside the fetch's time limits. Nothing else
+is retried: a 4xx, a timeout or a too-slow source (it already spent its time),
+the size cap, a hash or format error.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -27,16 +34,21 @@ from inference_pod.adapters.formats import AdapterFormatError, check_safetensors
 from loraplex.api.routing_table import AdapterEntry, HubSource, PathSource, UrlSource
 from loraplex.egress import EgressRefused, check_host
 
+log = logging.getLogger(__name__)
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PREFERRED_NAMES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+RETRY_HTTP_STATUSES = frozenset({500, 502, 503, 504})  # the server's trouble, not the adapter's
 
 
 class AdapterSourceError(Exception):
-    """The adapter could not be fetched. `permanent` errors are remembered as bad."""
+    """The adapter could not be fetched. `permanent` errors are remembered as bad; `retryable` ones (transient and
+    cheap to try again: a 5xx, a refused or reset connection, a body cut short) are retried within the fetch."""
 
-    def __init__(self, message: str, permanent: bool = True) -> None:
+    def __init__(self, message: str, permanent: bool = True, retryable: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent and not retryable
+        self.retryable = retryable
 
 
 def _refuse_pickle(name: str) -> None:
@@ -79,6 +91,9 @@ class SourcePolicy:
       directories; none: path sources are refused.
     - download limits: connect time, time to the first byte (and between bytes), total time, and the minimum
       average throughput after `min_rate_grace_s`; the size cap is checked while streaming.
+    - retries: up to `fetch_attempts` attempts of a URL download for retryable failures, `retry_backoff_s` apart
+      (doubling), all within the one total time limit; no retry starts later than `retry_within_s` after the
+      first attempt began (the worker sets it to its request deadline: a client is waiting).
     """
 
     allow_private: bool = False
@@ -89,6 +104,9 @@ class SourcePolicy:
     min_bytes_per_s: float = 64 * 1024
     min_rate_grace_s: float = 10.0
     max_redirects: int = 5
+    fetch_attempts: int = 3
+    retry_backoff_s: float = 0.25
+    retry_within_s: float = 60.0
 
 
 def fetch_to_disk(
@@ -115,7 +133,7 @@ def fetch_to_disk(
         os.utime(target)  # LRU order for the disk tier
         return target
     if isinstance(src, UrlSource):
-        _download_url(src, target, max_bytes, policy)
+        _download_url_retrying(src, target, max_bytes, policy)
     elif isinstance(src, HubSource):
         _download_hub(src, target, max_bytes)
     else:  # pragma: no cover - the table's discriminator admits nothing else
@@ -271,14 +289,36 @@ def _open(url: str, policy: SourcePolicy, deadline: float) -> tuple[http.client.
     raise AdapterSourceError(f"more than {policy.max_redirects} redirects")
 
 
-def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy) -> None:
+def _download_url_retrying(src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy) -> None:
+    """`_download_url`, tried again on retryable failures (see the module docstring), under one total deadline."""
+    t0 = time.monotonic()
+    deadline = t0 + policy.total_timeout_s
+    attempts = max(1, policy.fetch_attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            _download_url(src, target, max_bytes, policy, deadline)
+            return
+        except AdapterSourceError as e:
+            delay = policy.retry_backoff_s * 2 ** (attempt - 1)
+            resume = time.monotonic() + delay
+            if not e.retryable or attempt == attempts or resume - t0 > policy.retry_within_s or resume >= deadline:
+                if attempt == 1:
+                    raise
+                raise AdapterSourceError(f"{e} (attempt {attempt} of {attempts})", permanent=e.permanent) from e
+            log.info("%s; attempt %d of %d in %.2fs", e, attempt + 1, attempts, delay)  # e names the URL
+            time.sleep(delay)
+
+
+def _download_url(
+    src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy, deadline: float | None = None
+) -> None:
     path_part = src.url.split("?", 1)[0]
     if path_part.endswith(PICKLE_SUFFIXES):
         _refuse_pickle(path_part)
     shown = _redact(src.url)
     digest = hashlib.sha256()
     t0 = time.monotonic()
-    deadline = t0 + policy.total_timeout_s
+    deadline = t0 + policy.total_timeout_s if deadline is None else deadline
     tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part")  # noqa: SIM115 - renamed into place
     conn: http.client.HTTPConnection | None = None
     try:
@@ -286,7 +326,9 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePo
             conn, resp, sock = _open(src.url, policy, deadline)
             if resp.status != 200:
                 raise AdapterSourceError(
-                    f"GET {shown} answered {resp.status}", permanent=resp.status in (401, 403, 404, 410)
+                    f"GET {shown} answered {resp.status}",
+                    permanent=resp.status in (401, 403, 404, 410),
+                    retryable=resp.status in RETRY_HTTP_STATUSES,
                 )
             length = resp.getheader("Content-Length")
             expected = int(length) if length and length.isdigit() else None
@@ -315,9 +357,9 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePo
                 digest.update(chunk)
                 tmp.write(chunk)
             if expected is not None and total != expected:
-                # A transfer cut short says nothing about the adapter: try again later.
+                # A transfer cut short says nothing about the adapter: try again (now, then later).
                 raise AdapterSourceError(
-                    f"GET {shown}: connection closed after {total} of {expected} bytes", permanent=False
+                    f"GET {shown}: connection closed after {total} of {expected} bytes", retryable=True
                 )
         if src.sha256 and digest.hexdigest() != src.sha256:
             raise AdapterSourceError(f"sha256 mismatch: expected {src.sha256}, got {digest.hexdigest()}")
@@ -330,8 +372,13 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePo
                 f"GET {shown}: not complete within {policy.total_timeout_s:g}s", permanent=False
             ) from e
         if isinstance(e, http.client.IncompleteRead):  # no bytes echoed: the message would quote them
-            raise AdapterSourceError(f"GET {shown}: connection closed before the end", permanent=False) from e
-        raise AdapterSourceError(f"cannot reach {shown}: {type(e).__name__}: {e}", permanent=False) from e
+            raise AdapterSourceError(f"GET {shown}: connection closed before the end", retryable=True) from e
+        if isinstance(e, TimeoutError):  # its time is spent: another try would wait as long again
+            raise AdapterSourceError(f"GET {shown}: timed out ({e})", permanent=False) from e
+        if isinstance(e, OSError):  # refused, reset, broken pipe (RemoteDisconnected too): an errno text only
+            raise AdapterSourceError(f"cannot reach {shown}: {type(e).__name__}: {e}", retryable=True) from e
+        # A malformed answer (BadStatusLine, LineTooLong, a bad chunk size): its text quotes the server's bytes.
+        raise AdapterSourceError(f"GET {shown}: malformed HTTP answer ({type(e).__name__})", permanent=False) from e
     finally:
         if conn is not None:
             conn.close()

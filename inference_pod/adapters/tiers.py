@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 TIERS = ("gpu", "ram", "disk", "source")
 
 
+def cold_tier(in_job: str, fetched: str | None) -> str:
+    """The tier a request's adapter came from: the GPU job's own swap (`in_job`), unless the fetch beside the GPU,
+    which this request waited for, brought it from the disk or the source (the job then finds it in RAM)."""
+    if fetched in ("disk", "source") and TIERS.index(fetched) > TIERS.index(in_job):
+        return fetched
+    return in_job
+
+
 class AdapterError(Exception):
     """An adapter that cannot be used: `status` is the HTTP status to answer with."""
 

@@ -51,6 +51,7 @@ class WorkerConfig:
     fetch_first_byte_timeout_s: float = 30.0
     fetch_total_timeout_s: float = 600.0
     fetch_min_bytes_per_s: float = 64 * 1024
+    fetch_attempts: int = 3  # tries of a URL download that failed transiently (5xx, reset, cut short)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -90,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch-total-timeout", type=float, default=d.fetch_total_timeout_s)
     p.add_argument(
         "--fetch-min-bytes-per-s", type=float, default=d.fetch_min_bytes_per_s, help="after a 10 s grace period"
+    )
+    p.add_argument(
+        "--fetch-attempts",
+        type=int,
+        default=d.fetch_attempts,
+        help="attempts of a URL download that failed with a 5xx, a refused or reset connection or a short body "
+        "(within the fetch's time limits and the request deadline; never for a 4xx, a timeout, the size cap or a "
+        "hash/format error)",
     )
     p.add_argument("--gpu-slots", type=int, default=d.gpu_slots)
     p.add_argument("--max-rank", type=int, default=d.max_rank)
@@ -148,6 +157,7 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         fetch_first_byte_timeout_s=a.fetch_first_byte_timeout,
         fetch_total_timeout_s=a.fetch_total_timeout,
         fetch_min_bytes_per_s=a.fetch_min_bytes_per_s,
+        fetch_attempts=a.fetch_attempts,
         limits=limits,
     )
 

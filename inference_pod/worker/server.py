@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pod.adapters.sources import SourcePolicy
-from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
+from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets, cold_tier
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
 from inference_pod.slots.targets import TEXT_ENCODER_TARGETS
 from inference_pod.worker.config import WorkerConfig, config_from_args
@@ -91,6 +92,8 @@ class Worker:
             first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
             total_timeout_s=cfg.fetch_total_timeout_s,
             min_bytes_per_s=cfg.fetch_min_bytes_per_s,
+            fetch_attempts=cfg.fetch_attempts,
+            retry_within_s=cfg.limits.deadline_s,  # a retry is only worth starting while the client still waits
         )
         self.tiers = AdapterTiers(
             self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config, policy=policy
@@ -219,11 +222,19 @@ class Worker:
             )
         return uses
 
-    def _generate(self, req: GenerationRequest, uses: list[tuple[str, float]]) -> dict:
-        """Runs on the GPU thread: swap adapters into slots, activate, diffuse, encode PNGs."""
+    def _generate(
+        self, req: GenerationRequest, uses: list[tuple[str, float]], fetched: dict[str, str] | None = None
+    ) -> dict:
+        """Runs on the GPU thread: swap adapters into slots, activate, diffuse, encode PNGs.
+
+        `fetched`: the tier each adapter came from when this request fetched it into RAM before the job.
+        """
         assert self.tiers is not None and self.engine is not None
         keep = frozenset(n for n, _ in uses)
-        swaps = [self.tiers.ensure_in_slot(n, keep) for n, _ in uses]
+        swaps = []
+        for n, _ in uses:
+            s = self.tiers.ensure_in_slot(n, keep)
+            swaps.append(replace(s, tier=cold_tier(s.tier, (fetched or {}).get(n))))
         self.engine.activate([(s.slot, scale) for s, (_, scale) in zip(swaps, uses, strict=True)])
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -303,15 +314,17 @@ class Worker:
             # Shielded: a fetch is shared by every request for that adapter, and one request giving up (its
             # deadline) must not cancel a fetch the others still wait for.
             fetches = [asyncio.shield(asyncio.wrap_future(self.tiers.prefetch(name))) for name, _ in uses]
+            fetched: dict[str, str] = {}
             if fetches:
-                await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
+                got = await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
+                fetched = {name: tier for (name, _), tier in zip(uses, got, strict=True)}
         except TimeoutError:
             raise ApiError(504, f"adapters not fetched within the deadline of {self.cfg.limits.deadline_s} s") from None
         except AdapterError as e:
             raise ApiError(e.status, str(e), param="model" if not req.adapters else "adapters") from e
         remaining_s = max(0.001, self.cfg.limits.deadline_s - (time.monotonic() - t_admit))
         try:
-            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), remaining_s)
+            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses, fetched), remaining_s)
         except QueueFull:
             raise ApiError(
                 429, "the GPU queue is full; retry later", headers={"Retry-After": str(self.jobs.retry_after_s())}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference_pod.adapters.sources import SourcePolicy
-from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
+from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets, cold_tier
 from inference_pod.local.lora_factory import write_lora
 from inference_pod.slots.engine import SlotEngine
 from inference_pod.worker.tiny_model import TinyConfig, build_tiny_pipeline
@@ -34,6 +34,23 @@ def register(tiers, tmp_path, unet, name, pinned=False, **kw):
         AdapterEntry.model_validate({"pool": "p", "source": {"type": "path", "path": str(path)}, "pinned": pinned}),
     )
     return path
+
+
+@pytest.mark.parametrize(
+    ("in_job", "fetched", "want"),
+    [
+        ("ram", "source", "source"),  # fetched beside the GPU for this request: the job found it in RAM
+        ("ram", "disk", "disk"),
+        ("ram", "ram", "ram"),
+        ("gpu", "ram", "gpu"),  # already resident when the job ran: no copy at all
+        ("ram", None, "ram"),
+        ("disk", "source", "source"),
+        ("source", "disk", "source"),  # evicted after the fetch and taken again inside the job
+        ("gpu", "source", "source"),  # the request still waited for the source
+    ],
+)
+def test_cold_tier(in_job, fetched, want):
+    assert cold_tier(in_job, fetched) == want
 
 
 def test_tiers_fall_through_then_hit(pipe, tmp_path):
