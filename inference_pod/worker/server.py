@@ -91,6 +91,7 @@ class Worker:
         policy = SourcePolicy(
             allow_private=cfg.allow_private_sources,
             path_roots=cfg.adapter_path_roots,
+            ca_file=cfg.adapter_ca_file,
             connect_timeout_s=cfg.fetch_connect_timeout_s,
             first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
             total_timeout_s=cfg.fetch_total_timeout_s,
