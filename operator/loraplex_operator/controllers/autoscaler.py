@@ -203,6 +203,14 @@ class Autoscaler:
         task.add_done_callback(lambda _t: self._syncs.pop(ns, None))
 
     async def _sync_residency(self, ns: str, residency: dict[str, Any], now: float) -> None:
+        try:
+            await self._write_residency(ns, residency, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a task nobody awaits: log here, the next poll tries again
+            log.exception("autoscaler: residency sync for %s failed", ns)
+
+    async def _write_residency(self, ns: str, residency: dict[str, Any], now: float) -> None:
         adapters = self.adapter_source(ns)
         if adapters is None:
             return  # no complete view of the adapters yet: the next poll tries again
