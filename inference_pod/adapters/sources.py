@@ -89,6 +89,9 @@ class SourcePolicy:
       are on loopback).
     - `path_roots`: a path source must be an absolute path that resolves (symlinks included) under one of these
       directories; none: path sources are refused.
+    - `ca_file`: a PEM bundle of CA certificates https sources are verified against, in addition to the
+      system's (a private CA for an artifact server inside the cluster); re-read when the file changes (a
+      mounted ConfigMap is updated in place). Hostnames are always checked.
     - download limits: connect time, time to the first byte (and between bytes), total time, and the minimum
       average throughput after `min_rate_grace_s`; the size cap is checked while streaming.
     - retries: up to `fetch_attempts` attempts of a URL download for retryable failures, `retry_backoff_s` apart
@@ -107,6 +110,39 @@ class SourcePolicy:
     fetch_attempts: int = 3
     retry_backoff_s: float = 0.25
     retry_within_s: float = 60.0
+    ca_file: Path | None = None
+
+
+class CaBundleError(ValueError):
+    """The CA bundle file cannot be used (missing, unreadable, or no PEM certificate in it)."""
+
+
+_TLS_CONTEXTS: dict[tuple[str, int, int], ssl.SSLContext] = {}
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The context https sources are verified with: the system CAs, plus `ca_file`'s when given.
+
+    Cached per (path, mtime, size), so an updated bundle is used from the next connection on.
+    """
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        st = ca_file.stat()
+    except OSError as e:
+        raise CaBundleError(f"CA bundle {ca_file}: {e.strerror or type(e).__name__}") from None
+    key = (str(ca_file), st.st_mtime_ns, st.st_size)
+    ctx = _TLS_CONTEXTS.get(key)
+    if ctx is None:
+        ctx = ssl.create_default_context()
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (ssl.SSLError, OSError, ValueError) as e:
+            # The message never quotes the file's bytes.
+            raise CaBundleError(f"CA bundle {ca_file}: no usable PEM certificate ({type(e).__name__})") from None
+        _TLS_CONTEXTS.clear()  # one bundle per worker: keep only the current version
+        _TLS_CONTEXTS[key] = ctx
+    return ctx
 
 
 def fetch_to_disk(
@@ -242,8 +278,8 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
         self._address = address
 
     def connect(self) -> None:
@@ -257,11 +293,19 @@ def _open(url: str, policy: SourcePolicy, deadline: float) -> tuple[http.client.
     for _ in range(policy.max_redirects + 1):
         parts, address = _resolve_target(url, policy)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AdapterSourceError(f"GET {_redact(url)}: no answer within the total time limit", permanent=False)
-        conn = cls(parts.hostname or "", port, address, min(policy.connect_timeout_s, remaining))
+        timeout = min(policy.connect_timeout_s, remaining)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            try:
+                context = tls_context(policy.ca_file)
+            except CaBundleError as e:
+                raise AdapterSourceError(f"GET {_redact(url)}: {e}", permanent=False) from None
+            conn = _PinnedHTTPSConnection(parts.hostname or "", port, address, timeout, context)
+        else:
+            conn = _PinnedHTTPConnection(parts.hostname or "", port, address, timeout)
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         try:
             conn.connect()
@@ -373,6 +417,14 @@ def _download_url(
             ) from e
         if isinstance(e, http.client.IncompleteRead):  # no bytes echoed: the message would quote them
             raise AdapterSourceError(f"GET {shown}: connection closed before the end", retryable=True) from e
+        if isinstance(e, ssl.SSLCertVerificationError):  # an OSError too: before the retryable branch
+            trusted = "the system CAs and the pool's CA bundle" if policy.ca_file else "the system CAs"
+            hint = "" if policy.ca_file else " (a private CA: set the pool's spec.adapterSources.caBundle)"
+            raise AdapterSourceError(
+                f"GET {shown}: the server's TLS certificate is not trusted by {trusted}: "
+                f"{e.verify_message or 'verification failed'}{hint}",
+                permanent=False,
+            ) from e
         if isinstance(e, TimeoutError):  # its time is spent: another try would wait as long again
             raise AdapterSourceError(f"GET {shown}: timed out ({e})", permanent=False) from e
         if isinstance(e, OSError):  # refused, reset, broken pipe (RemoteDisconnected too): an errno text only

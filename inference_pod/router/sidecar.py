@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -82,6 +83,7 @@ class SidecarConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_attempts: int = 3
     stats_window_s: float = 60.0
+    resident_limit: int = 1000  # adapter names per /v1/stats (the worker's /v1/resident); counts stay exact
     log_level: str | None = None  # None: $LORAPLEX_LOG_LEVEL, else INFO
 
     @property
@@ -117,6 +119,7 @@ class Sidecar:
         self.view: AsyncTable | None = None
         self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
         self._worker_ready: tuple[float, bool] = (0.0, False)
+        self._resident: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
         source.add_error_listener(self._on_table_error)
         self.app = self._build_app()
 
@@ -228,7 +231,29 @@ class Sidecar:
         return ok
 
     async def stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot())
+        doc = self.stats.snapshot()
+        if self.worker_url:
+            doc["resident"] = await self._local_resident()
+        return web.json_response(doc)
+
+    async def _local_resident(self) -> dict[str, Any] | None:
+        """The local worker's `/v1/resident` (bounded; cached a second), or None when it did not answer."""
+        checked, doc = self._resident
+        now = time.monotonic()
+        if now - checked < 1.0:
+            return doc
+        doc = None
+        try:
+            assert self.session is not None and self.worker_url is not None
+            url = f"{self.worker_url}/v1/resident?limit={self.config.resident_limit}"
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    body = await r.json(content_type=None)
+                    doc = body if isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.debug("worker /v1/resident unavailable: %s", e)
+        self._resident = (now, doc)
+        return doc
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.stats.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

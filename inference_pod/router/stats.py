@@ -34,6 +34,13 @@ the autoscaler's `rate x service time` does not feed on its own backlog.
       }
     }
 
+A pod's sidecar (not the gateway) adds what its worker holds, from the
+worker's `GET /v1/resident` (null when the worker did not answer):
+
+      "resident": {"gpu": ["pixel-art"], "ram": [], "disk": ["ink"],   # each adapter at its highest tier
+                   "counts": {"gpu": 1, "ram": 0, "disk": 1},          # exact, even when names are cut
+                   "truncated": false}                                  # at most 1,000 names in all
+
 `waiting` counts requests held by the activator for a pool with no ready
 endpoint (they are also in `inFlight`); `errors` counts 5xx answers.
 """

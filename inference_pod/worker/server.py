@@ -1,9 +1,11 @@
 """The diffusion worker: one pipeline, the adapter tiers and the HTTP API.
 
 Routes: POST /v1/images/generations (OpenAI images shape), POST /v1/generate
-(PNG with timing headers), GET /v1/adapters, POST /v1/adapters/{name}/prefetch,
-/healthz, /readyz, /metrics. It listens on loopback behind the sidecar, which
-passes each adapter's routing entry in the X-Loraplex-Route header.
+(PNG with timing headers), GET /v1/adapters, GET /v1/resident (which adapters
+are held in which tier, bounded: the sidecar's `/v1/stats` carries it to the
+operator), POST /v1/adapters/{name}/prefetch, /healthz, /readyz, /metrics.
+It listens on loopback behind the sidecar, which passes each adapter's
+routing entry in the X-Loraplex-Route header.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from loraplex.logs import setup_logging
 
 log = logging.getLogger("loraplex.worker")
 BASE_NAMES = ("base",)
+RESIDENT_LIMIT = 1000  # names per /v1/resident answer unless asked for fewer
+RESIDENT_LIMIT_MAX = 10000
 
 
 class Worker:
@@ -88,6 +92,7 @@ class Worker:
         policy = SourcePolicy(
             allow_private=cfg.allow_private_sources,
             path_roots=cfg.adapter_path_roots,
+            ca_file=cfg.adapter_ca_file,
             connect_timeout_s=cfg.fetch_connect_timeout_s,
             first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
             total_timeout_s=cfg.fetch_total_timeout_s,
@@ -382,6 +387,20 @@ class Worker:
             }
         )
 
+    async def resident(self, request: web.Request) -> web.Response:
+        raw = request.query.get("limit", str(RESIDENT_LIMIT))
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = -1
+        if not 0 <= limit <= RESIDENT_LIMIT_MAX:
+            return ApiError(400, f"limit must be an integer from 0 to {RESIDENT_LIMIT_MAX}", param="limit").response()
+        if self.tiers is None:
+            empty = {"gpu": [], "ram": [], "disk": [], "counts": {"gpu": 0, "ram": 0, "disk": 0}, "truncated": False}
+            return web.json_response(empty)
+        self.reload_table()
+        return web.json_response(self.tiers.resident(limit))
+
     async def prefetch(self, request: web.Request) -> web.Response:
         if self.tiers is None:
             return ApiError(503, "worker is still loading").response()
@@ -422,6 +441,7 @@ class Worker:
         app.router.add_post("/v1/images/generations", lambda r: self.handle_generation(r, openai=True))
         app.router.add_post("/v1/generate", lambda r: self.handle_generation(r, openai=False))
         app.router.add_get("/v1/adapters", self.adapters)
+        app.router.add_get("/v1/resident", self.resident)
         app.router.add_post("/v1/adapters/{name}/prefetch", self.prefetch)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)

@@ -67,3 +67,5 @@ RUN_AS_USER = 10001
 HOP_KEY_SECRET = "loraplex-hop-key"
 HOP_KEY_DATA_KEY = "hop-key"
 HOP_KEY_DIR = "/etc/loraplex/hop-key"
+ADAPTER_CA_DIR = "/etc/loraplex/adapter-ca"  # the pool's adapterSources.caBundle, worker container only
+ADAPTER_CA_FILE = "ca.crt"

@@ -182,6 +182,15 @@ def test_generation_lands_on_the_adapters_home_from_either_sidecar(pods: Pods) -
     # After the first request the adapter stays resident on its home: no source fetch again.
     r = gen(pods.url(PODS[0]), HOMED[PODS[1]])
     assert r.header("X-Loraplex-Swap-Tier") == "gpu", r.headers
+    # Each pod's /v1/stats says what its worker holds (the operator writes it into the adapters' status).
+    time.sleep(1.1)  # the sidecar caches its worker's answer for a second
+    for pod, adapter in HOMED.items():
+        resident = get(pods.url(pod) + "/v1/stats").json()["resident"]
+        assert adapter in resident["gpu"] and resident["counts"]["gpu"] >= 1, (pod, resident)
+        others = [a for p, a in HOMED.items() if p != pod]
+        assert not set(others) & {*resident["gpu"], *resident["ram"], *resident["disk"]}, (pod, resident)
+    bad = get(pods.workers[PODS[0]].url + "/v1/resident?limit=x")
+    assert bad.status == 400 and bad.json()["error"]["param"] == "limit"
 
 
 def test_alias_openai_route_and_adapter_changes_the_image(pods: Pods) -> None:

@@ -62,6 +62,7 @@ def inference_service_account_name(pool: str) -> str:
 
 
 HOP_KEY_MOUNT = {"name": "hop-key", "mountPath": c.HOP_KEY_DIR, "readOnly": True}
+ADAPTER_CA_VOLUME = "adapter-ca"
 
 
 def build_hop_key_secret(namespace: str, key: str) -> Manifest:
@@ -118,6 +119,11 @@ def worker_args(spec: PoolSpec) -> list[str]:
         # The worker enforces the pool's source rules too (the operator's admission check is the first line).
         *[arg for root in spec.adapter_sources.path_roots for arg in ("--adapter-path-root", root)],
         *(["--allow-private-sources"] if spec.adapter_sources.allow_private_urls else []),
+        *(
+            ["--adapter-ca-file", f"{c.ADAPTER_CA_DIR}/{c.ADAPTER_CA_FILE}"]
+            if spec.adapter_sources.ca_bundle is not None
+            else []
+        ),
     ]
 
 
@@ -242,7 +248,26 @@ def _volumes(spec: PoolSpec) -> list[dict[str, Any]]:
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
         # Group-readable by fsGroup (RUN_AS_USER), nobody else.
         {"name": "hop-key", "secret": {"secretName": c.HOP_KEY_SECRET, "defaultMode": 0o440}},
+        *_adapter_ca_volume(spec),
     ]
+
+
+def _adapter_ca_volume(spec: PoolSpec) -> list[dict[str, Any]]:
+    """The pool's CA bundle ConfigMap, its one key projected as ca.crt (public certificates: world-readable)."""
+    ref = spec.adapter_sources.ca_bundle
+    if ref is None:
+        return []
+    items = [{"key": ref.key, "path": c.ADAPTER_CA_FILE}]
+    return [
+        {"name": ADAPTER_CA_VOLUME, "configMap": {"name": ref.config_map_name, "items": items, "defaultMode": 0o444}}
+    ]
+
+
+def _adapter_ca_mounts(spec: PoolSpec) -> list[dict[str, Any]]:
+    # A directory mount, not subPath: the kubelet updates it when the ConfigMap changes.
+    if spec.adapter_sources.ca_bundle is None:
+        return []
+    return [{"name": ADAPTER_CA_VOLUME, "mountPath": c.ADAPTER_CA_DIR, "readOnly": True}]
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
@@ -270,6 +295,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
             HOP_KEY_MOUNT,
+            *_adapter_ca_mounts(spec),
         ],
         **_pre_stop(spec),
     }

@@ -89,9 +89,15 @@ class Routing(_Spec):
     activation_timeout_seconds: float = Field(default=0.0, ge=0.0)
 
 
+class ConfigMapKeyRef(_Spec):
+    config_map_name: str = Field(min_length=1)
+    key: str = "ca.crt"
+
+
 class AdapterSources(_Spec):
     allow_private_urls: bool = False
     path_roots: tuple[str, ...] = ("/models/loras",)
+    ca_bundle: ConfigMapKeyRef | None = None
 
 
 class PoolSpec(_Spec):

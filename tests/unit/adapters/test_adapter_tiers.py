@@ -191,3 +191,27 @@ def test_damaged_prepared_copy_is_rebuilt(pipe, tiny_pipe, tmp_path):
     assert again.ensure_in_slot("a").tier == "disk"
     assert torch.equal(again.ram.get("a").flat, want)
     again.close()
+
+
+def test_resident_reports_each_adapter_at_its_highest_tier_bounded(pipe, tmp_path):
+    tiers = make_tiers(pipe, tmp_path, slots=1)
+    for i, n in enumerate("abcd"):
+        register(tiers, tmp_path, pipe.unet, n, seed=i)
+    assert tiers.resident(10) == {
+        "gpu": [],
+        "ram": [],
+        "disk": [],
+        "counts": {"gpu": 0, "ram": 0, "disk": 0},
+        "truncated": False,
+    }
+    tiers.ensure_in_slot("a")
+    tiers.ram.budget = tiers.ram.used  # room for one adapter of this size
+    tiers.prefetch("b").result()  # a leaves RAM, stays in its slot
+    tiers.prefetch("c").result()  # b leaves RAM for c, keeps its prepared copy on disk
+    got = tiers.resident(10)
+    assert (got["gpu"], got["ram"], got["disk"]) == (["a"], ["c"], ["b"])
+    assert got["counts"] == {"gpu": 1, "ram": 1, "disk": 1} and not got["truncated"]
+    cut = tiers.resident(2)
+    assert (cut["gpu"], cut["ram"], cut["disk"]) == (["a"], ["c"], []) and cut["truncated"]
+    assert cut["counts"] == got["counts"]
+    tiers.close()

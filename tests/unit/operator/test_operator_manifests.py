@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from loraplex_operator import constants as c
 from loraplex_operator.logic.manifests import (
     build_deployment,
@@ -16,7 +18,7 @@ from loraplex_operator.logic.manifests import (
     selector_string,
     termination_grace_seconds,
 )
-from loraplex_operator.logic.specs import parse_pool_spec
+from loraplex_operator.logic.specs import SpecError, parse_pool_spec
 
 OWNER = {
     "apiVersion": c.API_VERSION,
@@ -154,6 +156,47 @@ def test_worker_enforces_the_pools_source_rules() -> None:
     args = _containers(build_deployment(OWNER, spec, 1))["worker"]["args"]
     roots = [args[i + 1] for i, a in enumerate(args) if a == "--adapter-path-root"]
     assert roots == ["/data/a", "/data/b"] and "--allow-private-sources" in args
+
+
+def test_ca_bundle_is_mounted_read_only_into_the_worker_only() -> None:
+    plain = build_deployment(OWNER, _spec(), 1)["spec"]["template"]["spec"]
+    assert "--adapter-ca-file" not in _containers({"spec": {"template": {"spec": plain}}})["worker"]["args"]
+    assert not [v for v in plain["volumes"] if v["name"] == "adapter-ca"]
+
+    spec = _spec(adapterSources={"caBundle": {"configMapName": "corp-ca"}})
+    pod = build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]
+    worker, sidecar = (ct for ct in pod["containers"])
+    assert (worker["name"], sidecar["name"]) == ("worker", "sidecar")
+    args = worker["args"]
+    assert args[args.index("--adapter-ca-file") + 1] == "/etc/loraplex/adapter-ca/ca.crt"
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == "adapter-ca")
+    assert mount == {"name": "adapter-ca", "mountPath": "/etc/loraplex/adapter-ca", "readOnly": True}
+    assert "subPath" not in mount  # a directory mount follows ConfigMap updates
+    volume = next(v for v in pod["volumes"] if v["name"] == "adapter-ca")
+    assert volume["configMap"] == {
+        "name": "corp-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        "defaultMode": 0o444,
+    }
+    # The gateway side of the pod is unaffected: the sidecar neither mounts nor is told about it.
+    assert all(m["name"] != "adapter-ca" for m in sidecar["volumeMounts"])
+    assert "--adapter-ca-file" not in sidecar["args"]
+
+    other_key = _spec(adapterSources={"caBundle": {"configMapName": "corp-ca", "key": "bundle.pem"}})
+    volume = next(v for v in _volumes_of(other_key) if v["name"] == "adapter-ca")
+    assert volume["configMap"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    # A change of bundle is a change of the pod template (a rollout), the same one is not.
+    assert json.dumps(build_deployment(OWNER, spec, 1)) != json.dumps(build_deployment(OWNER, other_key, 1))
+    assert json.dumps(build_deployment(OWNER, spec, 1)) == json.dumps(build_deployment(OWNER, spec, 1))
+
+
+def test_ca_bundle_spec_needs_a_config_map_name() -> None:
+    with pytest.raises(SpecError, match="configMapName"):
+        _spec(adapterSources={"caBundle": {"key": "ca.crt"}})
+
+
+def _volumes_of(spec: Any) -> list[dict[str, Any]]:
+    return build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]["volumes"]
 
 
 def test_hop_key_secret() -> None:
