@@ -263,6 +263,8 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         # port resolves only among the probed container's own ports (the kubelet
         # refused "http" here on the real node), so the sidecar's is given by number.
         "startupProbe": _http_probe("/readyz", period=10, timeout=5, failures=startup_failures, port=c.SIDECAR_PORT),
+        # A crash's last log lines land in the pod status, where the pool's Degraded condition quotes them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": c.MODEL_CACHE_DIR},
@@ -287,6 +289,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
         "livenessProbe": _http_probe("/healthz", period=10, timeout=3, failures=3),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, HOP_KEY_MOUNT],
         **_pre_stop(spec),
