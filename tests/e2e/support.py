@@ -236,8 +236,10 @@ class Load:
             t.join(timeout=130)
 
 
-def ready_pods(ns: str, pool: str) -> list[dict]:
-    pods = kubectl_json("get", "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={pool}")["items"]
+def ready_pods(ns: str, pool: str = "", selector: str = "") -> list[dict]:
+    """Ready pods not being deleted: a pool's, or those a label selector names."""
+    selector = selector or f"app.kubernetes.io/instance={pool}"
+    pods = kubectl_json("get", "pods", "-n", ns, "-l", selector)["items"]
     return [
         p
         for p in pods

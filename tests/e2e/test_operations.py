@@ -37,6 +37,7 @@ from tests.e2e.support import (
 )
 
 pytestmark = pytest.mark.e2e
+OPERATOR = "app.kubernetes.io/component=operator"
 T = TypeVar("T")
 
 
@@ -170,7 +171,7 @@ def test_scale_from_zero_through_the_gateway(
     try:
         helm("upgrade", name, chart, "-n", sys_ns, *gateway, "--wait", "--timeout", "180s")
         gw = f"http://{service_ip(ns, f'{name}-loraplex-gateway')}/v1/images/generations"
-        wait_for("the gateway Ready", lambda: gateway_ready(ns), 120, ns)
+        wait_for("the gateway Ready", lambda: ready_pods(ns, selector="app.kubernetes.io/component=gateway"), 120, ns)
         t0 = time.monotonic()
         status, body = http("POST", gw, GEN, timeout=300)
         held_s = time.monotonic() - t0
@@ -184,13 +185,6 @@ def test_scale_from_zero_through_the_gateway(
     finally:
         off = ["--reuse-values", "--set", "gateway.enabled=false", "--wait"]
         helm("upgrade", name, chart, "-n", sys_ns, *off, check=False)
-
-
-def gateway_ready(ns: str) -> bool:
-    pods = kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=gateway")["items"]
-    return any(
-        any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])) for p in pods
-    )
 
 
 def audit_writes(since_offset: int, user: str) -> list[dict]:
@@ -241,7 +235,7 @@ def test_operator_pod_replaced_converges_without_writes(
         ns,
     )
     # Settled: no write by the operator for a while (status, table, children).
-    op_pods = kubectl_json("get", "pods", "-n", sys_ns, "-l", "app.kubernetes.io/component=operator")["items"]
+    op_pods = kubectl_json("get", "pods", "-n", sys_ns, "-l", OPERATOR)["items"]
     sa = op_pods[0]["spec"]["serviceAccountName"]
     user = f"system:serviceaccount:{sys_ns}:{sa}"
 
@@ -259,10 +253,14 @@ def test_operator_pod_replaced_converges_without_writes(
     off = audit_offset()
     old = {p["metadata"]["name"] for p in op_pods}
     t0 = time.monotonic()
-    kubectl("delete", "pod", "-n", sys_ns, "-l", "app.kubernetes.io/component=operator", "--wait=true")
+    kubectl("delete", "pod", "-n", sys_ns, "-l", OPERATOR, "--wait=true")
     new = wait_for(
         "a new operator pod Ready",
-        lambda: [p for p in ready_pods_in(sys_ns) if p["metadata"]["name"] not in old],
+        lambda: [
+            p
+            for p in ready_pods(sys_ns, selector="app.kubernetes.io/component=operator")
+            if p["metadata"]["name"] not in old
+        ],
         180,
         ns,
     )
@@ -292,16 +290,6 @@ def test_operator_pod_replaced_converges_without_writes(
         60,
         ns,
     )
-
-
-def ready_pods_in(ns: str) -> list[dict]:
-    pods = kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator")["items"]
-    return [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-    ]
 
 
 def test_crash_looping_pool_is_degraded_with_its_error(
