@@ -7,6 +7,8 @@ a no-op on the apiserver (no new ReplicaSet, no rollout).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -404,12 +406,40 @@ def build_role_binding(owner: dict[str, Any]) -> Manifest:
 
 
 def build_pool_objects(owner: dict[str, Any], spec: PoolSpec, replicas: int) -> list[Manifest]:
-    """Everything a pool owns except the routing table, in apply order."""
+    """Everything a pool owns except the routing table, in apply order, each stamped with its digest."""
     return [
-        build_service_account(owner),
-        build_role(owner),
-        build_role_binding(owner),
-        build_deployment(owner, spec, replicas),
-        build_service(owner),
-        build_pdb(owner),
+        stamp_digest(m)
+        for m in (
+            build_service_account(owner),
+            build_role(owner),
+            build_role_binding(owner),
+            build_deployment(owner, spec, replicas),
+            build_service(owner),
+            build_pdb(owner),
+        )
     ]
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest as the operator would apply it, without its own digest annotation."""
+    annotations = {
+        k: v for k, v in (manifest["metadata"].get("annotations") or {}).items() if k != c.ANNOTATION_APPLIED
+    }
+    meta = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    if annotations:
+        meta["annotations"] = annotations
+    return hashlib.sha256(json.dumps({**manifest, "metadata": meta}, sort_keys=True).encode()).hexdigest()
+
+
+def stamp_digest(manifest: Manifest) -> Manifest:
+    """The manifest with annotation ANNOTATION_APPLIED = its digest."""
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), c.ANNOTATION_APPLIED: manifest_digest(manifest)}
+    return {**manifest, "metadata": meta}
+
+
+def applied_digest(live: dict[str, Any] | None) -> str | None:
+    """The digest a live object carries, if the operator stamped it."""
+    if not live:
+        return None
+    return ((live.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_APPLIED)
