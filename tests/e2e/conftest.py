@@ -7,7 +7,8 @@ LORAPLEX_E2E=1 and no real node up, the session brings up the control plane
 and the real node (tools/k8s/cluster.sh up --real-node), imports the images
 (tools/k8s/images.sh, cached layers: only the source layer is rebuilt) and
 takes everything down at the end, also when a test fails. A real node that is
-already up is used as it is (and its images), and left up.
+already up is used and left up; with LORAPLEX_E2E=1 this checkout's images are
+imported into it first.
 
 The cluster is the one named by LORAPLEX_CLUSTER_DIR (as cluster.sh), the
 node's state dir LORAPLEX_REAL_NODE_DIR (as real-node.sh).
@@ -82,6 +83,16 @@ def real_node() -> Iterator[str]:
         except BaseException:
             _take_down(cluster_too)
             raise
+    elif os.environ.get("LORAPLEX_E2E") == "1":
+        # A node that was up already: it still runs this checkout's images (an unchanged image is not re-sent).
+        _run_tool(
+            "images.sh (build + import)",
+            str(ROOT / "tools/k8s/images.sh"),
+            "--import",
+            "operator",
+            "inference",
+            timeout=3600,
+        )
     try:
         kubectl("wait", "--for=condition=Ready", f"node/{NODE_NAME}", "--timeout=120s")
         yield NODE_NAME

@@ -170,7 +170,7 @@ def test_scale_from_zero_through_the_gateway(
     chart = str(ROOT / "charts" / "loraplex")
     try:
         helm("upgrade", name, chart, "-n", sys_ns, *gateway, "--wait", "--timeout", "180s")
-        gw = f"http://{service_ip(ns, f'{name}-loraplex-gateway')}/v1/images/generations"
+        gw = f"http://{service_ip(ns, 'loraplex-gateway')}/v1/images/generations"
         wait_for("the gateway Ready", lambda: ready_pods(ns, selector="app.kubernetes.io/component=gateway"), 120, ns)
         t0 = time.monotonic()
         status, body = http("POST", gw, GEN, timeout=300)
