@@ -120,6 +120,8 @@ class Sidecar:
         self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
         self._worker_ready: tuple[float, bool] = (0.0, False)
         self._resident: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+        # Pools whose endpoints listed this pod in a table seen so far (kept while the pool exists).
+        self._own_pools: frozenset[str] = frozenset()
         source.add_error_listener(self._on_table_error)
         self.app = self._build_app()
 
@@ -147,12 +149,14 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         self.view = AsyncTable(self.source, loop)
         self.view.on_change.append(lambda t: self.stats.table_loaded(t.generation))
+        self.view.on_change.append(self._remember_own_pools)
         # The first file load is synchronous I/O: keep it off the loop.
         await loop.run_in_executor(None, self.source.start)
         if self.view.table is None and self.source.table is not None:
             self.view.table = self.source.table
         if self.view.table is not None:
             self.stats.table_loaded(self.view.table.generation)
+            self._remember_own_pools(self.view.table)
         await self.forwarder.start()
         self.session = self.forwarder.session
 
@@ -346,6 +350,24 @@ class Sidecar:
                 overhead_s=total - upstream_s if upstream_s else None,
             )
 
+    def _remember_own_pools(self, table: RoutingTable) -> None:
+        if not (self.worker_url and self.config.pod_name):
+            return
+        listed = {name for name, p in table.pools.items() if any(e.name == self.config.pod_name for e in p.endpoints)}
+        self._own_pools = frozenset(listed | (self._own_pools & set(table.pools)))
+
+    async def _own_endpoint(self, pool_name: str) -> Endpoint | None:
+        """This pod as the pool's endpoint of last resort, when a table once listed it and its worker is ready.
+
+        A table can name no ready endpoint while this pod serves: the pod is draining, or Kubernetes marked
+        it NotReady for a moment (a control plane back from an outage longer than the node grace period
+        marks every pod of the node so until the kubelet reports again). Its own worker's readiness is local
+        knowledge; answering 503 to a request that reached a working pod helps nobody."""
+        if pool_name not in self._own_pools or not await self._local_worker_ready():
+            return None
+        assert self.worker_url is not None and self.config.pod_name is not None
+        return Endpoint(name=self.config.pod_name, url=self.worker_url)
+
     async def _ready_endpoints(
         self, table: RoutingTable, pool_name: str, deadline: float
     ) -> tuple[RoutingTable, PoolEntry, list[Endpoint]]:
@@ -354,6 +376,10 @@ class Sidecar:
         ready = [e for e in pool.endpoints if e.ready]
         if ready:
             return table, pool, ready
+        own = await self._own_endpoint(pool_name)
+        if own is not None:
+            self.stats.served_without_table_endpoint(pool_name)
+            return table, pool, [own]
         hold_until = min(deadline, time.monotonic() + pool.activation_timeout_s)
         if pool.activation_timeout_s <= 0 or self.view is None:
             raise ApiError(

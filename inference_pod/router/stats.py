@@ -173,6 +173,12 @@ class RouterStats:
         self.m_served = Counter(
             "loraplex_router_served", "Requests forwarded here by a peer and served locally", ["pool"], registry=r
         )
+        self.m_own_fallback = Counter(
+            "loraplex_router_served_without_table_endpoint",
+            "Requests served by this pod's own worker while the table named no ready endpoint for its pool",
+            ["pool"],
+            registry=r,
+        )
         self.m_attempts = Counter(
             "loraplex_router_upstream_attempts", "Upstream attempts by outcome", ["pool", "outcome"], registry=r
         )
@@ -257,6 +263,10 @@ class RouterStats:
         """A peer's request (with X-Loraplex-Hop) was handed to the local worker."""
         self._pool(pool).served += 1
         self.m_served.labels(pool).inc()
+
+    def served_without_table_endpoint(self, pool: str) -> None:
+        """The table named no ready endpoint for `pool`; this pod's own worker took the request."""
+        self.m_own_fallback.labels(pool).inc()
 
     def attempt(self, pool: str, outcome: str) -> None:
         """One upstream attempt: "ok", "retry_connect", "retry_status", "timeout", "failed"."""

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import REAL_NODE_TOLERATION, assert_local_route, kubectl, kubectl_json
+from tests.e2e.support import REAL_NODE_TOLERATION, assert_local_route, kubectl, kubectl_json
 
 pytestmark = pytest.mark.e2e
 

@@ -446,6 +446,28 @@ def test_activator_holds_until_a_pod_is_ready(stack: Stack) -> None:
     assert get(stack.url("gateway") + "/v1/stats").json()["pools"]["cold"]["waiting"] == 0
 
 
+def test_a_pod_serves_its_pool_itself_when_the_table_names_no_ready_endpoint(stack: Stack) -> None:
+    """The table drops every endpoint of `tiny` (e.g. Kubernetes marked the node's pods NotReady when the
+    API came back): a pod whose worker is ready and that the table once listed still serves its own
+    requests; the gateway (no worker) still says 503 no_ready_endpoint."""
+    a = next(a for a in ADAPTERS if home(a) == "pod-1")
+    try:
+        stack.write(endpoints=[])
+        for pod in ("pod-0", "pod-2"):
+            r = gen(stack.url(pod), a)
+            assert served_by(r) == pod, r.body
+        metrics = get(stack.url("pod-0") + "/metrics").body.decode()
+        assert 'loraplex_router_served_without_table_endpoint_total{pool="tiny"}' in metrics
+        r = gen(stack.url("gateway"), a)
+        assert r.status == 503 and r.json()["error"]["code"] == "no_ready_endpoint"
+        # A pool that never listed the pod ("brief"): no fallback either.
+        r = gen(stack.url("pod-0"), "brief-base")
+        assert r.status == 503 and r.json()["error"]["code"] == "no_ready_endpoint"
+    finally:
+        stack.write()
+    assert served_by(gen(stack.url("pod-0"), a)) == "pod-1"  # the table rules again
+
+
 def test_killed_worker_makes_the_router_retry_elsewhere(stack: Stack) -> None:
     # Destructive: runs last in this module (pytest keeps file order).
     victim = "pod-1"

@@ -7,6 +7,8 @@ a no-op on the apiserver (no new ReplicaSet, no rollout).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -288,6 +290,8 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         # port resolves only among the probed container's own ports (the kubelet
         # refused "http" here on the real node), so the sidecar's is given by number.
         "startupProbe": _http_probe("/readyz", period=10, timeout=5, failures=startup_failures, port=c.SIDECAR_PORT),
+        # A crash's last log lines land in the pod status, where the pool's Degraded condition quotes them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": c.MODEL_CACHE_DIR},
@@ -313,6 +317,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
         "livenessProbe": _http_probe("/healthz", period=10, timeout=3, failures=3),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, HOP_KEY_MOUNT],
         **_pre_stop(spec),
@@ -427,12 +432,40 @@ def build_role_binding(owner: dict[str, Any]) -> Manifest:
 
 
 def build_pool_objects(owner: dict[str, Any], spec: PoolSpec, replicas: int) -> list[Manifest]:
-    """Everything a pool owns except the routing table, in apply order."""
+    """Everything a pool owns except the routing table, in apply order, each stamped with its digest."""
     return [
-        build_service_account(owner),
-        build_role(owner),
-        build_role_binding(owner),
-        build_deployment(owner, spec, replicas),
-        build_service(owner),
-        build_pdb(owner),
+        stamp_digest(m)
+        for m in (
+            build_service_account(owner),
+            build_role(owner),
+            build_role_binding(owner),
+            build_deployment(owner, spec, replicas),
+            build_service(owner),
+            build_pdb(owner),
+        )
     ]
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest as the operator would apply it, without its own digest annotation."""
+    annotations = {
+        k: v for k, v in (manifest["metadata"].get("annotations") or {}).items() if k != c.ANNOTATION_APPLIED
+    }
+    meta = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    if annotations:
+        meta["annotations"] = annotations
+    return hashlib.sha256(json.dumps({**manifest, "metadata": meta}, sort_keys=True).encode()).hexdigest()
+
+
+def stamp_digest(manifest: Manifest) -> Manifest:
+    """The manifest with annotation ANNOTATION_APPLIED = its digest."""
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), c.ANNOTATION_APPLIED: manifest_digest(manifest)}
+    return {**manifest, "metadata": meta}
+
+
+def applied_digest(live: dict[str, Any] | None) -> str | None:
+    """The digest a live object carries, if the operator stamped it."""
+    if not live:
+        return None
+    return ((live.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_APPLIED)

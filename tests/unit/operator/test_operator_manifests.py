@@ -9,12 +9,14 @@ import pytest
 
 from loraplex_operator import constants as c
 from loraplex_operator.logic.manifests import (
+    applied_digest,
     build_deployment,
     build_hop_key_secret,
     build_pdb,
     build_pool_objects,
     build_role,
     build_service,
+    manifest_digest,
     selector_string,
     termination_grace_seconds,
 )
@@ -279,3 +281,22 @@ def test_same_spec_same_manifest_and_spec_change_rolls() -> None:
     assert changed["spec"]["template"] != json.loads(a)["spec"]["template"]
     # Replicas are not part of the pod template: scaling does not roll pods.
     assert build_deployment(OWNER, _spec(), 3)["spec"]["template"] == json.loads(a)["spec"]["template"]
+
+
+def test_every_owned_object_carries_the_digest_of_what_was_applied() -> None:
+    objs = build_pool_objects(OWNER, _spec(), 1)
+    for m in objs:
+        stamped = applied_digest(m)
+        assert stamped and len(stamped) == 64
+        # The digest ignores its own annotation: a live object read back gives the same digest.
+        assert manifest_digest(m) == stamped
+    again = build_pool_objects(OWNER, _spec(), 1)
+    assert [applied_digest(m) for m in again] == [applied_digest(m) for m in objs]
+    # Any change the operator would write changes the digest: replicas, the pod template, the owner.
+    kinds = {m["kind"]: applied_digest(m) for m in objs}
+    assert applied_digest(build_deployment(OWNER, _spec(), 2)) is None  # unstamped on its own
+    scaled = {m["kind"]: applied_digest(m) for m in build_pool_objects(OWNER, _spec(), 2)}
+    assert scaled["Deployment"] != kinds["Deployment"] and scaled["Service"] == kinds["Service"]
+    other = {m["kind"]: applied_digest(m) for m in build_pool_objects(OWNER, _spec(image="r/i:2"), 1)}
+    assert other["Deployment"] != kinds["Deployment"]
+    assert applied_digest(None) is None and applied_digest({"metadata": {}}) is None
