@@ -108,9 +108,12 @@ def test_crash_loop_quotes_the_last_exit_and_log_line() -> None:
     # A long line is cut; no previous run, nothing added.
     crashed["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"] = "x" * 5000
     assert len(find(pool_status(obs([crashed]), None, 0.0)["conditions"], "Degraded")["message"]) < 500
-    assert "last exit" not in find(
-        pool_status(obs([pod("a", ready=False, waiting="CrashLoopBackOff")]), None, 0.0)["conditions"], "Degraded"
-    )["message"]
+    assert (
+        "last exit"
+        not in find(
+            pool_status(obs([pod("a", ready=False, waiting="CrashLoopBackOff")]), None, 0.0)["conditions"], "Degraded"
+        )["message"]
+    )
 
 
 def test_progressing_reasons() -> None:
