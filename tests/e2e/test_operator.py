@@ -9,6 +9,8 @@ reason. One pool of one replica on the `tiny` model: the machine has 2 cores.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import statistics
@@ -21,6 +23,7 @@ import pytest
 
 from tests.e2e.support import (
     GEN,
+    REAL_NODE_TOLERATION,
     Load,
     conditions,
     diagnose,
@@ -38,6 +41,7 @@ from tests.e2e.support import (
     wait_pool_ready,
     wait_ready_pods,
 )
+from tests.helpers.tls import make_ca, make_server_cert
 
 pytestmark = pytest.mark.e2e
 
@@ -294,3 +298,136 @@ def test_adapter_changes_the_image(
     assert with_lora != base, "the adapter did not change the image"
     obj = kubectl_json("get", "loraadapter", "fox", "-n", ns)
     print("adapter status:", json.dumps(obj.get("status", {}))[:400])
+
+
+# An https file server inside the cluster: the inference image's python, a certificate for its Service IP.
+FILE_SERVER = """
+import functools, http.server, ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/tls/tls.crt", "/tls/tls.key")
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/srv")
+srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), handler)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"""
+
+
+def test_adapter_from_an_https_url_inside_the_cluster(
+    release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str, tmp_path: Path
+) -> None:
+    """A LoraAdapter whose source is an https URL of a file server in the cluster (a private CA, the pool's
+    spec.adapterSources.caBundle): the pod fetches it, checks its sha256, and the image changes; `kubectl
+    get lora` then shows where it is resident."""
+    from inference_pod.local.lora_factory import write_lora
+    from inference_pod.worker.tiny_model import build_tiny_pipeline
+
+    ns = pool_ns
+    lora = tmp_path / "fox.safetensors"
+    write_lora(lora, build_tiny_pipeline().unet, rank=4, seed=7, strength=3.0)
+    data = lora.read_bytes()
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "artifacts"},
+        "spec": {"selector": {"app": "artifacts"}, "ports": [{"port": 8443, "targetPort": 8443}]},
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(svc))
+    ip = service_ip(ns, "artifacts")
+    ca = make_ca(tmp_path / "ca", "loraplex e2e artifacts CA")
+    crt, key = make_server_cert(tmp_path / "server", ca, ip)
+    server = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "artifacts-files"},
+                "binaryData": {"fox.safetensors": base64.b64encode(data).decode()},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "artifacts-tls"},
+                "type": "kubernetes.io/tls",
+                "stringData": {"tls.crt": crt.read_text(), "tls.key": key.read_text()},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "artifacts-ca"},
+                "data": {"ca.crt": ca[0].read_text()},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "artifacts", "labels": {"app": "artifacts"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": real_node},
+                    "tolerations": [REAL_NODE_TOLERATION],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": inference_image,
+                            "imagePullPolicy": "Never",
+                            "command": ["python3", "-c", FILE_SERVER],
+                            "ports": [{"containerPort": 8443}],
+                            "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 1},
+                            "volumeMounts": [
+                                {"name": "files", "mountPath": "/srv"},
+                                {"name": "tls", "mountPath": "/tls"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "files", "configMap": {"name": "artifacts-files"}},
+                        {"name": "tls", "secret": {"secretName": "artifacts-tls"}},
+                    ],
+                },
+            },
+        ],
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(server))
+    sources = {"allowPrivateUrls": True, "caBundle": {"configMapName": "artifacts-ca"}}
+    pool = tiny_pool("tiny", real_node, inference_image, adapterSources=sources)
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pool))
+    wait_pool_ready(ns, "tiny", timeout=360)
+    wait_ready_pods(ns, "artifacts", 1, timeout=120)
+    url = f"http://{service_ip(ns, 'tiny')}/v1/images/generations"
+    _, body = generate_until_ok(url, GEN, timeout=60)
+    base = png_of(body)
+
+    adapter = {
+        "apiVersion": "loraplex.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": "fox"},
+        "spec": {
+            "pool": "tiny",
+            "source": {
+                "type": "url",
+                "url": f"https://{ip}:8443/fox.safetensors",
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
+        },
+    }
+    t0 = time.monotonic()
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(adapter))
+    _, body = generate_until_ok(url, {**GEN, "model": "fox"}, timeout=120)
+    first_s = time.monotonic() - t0
+    assert png_of(body) != base, "the adapter from the URL did not change the image"
+    print(f"FIGURES https URL adapter (private CA) apply->first image {first_s:.1f}s")
+
+    # Where it is resident, from what the sidecars report (the operator's stats poll).
+    deadline = time.monotonic() + 90
+    while True:
+        status = kubectl_json("get", "loraadapter", "fox", "-n", ns).get("status") or {}
+        if (status.get("resident") or {}).get("gpu", 0) + (status.get("resident") or {}).get("ram", 0) >= 1:
+            break
+        assert time.monotonic() < deadline, f"no residency reported for fox: {status}"
+        time.sleep(2)
+    pods = {p["metadata"]["name"] for p in ready_pods(ns, "tiny")}
+    assert {r["pod"] for r in status["residentPods"]} <= pods and status["residentPods"], status
+    wide = kubectl("get", "lora", "fox", "-n", ns, "-o", "wide")
+    assert any(p in wide for p in pods), wide
+    print("kubectl get lora -o wide:\n" + wide)
