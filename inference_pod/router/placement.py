@@ -126,10 +126,11 @@ def attempt_plan(candidates: Sequence[str], max_attempts: int, idle_probes: int)
     idle (a busy pod refuses at once and the next one is asked); then the
     candidates in order, unconditionally, until `max_attempts` in all. At
     least one unconditional attempt is kept, so a request is never refused
-    because every pod was busy.
+    because every pod was busy; a lone candidate is not probed (nothing else
+    could take the request).
     """
     limit = max(1, max_attempts)
-    probes = min(max(0, idle_probes), len(candidates), limit - 1)
+    probes = min(max(0, idle_probes), len(candidates), limit - 1) if len(candidates) > 1 else 0
     plan = [(e, True) for e in candidates[:probes]]
     plan += [(e, False) for e in candidates[: limit - probes]]
     return plan
