@@ -258,14 +258,10 @@ class Forwarder:
             load = ms_header(up.headers, hdr.LOAD)
             if load is not None:
                 self.loads.report(name, int(load))
-        if 200 <= up.status < 300:
-            swap_ms, queue_ms, inf_ms = (
-                ms_header(up.headers, h) for h in (hdr.SWAP_MS, hdr.QUEUE_MS, hdr.INFERENCE_MS)
-            )
-            before_job = up.seconds - ((queue_ms or 0.0) + (inf_ms or 0.0)) / 1000 if inf_ms is not None else None
-            self.swap_costs.observe(
-                up.headers.get(hdr.SWAP_TIER), swap_ms / 1000 if swap_ms is not None else None, before_job
-            )
+        if 200 <= up.status < 300 and "," not in up.headers.get(hdr.SWAP_TIER, ","):  # one adapter: one tier
+            swap_ms, fetch_ms = ms_header(up.headers, hdr.SWAP_MS), ms_header(up.headers, hdr.FETCH_MS)
+            if swap_ms is not None and fetch_ms is not None:
+                self.swap_costs.observe(swap_ms / 1000, fetch_ms / 1000)
 
     # -- one request, placed here by a peer (hop) -----------------------------------------------------------------
 

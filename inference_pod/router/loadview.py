@@ -8,8 +8,9 @@ second while the sidecar routes). A pod's load is then its last report plus what
 never less than this sidecar's own requests in flight there; a report older than `max_age_s` is ignored (a router
 back from idle trusts only what it knows, and the idle probes correct the rest).
 
-`SwapCosts` keeps the cost policy's other inputs as running means from the worker's timing headers: what a request
-costs on a pod that holds the adapter warm (the RAM -> slot copy) and on one that must fetch it (`cold_s`).
+`SwapCosts` keeps the cost policy's other inputs as running means from the worker's timing headers (X-Loraplex-Swap-Ms,
+X-Loraplex-Fetch-Ms): what a request costs on a pod that holds the adapter warm (the RAM -> slot copy, `home_s`)
+and on one that must fetch it first (`cold_s`).
 """
 
 from __future__ import annotations
@@ -73,11 +74,11 @@ class SwapCosts:
     cold_s: float = 0.5  # ... and a first fetch from the source
     alpha: float = 0.2
 
-    def observe(self, tier: str | None, swap_s: float | None, fetch_s: float | None) -> None:
-        """One answer: the worker's swap tier, its swap time and the time before the job not spent queueing."""
-        if not tier or "," in tier:  # several adapters: no single tier to learn from
+    def observe(self, swap_s: float | None, fetch_s: float | None) -> None:
+        """One answer's worker timings: its swap into a slot, and its wait for adapter bytes before the job."""
+        if swap_s is None or fetch_s is None:  # a worker that does not report them
             return
-        if tier in ("gpu", "ram") and swap_s is not None:
+        if fetch_s > 0:  # the pod had to fetch it (disk or source): a cold pod's cost
+            self.cold_s += self.alpha * (fetch_s + max(0.0, swap_s) - self.cold_s)
+        else:  # it was in RAM or a slot: a warm home's cost
             self.home_s += self.alpha * (max(0.0, swap_s) - self.home_s)
-        elif tier in ("disk", "source") and fetch_s is not None:
-            self.cold_s += self.alpha * (max(0.0, fetch_s) - self.cold_s)

@@ -13,7 +13,8 @@ Internal response headers, between routers (dropped before an answer reaches a c
 - `LOAD`: the requests at the answering pod's worker when it answered (the routers' shared in-flight view);
 - `BUSY`: marks a refused idle probe.
 
-Returned to the client: queue, swap and inference times from the worker, the pod that served the request, the
+Returned to the client: queue, fetch (adapter bytes from disk or source, before the job), swap and inference times
+from the worker, the pod that served the request, the
 router's own time and the number of attempts from the sidecar, the seed to reproduce an image.
 """
 
@@ -38,6 +39,7 @@ ATTEMPTS = "X-Loraplex-Attempts"
 QUEUE_MS = "X-Loraplex-Queue-Ms"
 SWAP_TIER = "X-Loraplex-Swap-Tier"
 SWAP_MS = "X-Loraplex-Swap-Ms"
+FETCH_MS = "X-Loraplex-Fetch-Ms"
 INFERENCE_MS = "X-Loraplex-Inference-Ms"
 SEED = "X-Loraplex-Seed"
 ADAPTERS = "X-Loraplex-Adapters"

@@ -93,11 +93,10 @@ def test_load_view_merges_reports_own_sends_and_the_exact_local_count() -> None:
 
 def test_swap_costs_learn_from_the_workers_timings() -> None:
     s = SwapCosts(home_s=0.005, cold_s=0.5, alpha=0.5)
-    s.observe("ram", 0.001, 0.3)
+    s.observe(0.001, 0.0)  # warm: the RAM -> slot copy
     assert s.home_s == pytest.approx(0.003) and s.cold_s == 0.5
-    s.observe("source", 0.001, 0.1)
-    assert s.cold_s == pytest.approx(0.3)
-    s.observe("ram,disk", 9.0, 9.0)  # several adapters: no single tier
-    s.observe("none", 9.0, 9.0)
-    s.observe(None, 9.0, 9.0)
+    s.observe(0.002, 0.098)  # fetched first: a cold pod's cost
+    assert s.cold_s == pytest.approx(0.3) and s.home_s == pytest.approx(0.003)
+    s.observe(None, 9.0)
+    s.observe(9.0, None)
     assert (s.home_s, s.cold_s) == (pytest.approx(0.003), pytest.approx(0.3))
