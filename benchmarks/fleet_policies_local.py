@@ -1,17 +1,18 @@
-"""Before/after on the real processes: the shipped router against the cost router, same arrivals, same processes.
+"""Before/after on the real processes: the first router against the cost router, same arrivals, same processes.
 
-    python benchmarks/fleet_policies_local.py [--runs 3] [--requests 40] [--util 0.55] [--adapters 6] [--steps 4]
+    python benchmarks/fleet_policies_local.py [--runs 5] [--requests 40] [--util 0.55] [--adapters 6] [--steps 4]
 
 Starts, on loopback, two tiny-model workers (CPU, one torch thread each), each behind its sidecar, as one pool of
 two pods `tiny-1` and `tiny-2` (the simulator's names for a pool's pods, so both hash the same homes), with a
 hop key as the pods have. Draws one workload: Poisson arrivals at `--util` of the pool's measured capacity, Zipf
 adapters, each request entering through a random pod's sidecar (the Service). Then, per run, sends exactly these
-requests under each routing policy (the table's pool `policy`, hot-reloaded: `rendezvous`, as shipped, and `cost`,
-the simulator's improved router), alternating which goes first, and measures each request's latency over its own
-pure inference time (X-Loraplex-Inference-Ms). Prints per-run and median figures, the improved/shipped ratio of
-each run's p95 (queued: waited > 50 ms for the worker; fetched: read the adapter from disk before the job;
-probed: more than one attempt), and what the simulator predicts for the same arrivals (same two policies,
-inference time as measured). The machine is shared and small: latencies are noisy, hence several runs and the medians.
+requests under each routing policy (the table's pool `policy`, hot-reloaded: `rendezvous`, the first router, and
+`cost`, the simulator's improved router and the default now), alternating which goes first, and measures each
+request's latency over its own pure inference time (X-Loraplex-Inference-Ms). Prints per-run and median figures,
+the cost/first ratio of each run's p95 (queued: waited > 50 ms for the worker; fetched: read the adapter from disk
+before the job; probed: more than one attempt), and what the simulator predicts for the same arrivals (same two
+policies, inference time as measured). The machine is shared and small: latencies are noisy, hence several runs
+and the medians.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from loraplex.sim.fleet import IMPROVED, SHIPPED, FleetConfig, simulate  # noqa:
 from loraplex.sim.workload import Catalog, Workload, zipf_weights  # noqa: E402
 
 PODS = ["tiny-1", "tiny-2"]
-POLICIES = {"rendezvous": "loraplex as shipped (rendezvous)", "cost": "loraplex, improved (cost + probes)"}
+POLICIES = {"rendezvous": "first router (rendezvous)", "cost": "cost router + idle probes (default)"}
 
 MAKE_ADAPTERS = """
 import sys
@@ -118,7 +119,7 @@ def figures(records: list[dict]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--util", type=float, default=0.55, help="offered load / the two pods' capacity")
     ap.add_argument("--adapters", type=int, default=6)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {s['p50_x']:.3f} | {s['p95_x']:.3f} | {s['p99_x']:.3f} |"
         )
     print(
-        f"\nmedians of {args.runs} runs; improved/shipped p95 per run: "
+        f"\nmedians of {args.runs} runs; cost/first p95 per run: "
         + ", ".join(f"{r:.3f}" for r in ratios)
         + f" (median {statistics.median(ratios):.3f}); sim {sim['cost']['p95_x'] / sim['rendezvous']['p95_x']:.3f}"
     )

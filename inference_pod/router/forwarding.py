@@ -258,7 +258,8 @@ class Forwarder:
             load = ms_header(up.headers, hdr.LOAD)
             if load is not None:
                 self.loads.report(name, int(load))
-        if 200 <= up.status < 300 and "," not in up.headers.get(hdr.SWAP_TIER, ","):  # one adapter: one tier
+        tier = up.headers.get(hdr.SWAP_TIER, "none")
+        if 200 <= up.status < 300 and tier != "none" and "," not in tier:  # exactly one adapter: one tier
             swap_ms, fetch_ms = ms_header(up.headers, hdr.SWAP_MS), ms_header(up.headers, hdr.FETCH_MS)
             if swap_ms is not None and fetch_ms is not None:
                 self.swap_costs.observe(swap_ms / 1000, fetch_ms / 1000)

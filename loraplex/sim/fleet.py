@@ -1,10 +1,13 @@
 """The fleet simulator: pools of one-GPU pods serving a workload, event by event.
 
 What runs is the project's own code, not a model of it:
-- routing: `inference_pod.placement.choose_endpoint` (rendezvous homes,
-  least outstanding among them, spill over the load bound), fed the
+- routing: `inference_pod.router.placement.choose_endpoint` (rendezvous
+  homes, least outstanding among them, spill over the load bound), fed the
   outstanding counts of the sidecar the request entered (its own view), or
-  `policies.choose_endpoint_tiered`;
+  `placement.choose_endpoint_cost` (the sidecar's `routing.policy: cost`) on
+  a chosen load view, or `policies.choose_endpoint_tiered`; the attempts
+  (idle probes, then the plain order) are `placement.attempt_plan`'s, as in
+  the sidecar;
 - sizing: `loraplex_operator.sizing.decide` every pollIntervalSeconds on
   the pool's rate over the sidecars' 60 s window
   (`inference_pod.router_stats.WindowCounter`), mean service time and
