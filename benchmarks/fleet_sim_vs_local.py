@@ -9,7 +9,8 @@ picks the same homes), with `--slots` GPU slots each. Sends a Zipf-drawn
 sequence of adapter requests one after another to the first sidecar, and
 records which pod served each (X-Loraplex-Pod) and where the adapter was
 (X-Loraplex-Swap-Tier). Then simulates the same requests at the times they
-were sent (pool of two pods, same slots, the router's default policy) and compares,
+were sent (pool of two pods, same slots, the same routing policy: `--policy rendezvous`, the first router, by
+default; `cost` for the cost router) and compares,
 request by request, the serving pod and the tier. A local path source is
 its own disk tier in the worker, so the simulator's "source" (first use) is
 counted as "disk".
@@ -34,7 +35,7 @@ import numpy as np  # noqa: E402
 from inference_pod.local.stack import free_port, post_generate, start, wait_ready  # noqa: E402
 from loraplex.api.hopauth import write_random_key_file  # noqa: E402
 from loraplex.sim.costs import SDXL_A10G  # noqa: E402
-from loraplex.sim.fleet import IMPROVED, TIER_NAMES, FleetConfig, simulate  # noqa: E402
+from loraplex.sim.fleet import IMPROVED, SHIPPED, TIER_NAMES, FleetConfig, simulate  # noqa: E402
 from loraplex.sim.workload import Catalog, Workload, zipf_weights  # noqa: E402
 
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapters", type=int, default=5)
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument(
+        "--policy", choices=("rendezvous", "cost"), default="rendezvous", help="the pool's routing policy (both sides)"
+    )
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     sequence = rng.choice(args.adapters, size=args.requests, p=zipf_weights(args.adapters, 1.1)).tolist()
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tiny": {
                     "baseModel": "tiny",
                     "endpoints": [{"name": p, "url": f"http://127.0.0.1:{sports[p]}"} for p in pods],
+                    "policy": args.policy,
                 }
             },
             "adapters": {n: {"pool": "tiny", "source": {"type": "path", "path": str(f)}} for n, f in files.items()},
@@ -149,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"request {i} failed: {status} {body[:200]!r}", file=sys.stderr)
                     return 1
                 real_pod.append(headers.get("X-Loraplex-Pod", "?"))
-                real_tier.append(headers.get("X-Loraplex-Swap-Tier", "?"))
+                # The worker brings a first use into RAM before the job: its fetch time says it came from disk.
+                fetched = float(headers.get("X-Loraplex-Fetch-Ms", "0")) > 0
+                real_tier.append("disk" if fetched else headers.get("X-Loraplex-Swap-Tier", "?"))
                 inf_ms.append(float(headers.get("X-Loraplex-Inference-Ms", "nan")))
         finally:
             for proc in reversed(procs):
@@ -185,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         "autoscaling": {"enabled": False},
         "adapterCache": {"gpuSlots": args.slots},
     }
-    # The router as it ships now (the pool's default policy, cost) against the simulator's same policy.
-    r = simulate(w, IMPROVED, FleetConfig(costs=costs, pools={"tiny": spec}))
+    r = simulate(
+        w, SHIPPED if args.policy == "rendezvous" else IMPROVED, FleetConfig(costs=costs, pools={"tiny": spec})
+    )
     sim_pod = [f"tiny-{int(u) + 1}" for u in r.pod]
     sim_tier = ["disk" if TIER_NAMES[t] == "source" else TIER_NAMES[t] for t in r.tier]
 
