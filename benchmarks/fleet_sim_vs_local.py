@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"request {i} failed: {status} {body[:200]!r}", file=sys.stderr)
                     return 1
                 real_pod.append(headers.get("X-Loraplex-Pod", "?"))
-                # The worker brings a first use into RAM before the job: its fetch time says it came from disk.
-                fetched = float(headers.get("X-Loraplex-Fetch-Ms", "0")) > 0
-                real_tier.append("disk" if fetched else headers.get("X-Loraplex-Swap-Tier", "?"))
+                real_tier.append(headers.get("X-Loraplex-Swap-Tier", "?"))
                 inf_ms.append(float(headers.get("X-Loraplex-Inference-Ms", "nan")))
         finally:
             for proc in reversed(procs):

@@ -349,9 +349,9 @@ def test_idle_probe_flag_counts_only_when_signed_for_its_hop(stack: Stack) -> No
         assert r.status == 429 and r.json()["error"]["code"] == "busy" and time.monotonic() - t0 < 1.5
         assert r.header("X-Loraplex-Busy") == "1" and r.header("X-Loraplex-Load") == "1"
         # Unsigned, or signed for another hop: served as a plain hop (after the busy one), not passed to the worker.
-        other = keys.sign_flag("X-Loraplex-If-Idle", signed_hop(stack, {"model": "a2"}, "pod-9")["X-Loraplex-Hop-Auth"])
-        for value in ("1", other):
-            r = post(stack.url("pod-1") + "/v1/generate", body, headers={**hop, "X-Loraplex-If-Idle": value})
+        for value in ("1", flag):  # `flag` belongs to the hop above, not to this fresh one
+            fresh = signed_hop(stack, body, "pod-9")  # each signature is accepted once (replay cache)
+            r = post(stack.url("pod-1") + "/v1/generate", body, headers={**fresh, "X-Loraplex-If-Idle": value})
             assert served_by(r) == "pod-1"
             assert "x-loraplex-if-idle" not in {k.lower() for k in r.json()["headers"]}
         assert served_by(busy.result()) == "pod-1"
