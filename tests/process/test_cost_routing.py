@@ -30,7 +30,7 @@ NAMES = [f"lora-{i}" for i in range(20)]
 X = next(n for n in NAMES if home_endpoints(n, PODS, 1)[0] == "pod-0")  # the adapter under test
 Y = next(n for n in NAMES if home_endpoints(n, PODS, 1)[0] == "pod-1")  # one homed on the other pod
 HOME, OTHER = "pod-0", "pod-1"
-LONG_STEPS = 24  # seconds of CPU on the tiny model: the "busy" request
+LONG_STEPS = 40  # seconds of CPU on the tiny model (2.5 s on an idle core): the "busy" request
 INTERNAL = ("X-Loraplex-Load", "X-Loraplex-Busy", "X-Loraplex-If-Idle", "X-Loraplex-Route", "X-Loraplex-Hop-Auth")
 
 MAKE_ADAPTERS = """
@@ -205,7 +205,7 @@ def test_busy_home_seen_through_the_shared_view(stack: Stack) -> None:
     stack.write("rendezvous")
     r, (first,) = while_busy(stack, [(HOME, X)], then=OTHER)
     assert served(first) == HOME and served(r) == HOME
-    assert float(r.header("X-Loraplex-Queue-Ms")) > 500
+    assert float(r.header("X-Loraplex-Queue-Ms")) > 100  # it waited behind the long one
 
 
 def test_idle_probe_finds_the_idle_pod_without_a_view(stack: Stack) -> None:
@@ -232,4 +232,4 @@ def test_a_clients_if_idle_header_is_not_honoured(stack: Stack) -> None:
     stack.write("rendezvous")  # the gateway sends no probe of its own, and cannot see HOME's queue
     r, _ = while_busy(stack, [(HOME, X)], then="gateway", headers={"X-Loraplex-If-Idle": "1"})
     assert served(r) == HOME  # queued behind the long request, not refused
-    assert float(r.header("X-Loraplex-Queue-Ms")) > 500
+    assert float(r.header("X-Loraplex-Queue-Ms")) > 100  # it waited behind the long one
