@@ -102,6 +102,15 @@ def ms_header(headers: Any, name: str) -> float | None:
         return None
 
 
+def parse_load(value: str | None) -> tuple[int, int | None] | None:
+    """(load, version) from an `X-Loraplex-Load` value ("3 1042", or "3" without a version); None if malformed."""
+    try:
+        parts = (value or "").split()
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else None
+    except (IndexError, ValueError):
+        return None
+
+
 def service_seconds(up: Upstream) -> float | None:
     """Worker busy time (swap + inference) from its timing headers; else the round trip less queueing."""
     if not 200 <= up.status < 300:
@@ -142,6 +151,7 @@ class Forwarder:
         self.max_attempts = max_attempts
         self.outstanding: dict[str, int] = {}
         self.local_load = 0
+        self.load_version = 0  # changes of local_load: orders this pod's load reports at the peers
         self.loads = LoadView()
         self.swap_costs = SwapCosts()
         self.last_routed = float("-inf")  # monotonic time of the last request placed here (the load poll's gate)
@@ -254,10 +264,8 @@ class Forwarder:
 
     def _learn(self, name: str, up: Upstream, local: bool) -> None:
         """What an answer says about the pool: the peer's load, the adapter's swap cost."""
-        if not local:
-            load = ms_header(up.headers, hdr.LOAD)
-            if load is not None:
-                self.loads.report(name, int(load))
+        if not local and (parsed := parse_load(up.headers.get(hdr.LOAD))) is not None:
+            self.loads.report(name, *parsed)
         tier = up.headers.get(hdr.SWAP_TIER, "none")
         if 200 <= up.status < 300 and tier != "none" and "," not in tier:  # exactly one adapter: one tier
             swap_ms, fetch_ms = ms_header(up.headers, hdr.SWAP_MS), ms_header(up.headers, hdr.FETCH_MS)
@@ -309,12 +317,16 @@ class Forwarder:
                 raise ApiError(502, message, code="worker_unavailable") from None
             raise
 
+    def load_header(self) -> str:
+        """`X-Loraplex-Load`: this pod's load and its version ("<requests at the worker> <version>")."""
+        return f"{self.local_load} {self.load_version}"
+
     def busy(self) -> Upstream:
         """The answer to an idle probe while this pod's worker has work: refused at once, the router asks the next."""
         body = json.dumps(
             {"error": {"message": "This pod is busy.", "type": "server_error", "param": None, "code": "busy"}}
         ).encode()
-        headers = {"Content-Type": "application/json", hdr.BUSY: "1", hdr.LOAD: str(self.local_load)}
+        headers = {"Content-Type": "application/json", hdr.BUSY: "1", hdr.LOAD: self.load_header()}
         return Upstream(429, headers, body, 0.0, self.pod_name or "local")
 
     # -- plumbing -------------------------------------------------------------------------------------------------
@@ -342,10 +354,12 @@ class Forwarder:
             yield
             return
         self.local_load += 1
+        self.load_version += 1
         try:
             yield
         finally:
             self.local_load -= 1
+            self.load_version += 1
 
     def forward_headers(self, request: web.Request) -> dict[str, str]:
         headers = {h: request.headers[h] for h in FORWARD_REQUEST_HEADERS if h in request.headers}

@@ -6,7 +6,8 @@ pod's sidecar, so no sidecar sees a home pod's real queue (docs/fleet-sim.md). `
 counts, as they report them: in every answer to a hop (`X-Loraplex-Load`) and when polled (`GET /v1/load`, every
 second while the sidecar routes). A pod's load is then its last report plus what this sidecar sent it since, and
 never less than this sidecar's own requests in flight there; a report older than `max_age_s` is ignored (a router
-back from idle trusts only what it knows, and the idle probes correct the rest).
+back from idle trusts only what it knows, and the idle probes correct the rest). Reports carry the peer's version
+of its count, so a late poll answer does not undo a newer report.
 
 `SwapCosts` keeps the cost policy's other inputs as running means from the worker's timing headers (X-Loraplex-Swap-Ms,
 X-Loraplex-Fetch-Ms): what a request costs on a pod that holds the adapter warm (the RAM -> slot copy, `home_s`)
@@ -24,12 +25,22 @@ from dataclasses import dataclass, field
 class LoadView:
     max_age_s: float = 2.0
     clock: Callable[[], float] = time.monotonic
-    _reported: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _reported: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # load, when, version
     _since: dict[str, int] = field(default_factory=dict)
 
-    def report(self, endpoint: str, load: int) -> None:
-        """`endpoint` said it has `load` requests at its worker (ours there included)."""
-        self._reported[endpoint] = (max(0, load), self.clock())
+    def report(self, endpoint: str, load: int, version: int | None = None) -> None:
+        """`endpoint` said it has `load` requests at its worker (ours there included).
+
+        `version` is the peer's count of load changes when it measured: a poll's answer and a hop's answer can
+        arrive out of order, and the older measurement must not overwrite the newer (a home would look busy after
+        its last job). A lower version is still taken once the last report is too old (the peer restarted).
+        """
+        now = self.clock()
+        last = self._reported.get(endpoint)
+        v = -1 if version is None else version
+        if last is not None and v < last[2] and now - last[1] <= self.max_age_s:
+            return
+        self._reported[endpoint] = (max(0, load), now, v)
         self._since.pop(endpoint, None)
 
     def sent(self, endpoint: str) -> None:

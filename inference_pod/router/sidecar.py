@@ -245,7 +245,8 @@ class Sidecar:
 
     async def load_handler(self, request: web.Request) -> web.Response:
         """This pod's requests at its worker: the peers' view of its load (cost routing)."""
-        return web.json_response({"pod": self.config.pod_name, "load": self.forwarder.local_load})
+        fw = self.forwarder
+        return web.json_response({"pod": self.config.pod_name, "load": fw.local_load, "version": fw.load_version})
 
     async def _poll_loads(self) -> None:
         """Every load_poll_s while this sidecar routes, read the peers' loads of the pools it routes by cost."""
@@ -272,7 +273,8 @@ class Sidecar:
         try:
             async with self.session.get(url + "/v1/load", timeout=timeout) as r:
                 if r.status == 200:
-                    self.forwarder.loads.report(name, int((await r.json())["load"]))
+                    doc = await r.json()
+                    self.forwarder.loads.report(name, int(doc["load"]), int(doc.get("version", -1)))
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             pass  # an unreachable peer keeps its last report until that ages out
 
@@ -445,7 +447,7 @@ class Sidecar:
         route = request.headers.get(hdr.ROUTE) or self._route_for(body)
         up = await self.forwarder.serve_hop(request, body, route, t0 + self.config.request_timeout_s)
         # Internal to the routers (the entry sidecar drops them): this pod's load now, and a refused probe.
-        extra = {hdr.LOAD: str(self.forwarder.local_load)}
+        extra = {hdr.LOAD: self.forwarder.load_header()}
         if hdr.BUSY in up.headers:
             extra[hdr.BUSY] = "1"
         return respond(up, t0, extra=extra)

@@ -10,7 +10,8 @@ Internal (never accepted from or shown to a client at the public edge):
   candidate. Honoured only on an authenticated hop: a client's is ignored and never forwarded.
 
 Internal response headers, between routers (dropped before an answer reaches a client):
-- `LOAD`: the requests at the answering pod's worker when it answered (the routers' shared in-flight view);
+- `LOAD`: "<requests at the answering pod's worker> <version>" when it answered (the routers' shared in-flight
+  view; the version orders one pod's reports);
 - `BUSY`: marks a refused idle probe.
 
 Returned to the client: queue, fetch (adapter bytes from disk or source, before the job), swap and inference times

@@ -6,6 +6,7 @@ import pytest
 
 import loraplex.sim.fleet as fleet
 import loraplex.sim.policies as policies
+from inference_pod.router.forwarding import parse_load
 from inference_pod.router.loadview import LoadView, SwapCosts
 from inference_pod.router.placement import attempt_plan, choose_endpoint_cost, rank_endpoints
 
@@ -89,6 +90,27 @@ def test_load_view_merges_reports_own_sends_and_the_exact_local_count() -> None:
     v.report("p3", 5)
     v.forget(["p0", "p1"])
     assert v.view(PODS, {}) == {}
+
+
+def test_load_reports_are_ordered_by_the_peers_version() -> None:
+    clock = Clock()
+    v = LoadView(max_age_s=2.0, clock=clock)
+    v.report("p1", 0, version=8)  # the answer after its last job...
+    v.report("p1", 1, version=7)  # ... then a poll measured during that job arrives late: ignored
+    assert v.view(PODS, {}) == {}
+    v.report("p1", 2, version=9)
+    assert v.view(PODS, {}) == {"p1": 2}
+    clock.t += 2.5
+    v.report("p1", 1, version=1)  # the peer restarted: a lower version is taken once the last report is old
+    assert v.view(PODS, {}) == {"p1": 1}
+    assert [parse_load(x) for x in ("3 1042", "3", "", None, "x", "3 y")] == [
+        (3, 1042),
+        (3, None),
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_swap_costs_learn_from_the_workers_timings() -> None:
