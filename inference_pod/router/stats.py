@@ -288,6 +288,16 @@ class RouterStats:
 
     # -- reading ---------------------------------------------------------
 
+    def mean_service_seconds(self, pool: str) -> float | None:
+        """The pool's mean service time over the window, else over this sidecar's life; None before any."""
+        pc = self._pools.get(pool)
+        if pc is None:
+            return None
+        sn, ssum = pc.service.totals(self.clock())
+        if sn:
+            return ssum / sn
+        return pc.service_total / pc.service_count if pc.service_count else None
+
     def snapshot(self) -> dict[str, Any]:
         """The `/v1/stats` document (shape in the module docstring)."""
         now = self.clock()

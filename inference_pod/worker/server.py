@@ -323,6 +323,8 @@ class Worker:
             if fetches:
                 got = await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
                 fetched = {name: tier for (name, _), tier in zip(uses, got, strict=True)}
+            # Time this request waited for adapter bytes (disk or source) before its job: routers learn a cold cost.
+            fetch_s = time.monotonic() - t_admit if any(t in ("disk", "source") for t in fetched.values()) else 0.0
         except TimeoutError:
             raise ApiError(504, f"adapters not fetched within the deadline of {self.cfg.limits.deadline_s} s") from None
         except AdapterError as e:
@@ -352,6 +354,7 @@ class Worker:
             hdr.QUEUE_MS: f"{queued_s * 1e3:.2f}",
             hdr.SWAP_TIER: ",".join(s.tier for s in swaps) or "none",
             hdr.SWAP_MS: f"{sum(s.seconds for s in swaps) * 1e3:.3f}",
+            hdr.FETCH_MS: f"{fetch_s * 1e3:.3f}",
             hdr.INFERENCE_MS: f"{out['inference_s'] * 1e3:.1f}",
             hdr.SEED: str(out["seed"]),
             hdr.ADAPTERS: ",".join(n for n, _ in uses) or "none",

@@ -13,6 +13,11 @@ when it is full of live entries it forgets the oldest and refuses any signature 
 (never a replay accepted, only old hops refused under extreme load). v1 (no nonce) is refused. A hop is signed
 with the key file's first key (rotation: add the new key second, roll out, move it first, roll out, drop the old).
 
+A flag that changes how a hop is served (`X-Loraplex-If-Idle`) is bound to the hop's signature by an HMAC of its
+own, `v1 sig=<hex>` over `flag \n <name> \n <the X-Loraplex-Hop-Auth value>` (`sign_flag` / `verify_flag`): it
+cannot be added to someone else's signed hop, and a router that predates the flag still verifies the hop as before
+(it ignores the header).
+
 The key file is a mounted Secret: either a file with one key per line (`#` comments and blank lines skipped) or a
 directory whose regular, non-hidden files each hold keys the same way (read in name order). Keys shorter than 16
 bytes are ignored. The file is re-read when it changes.
@@ -192,6 +197,27 @@ class HopKeys:
             raise HopAuthError(f"bad {hdr.HOP_AUTH} signature")
         # Only a valid signature takes a cache entry: unauthenticated junk cannot fill it.
         self.replays.admit(fields["sig"], ts, current, max_skew_s)
+
+    def sign_flag(self, flag: str, hop_auth: str) -> str:
+        """The value of flag header `flag` on the hop signed `hop_auth` ('' without a key or a signature)."""
+        keys = self.keys
+        if not keys or not hop_auth:
+            return ""
+        return f"v1 sig={_flag_sig(keys[0], flag, hop_auth)}"
+
+    def verify_flag(self, value: str | None, flag: str, hop_auth: str | None) -> bool:
+        """Whether `value` is flag `flag` signed for the hop signed `hop_auth` (verify the hop itself first)."""
+        if not value or not hop_auth or not value.startswith("v1 sig="):
+            return False
+        given = value[len("v1 sig=") :].strip().encode()
+        ok = False
+        for key in self.keys:  # every key, no early exit
+            ok |= hmac.compare_digest(given, _flag_sig(key, flag, hop_auth).encode())
+        return ok
+
+
+def _flag_sig(key: bytes, flag: str, hop_auth: str) -> str:
+    return hmac.new(key, f"flag\n{flag}\n{hop_auth}".encode(), hashlib.sha256).hexdigest()
 
 
 def write_random_key_file(path: str | os.PathLike[str]) -> Path:

@@ -87,6 +87,8 @@ class Routing(_Spec):
     aliases: tuple[str, ...] = ()
     load_bound: float = Field(default=1.25, ge=1.0)
     activation_timeout_seconds: float = Field(default=0.0, ge=0.0)
+    policy: Literal["cost", "rendezvous"] = "cost"
+    idle_probes: int = Field(default=3, ge=0, le=16)
 
 
 class ConfigMapKeyRef(_Spec):

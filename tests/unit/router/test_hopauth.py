@@ -117,3 +117,18 @@ def test_no_key_refuses_everything(tmp_path: Path) -> None:
     assert keys.sign("POST", "/", "h", "", b"") == ""
     with pytest.raises(HopAuthError, match="no hop key"):
         keys.verify(f"v2 ts={int(time.time())} nonce=00 sig=00", "POST", "/", "h", "", b"")
+
+
+def test_flag_is_bound_to_its_hop_and_key(tmp_path: Path) -> None:
+    keys = HopKeys(write_random_key_file(tmp_path / "key"))
+    other = HopKeys(write_random_key_file(tmp_path / "other"))
+    hop_auth = sign(keys)
+    flag = keys.sign_flag("X-Loraplex-If-Idle", hop_auth)
+    assert flag.startswith("v1 sig=") and keys.verify_flag(flag, "X-Loraplex-If-Idle", hop_auth)
+    assert not keys.verify_flag(flag, "X-Loraplex-Other", hop_auth)  # another flag
+    assert not keys.verify_flag(flag, "X-Loraplex-If-Idle", sign(keys, body=b"[]"))  # another hop
+    assert not other.verify_flag(flag, "X-Loraplex-If-Idle", hop_auth)  # another key
+    for bad in ("", "1", "v1 sig=", "v1 sig=00", None):
+        assert not keys.verify_flag(bad, "X-Loraplex-If-Idle", hop_auth)
+    assert not keys.verify_flag(flag, "X-Loraplex-If-Idle", None)
+    assert keys.sign_flag("X-Loraplex-If-Idle", "") == ""
