@@ -301,6 +301,7 @@ def test_adapter_changes_the_image(
 
 
 # An https file server inside the cluster: the inference image's python, a certificate for its Service IP.
+ARTIFACTS = "app.kubernetes.io/instance"  # the label wait_ready_pods selects on
 FILE_SERVER = """
 import functools, http.server, ssl
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -329,7 +330,7 @@ def test_adapter_from_an_https_url_inside_the_cluster(
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "artifacts"},
-        "spec": {"selector": {"app": "artifacts"}, "ports": [{"port": 8443, "targetPort": 8443}]},
+        "spec": {"selector": {ARTIFACTS: "artifacts"}, "ports": [{"port": 8443, "targetPort": 8443}]},
     }
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(svc))
     ip = service_ip(ns, "artifacts")
@@ -361,7 +362,7 @@ def test_adapter_from_an_https_url_inside_the_cluster(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": "artifacts", "labels": {"app": "artifacts"}},
+                "metadata": {"name": "artifacts", "labels": {ARTIFACTS: "artifacts"}},
                 "spec": {
                     "nodeSelector": {"kubernetes.io/hostname": real_node},
                     "tolerations": [REAL_NODE_TOLERATION],
@@ -388,7 +389,8 @@ def test_adapter_from_an_https_url_inside_the_cluster(
             },
         ],
     }
-    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(server))
+    # create, not apply: apply would copy the file into a last-applied annotation (256 KiB at most).
+    kubectl("create", "-n", ns, "-f", "-", input=json.dumps(server))
     sources = {"allowPrivateUrls": True, "caBundle": {"configMapName": "artifacts-ca"}}
     pool = tiny_pool("tiny", real_node, inference_image, adapterSources=sources)
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pool))
