@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -123,13 +122,7 @@ def operator_image(real_node: str) -> str:
 
 @pytest.fixture
 def namespace(real_node: str) -> Iterator[str]:
-    ns = f"e2e-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", ns)
-    # Pods are refused until the namespace's default ServiceAccount exists.
-    deadline = time.monotonic() + 60
-    while kubectl("get", "serviceaccount", "default", "-n", ns, "-o", "name", check=False).strip() == "":
-        assert time.monotonic() < deadline, f"no default ServiceAccount in {ns} after 60s"
-        time.sleep(0.5)
+    ns = new_namespace("e2e")
     yield ns
     kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
