@@ -130,6 +130,9 @@ def namespace(real_node: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def release(real_node: str, operator_image: str, inference_image: str) -> Iterator[tuple[str, str]]:
     """The chart installed with the local images, the operator pinned to the real node."""
+    # helm installs a chart's CRDs only when they are missing and never upgrades them: a cluster that
+    # outlived an earlier session would keep old schemas (and refuse new fields), so apply them as an upgrade does.
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "charts" / "loraplex" / "crds"))
     ns = new_namespace("lpx-e2e-sys")
     name = "lpx"
     op_repo, op_tag = split_ref(operator_image)
