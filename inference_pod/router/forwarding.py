@@ -202,7 +202,9 @@ class Forwarder:
             attempts += 1
             target = (local_url or by_name[name].url.rstrip("/")) + request.path_qs
             # Peers check the same bearer token; the local worker does not need it.
-            hdrs = self._signed(headers if local_url else self._with_auth(headers, request), request, body)
+            hdrs = self._signed(
+                headers if local_url else self._with_auth(headers, request), request, body, to="" if local_url else name
+            )
             if if_idle and not local_url and self.hop_keys is not None:
                 flag = self.hop_keys.sign_flag(hdr.IF_IDLE, hdrs.get(hdr.HOP_AUTH, ""))
                 if flag:
@@ -292,7 +294,7 @@ class Forwarder:
         headers[hdr.HOP] = hop
         if route:
             headers[hdr.ROUTE] = route
-        headers = self._signed(headers, request, body)
+        headers = self._signed(headers, request, body, to="")  # this pod's own worker
         pool = "unknown"
         with contextlib.suppress(ValueError, KeyError, TypeError):
             pool = str(json.loads(route)["pool"]) if route else pool
@@ -367,12 +369,13 @@ class Forwarder:
         headers[hdr.HOP] = self.hop_name
         return headers
 
-    def _signed(self, headers: dict[str, str], request: web.Request, body: bytes) -> dict[str, str]:
-        """`headers` plus the hop signature over this request (peers and the local worker check it)."""
+    def _signed(self, headers: dict[str, str], request: web.Request, body: bytes, to: str) -> dict[str, str]:
+        """`headers` plus the hop signature over this request to pod `to` ('' for the local worker); the receiver
+        checks it was meant for it."""
         if self.hop_keys is None:
             return headers
         sig = self.hop_keys.sign(
-            request.method, request.path_qs, headers.get(hdr.HOP, ""), headers.get(hdr.ROUTE, ""), body
+            request.method, request.path_qs, headers.get(hdr.HOP, ""), headers.get(hdr.ROUTE, ""), body, to=to
         )
         return {**headers, hdr.HOP_AUTH: sig} if sig else headers
 

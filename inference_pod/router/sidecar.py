@@ -473,6 +473,7 @@ class Sidecar:
                 request.headers.get(hdr.HOP, ""),
                 request.headers.get(hdr.ROUTE, ""),
                 body,
+                receiver=self.config.pod_name or "",
             )
         except HopAuthError as e:
             self.stats.rejected(401)

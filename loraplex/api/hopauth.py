@@ -3,15 +3,21 @@
 The internal headers (`X-Loraplex-Hop`, `X-Loraplex-Route`) decide where a request is served and where the worker
 fetches adapter bytes from, so a hop carries an HMAC-SHA256 over everything that matters:
 
-    v2 \\n <unix seconds> \\n <nonce> \\n <METHOD> \\n <path and query> \\n <hop> \\n <route> \\n <sha256(body) hex>
+    v3 \\n <unix seconds> \\n <nonce> \\n <receiver> \\n <METHOD> \\n <path and query> \\n <hop> \\n <route>
+       \\n <sha256(body) hex>
 
-sent as `X-Loraplex-Hop-Auth: v2 ts=<unix seconds> nonce=<32 hex> sig=<hex>`. A signature is accepted within
-`max_skew_s` of the receiver's clock, under any key of the key file, and once: each receiver remembers the
+sent as `X-Loraplex-Hop-Auth: v3 ts=<unix seconds> nonce=<32 hex> to=<receiver> sig=<hex>`. The receiver is the pod
+the hop is meant for (its name in the routing table), or empty for a pod's own worker: a hop captured on its way to
+one pod is refused by every other pod (401), not only by the one that already accepted it. A signature is accepted
+within `max_skew_s` of the receiver's clock, under any key of the key file, and once: each receiver remembers the
 signatures it accepted until they leave the window (`ReplayCache`), so a captured hop replayed to it is refused
 (401) while two identical requests in the same second still differ by their random nonces. The cache is bounded:
 when it is full of live entries it forgets the oldest and refuses any signature not newer than the oldest it forgot
-(never a replay accepted, only old hops refused under extreme load). v1 (no nonce) is refused. A hop is signed
-with the key file's first key (rotation: add the new key second, roll out, move it first, roll out, drop the old).
+(never a replay accepted, only old hops refused under extreme load). v1 (no nonce) is refused. v2 (the same without
+the receiver) is still accepted, so that hops between old and new pods keep working during a rolling upgrade, unless
+the receiver is told `accept_v2=False`; new senders never make one, so a v3 hop cannot be turned into one. A hop is
+signed with the key file's first key (rotation: add the new key second, roll out, move it first, roll out, drop
+the old).
 
 A flag that changes how a hop is served (`X-Loraplex-If-Idle`) is bound to the hop's signature by an HMAC of its
 own, `v1 sig=<hex>` over `flag \n <name> \n <the X-Loraplex-Hop-Auth value>` (`sign_flag` / `verify_flag`): it
@@ -48,13 +54,28 @@ class HopAuthError(Exception):
     """The hop's signature is missing, malformed, stale or wrong; the message says which (never a key)."""
 
 
-def _message(ts: int, nonce: str, method: str, path_qs: str, hop: str, route: str, body: bytes) -> bytes:
+def _message(
+    version: str, ts: int, nonce: str, to: str, method: str, path_qs: str, hop: str, route: str, body: bytes
+) -> bytes:
     digest = hashlib.sha256(body).hexdigest()
-    return "\n".join(("v2", str(ts), nonce, method.upper(), path_qs, hop, route, digest)).encode()
+    bound = (to,) if version == "v3" else ()  # v2 named no receiver
+    return "\n".join((version, str(ts), nonce, *bound, method.upper(), path_qs, hop, route, digest)).encode()
 
 
-def signature(key: bytes, ts: int, nonce: str, method: str, path_qs: str, hop: str, route: str, body: bytes) -> str:
-    return hmac.new(key, _message(ts, nonce, method, path_qs, hop, route, body), hashlib.sha256).hexdigest()
+def signature(
+    key: bytes, ts: int, nonce: str, method: str, path_qs: str, hop: str, route: str, body: bytes, *, to: str = ""
+) -> str:
+    """The v3 signature of a hop to receiver `to`."""
+    return _hmac(key, _message("v3", ts, nonce, to, method, path_qs, hop, route, body))
+
+
+def _hmac(key: bytes, message: bytes) -> str:
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def valid_receiver(to: str) -> bool:
+    """A receiver name fits in the header: a pod name (DNS label characters) or empty (the pod's own worker)."""
+    return len(to) <= 253 and all(c.isalnum() or c in "-." for c in to)
 
 
 class ReplayCache:
@@ -98,8 +119,11 @@ class HopKeys:
         path: str | os.PathLike[str],
         check_interval_s: float = 1.0,
         replay_cache_size: int = DEFAULT_REPLAY_CACHE_SIZE,
+        accept_v2: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.accept_v2 = accept_v2
+        self.v2_accepted = 0  # hops from senders that predate v3 (a rolling upgrade in progress)
         self.check_interval_s = check_interval_s
         self.replays = ReplayCache(replay_cache_size)
         self._keys: tuple[bytes, ...] = ()
@@ -147,14 +171,28 @@ class HopKeys:
         self._refresh()
         return self._keys
 
-    def sign(self, method: str, path_qs: str, hop: str, route: str, body: bytes, now: float | None = None) -> str:
-        """The `X-Loraplex-Hop-Auth` value for this request, signed with the first key ('' without a key)."""
+    def sign(
+        self,
+        method: str,
+        path_qs: str,
+        hop: str,
+        route: str,
+        body: bytes,
+        now: float | None = None,
+        *,
+        to: str = "",
+    ) -> str:
+        """The `X-Loraplex-Hop-Auth` value for this request to receiver `to` (a pod's name; '' for this pod's own
+        worker), signed with the first key ('' without a key)."""
+        if not valid_receiver(to):
+            raise ValueError(f"hop receiver {to!r} is not a pod name")
         keys = self.keys
         if not keys:
             return ""
         ts = int(time.time() if now is None else now)
         nonce = secrets.token_hex(16)
-        return f"v2 ts={ts} nonce={nonce} sig={signature(keys[0], ts, nonce, method, path_qs, hop, route, body)}"
+        sig = signature(keys[0], ts, nonce, method, path_qs, hop, route, body, to=to)
+        return f"v3 ts={ts} nonce={nonce} to={to} sig={sig}"
 
     def verify(
         self,
@@ -165,19 +203,30 @@ class HopKeys:
         route: str,
         body: bytes,
         *,
+        receiver: str = "",
         max_skew_s: float = DEFAULT_MAX_SKEW_S,
         now: float | None = None,
     ) -> None:
-        """Raise HopAuthError unless `value` signs this request under one of the keys, within the clock skew, and
-        this receiver has not accepted the same signature before."""
+        """Raise HopAuthError unless `value` signs this request to `receiver` (this pod's name; '' at a worker)
+        under one of the keys, within the clock skew, and this receiver has not accepted the same signature before."""
         if not value:
             raise HopAuthError(f"missing {hdr.HOP_AUTH} header")
         parts = value.split()
         fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-        if parts and parts[0] == "v1":
+        version = parts[0] if parts else ""
+        if version == "v1":
             raise HopAuthError(f"{hdr.HOP_AUTH} v1 (no nonce, replayable) is no longer accepted: upgrade the sender")
-        if not parts or parts[0] != "v2" or not {"ts", "nonce", "sig"} <= fields.keys():
+        if version == "v2" and not self.accept_v2:
+            raise HopAuthError(f"{hdr.HOP_AUTH} v2 (no receiver) is not accepted here: upgrade the sender")
+        needed = {"ts", "nonce", "sig"} | ({"to"} if version == "v3" else set())
+        if version not in ("v2", "v3") or not needed <= fields.keys():
             raise HopAuthError(f"malformed {hdr.HOP_AUTH} header")
+        to = fields.get("to", "")
+        if version == "v3" and to != receiver:
+            # Names only, never the header's bytes: `to` must be a pod name to be worth quoting.
+            said = ("a pod's own worker" if not to else f"pod '{to}'") if valid_receiver(to) else "another receiver"
+            here = f"pod '{receiver}'" if receiver else "this worker"
+            raise HopAuthError(f"{hdr.HOP_AUTH} is signed for {said}, not for {here}")
         try:
             ts = int(fields["ts"])
         except ValueError:
@@ -191,12 +240,17 @@ class HopKeys:
         given = fields["sig"].encode()
         nonce = fields["nonce"]
         ok = False
+        message = _message(version, ts, nonce, to, method, path_qs, hop, route, body)
         for key in keys:  # every key, no early exit
-            ok |= hmac.compare_digest(given, signature(key, ts, nonce, method, path_qs, hop, route, body).encode())
+            ok |= hmac.compare_digest(given, _hmac(key, message).encode())
         if not ok:
             raise HopAuthError(f"bad {hdr.HOP_AUTH} signature")
         # Only a valid signature takes a cache entry: unauthenticated junk cannot fill it.
         self.replays.admit(fields["sig"], ts, current, max_skew_s)
+        if version == "v2":
+            self.v2_accepted += 1
+            if self.v2_accepted == 1:
+                log.warning("accepted a v2 hop (no receiver named): a sender predates this version")
 
     def sign_flag(self, flag: str, hop_auth: str) -> str:
         """The value of flag header `flag` on the hop signed `hop_auth` ('' without a key or a signature)."""

@@ -259,13 +259,16 @@ def test_unknown_route_and_method_are_json(stack: Stack) -> None:
     assert r.status == 405 and "error" in r.json()
 
 
-def signed_hop(stack: Stack, body: dict, hop: str, route: str = "", key_file: str = "hop-key") -> dict[str, str]:
+def signed_hop(
+    stack: Stack, body: dict, hop: str, to: str, route: str = "", key_file: str = "hop-key"
+) -> dict[str, str]:
+    """The headers of a hop from `hop` to pod `to` ('' for a router with no pod name, the gateway)."""
     raw = json.dumps(body).encode()
     headers = {"X-Loraplex-Hop": hop}
     if route:
         headers["X-Loraplex-Route"] = route
     keys = HopKeys(stack.tmp / key_file)
-    headers["X-Loraplex-Hop-Auth"] = keys.sign("POST", "/v1/generate", hop, route, raw)
+    headers["X-Loraplex-Hop-Auth"] = keys.sign("POST", "/v1/generate", hop, route, raw, to=to)
     return headers
 
 
@@ -274,13 +277,13 @@ def test_hop_header_is_served_locally_never_forwarded(stack: Stack) -> None:
     r = gen(stack.url("pod-0"), a)
     assert served_by(r) == home(a)
     body = {"model": a}
-    r = post(stack.url("pod-0") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9"))
+    r = post(stack.url("pod-0") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9", "pod-0"))
     assert served_by(r) == "pod-0"
     seen = {k.lower(): v for k, v in r.json()["headers"].items()}
     assert seen["x-loraplex-hop"] == "pod-9"
     assert json.loads(seen["x-loraplex-route"])["model"] == a  # filled in from pod-0's own table
     # A gateway has no local worker: a routed request stops there.
-    r = post(stack.url("gateway") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9"))
+    r = post(stack.url("gateway") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9", ""))
     assert r.status == 502 and r.json()["error"]["code"] == "loop_detected"
 
 
@@ -292,6 +295,26 @@ EVIL_ROUTE = json.dumps(
         "names": {"a1": "a1"},
     }
 )
+
+
+def test_a_hop_signed_for_one_pod_is_refused_by_every_other(stack: Stack) -> None:
+    """Before: a hop named no receiver, so one captured on its way to pod-0 was accepted once by each other pod."""
+    body = {"model": next(a for a in ADAPTERS if home(a) == "pod-1")}
+    before = {n: len(stack.records(n)) for n in POD_NAMES}
+    meant_for_pod_0 = signed_hop(stack, body, "pod-9", "pod-0")
+    for entry, to in (("pod-1", "pod-0"), ("gateway", "pod-0"), ("pod-0", "pod-1")):
+        headers = meant_for_pod_0 if to == "pod-0" else signed_hop(stack, body, "pod-9", to)
+        r = post(stack.url(entry) + "/v1/generate", body, headers=headers)
+        assert r.status == 401 and r.json()["error"]["code"] == "invalid_hop_signature", (entry, r.body)
+        assert f"signed for pod '{to}'" in r.json()["error"]["message"]
+    # The receiver is signed: rewriting `to=` breaks the signature.
+    forged = meant_for_pod_0["X-Loraplex-Hop-Auth"].replace("to=pod-0", "to=pod-1")
+    r = post(stack.url("pod-1") + "/v1/generate", body, headers={**meant_for_pod_0, "X-Loraplex-Hop-Auth": forged})
+    assert r.status == 401 and "bad X-Loraplex-Hop-Auth signature" in r.json()["error"]["message"]
+    assert {n: len(stack.records(n)) for n in POD_NAMES} == before
+    # The pod it was meant for serves it, once.
+    r = post(stack.url("pod-0") + "/v1/generate", body, headers=meant_for_pod_0)
+    assert served_by(r) == "pod-0"
 
 
 def test_client_cannot_inject_internal_headers(stack: Stack) -> None:
@@ -308,14 +331,18 @@ def test_client_cannot_inject_internal_headers(stack: Stack) -> None:
             r = post(stack.url(entry) + "/v1/generate", body, headers=headers)
             assert r.status == 401 and r.json()["error"]["code"] == "invalid_hop_signature", (entry, r.body)
     # A hop signed with the right key but a swapped route (or body) fails the signature.
-    good = signed_hop(stack, body, "pod-9")
+    good = signed_hop(stack, body, "pod-9", "pod-0")
     r = post(stack.url("pod-0") + "/v1/generate", body, headers={**good, "X-Loraplex-Route": EVIL_ROUTE})
     assert r.status == 401
     r = post(stack.url("pod-0") + "/v1/generate", {"model": "a2"}, headers=good)
     assert r.status == 401
     # A hop signed with another key: refused.
     write_random_key_file(stack.tmp / "other-key")
-    r = post(stack.url("pod-0") + "/v1/generate", body, headers=signed_hop(stack, body, "pod-9", key_file="other-key"))
+    r = post(
+        stack.url("pod-0") + "/v1/generate",
+        body,
+        headers=signed_hop(stack, body, "pod-9", "pod-0", key_file="other-key"),
+    )
     assert r.status == 401
     assert {n: len(stack.records(n)) for n in POD_NAMES} == before
     # Without a hop, a client's route (or any internal header) is dropped at the edge: the table's route is used.
@@ -342,7 +369,7 @@ def test_idle_probe_flag_counts_only_when_signed_for_its_hop(stack: Stack) -> No
         while get(stack.url("pod-1") + "/v1/load").json()["load"] < 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        hop = signed_hop(stack, body, "pod-9")
+        hop = signed_hop(stack, body, "pod-9", "pod-1")
         flag = keys.sign_flag("X-Loraplex-If-Idle", hop["X-Loraplex-Hop-Auth"])
         t0 = time.monotonic()
         r = post(stack.url("pod-1") + "/v1/generate", body, headers={**hop, "X-Loraplex-If-Idle": flag})
@@ -350,7 +377,7 @@ def test_idle_probe_flag_counts_only_when_signed_for_its_hop(stack: Stack) -> No
         assert r.header("X-Loraplex-Busy") == "1" and r.header("X-Loraplex-Load").split()[0] == "1"
         # Unsigned, or signed for another hop: served as a plain hop (after the busy one), not passed to the worker.
         for value in ("1", flag):  # `flag` belongs to the hop above, not to this fresh one
-            fresh = signed_hop(stack, body, "pod-9")  # each signature is accepted once (replay cache)
+            fresh = signed_hop(stack, body, "pod-9", "pod-1")  # each signature is accepted once (replay cache)
             r = post(stack.url("pod-1") + "/v1/generate", body, headers={**fresh, "X-Loraplex-If-Idle": value})
             assert served_by(r) == "pod-1"
             assert "x-loraplex-if-idle" not in {k.lower() for k in r.json()["headers"]}

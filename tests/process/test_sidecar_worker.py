@@ -223,7 +223,9 @@ def test_router_errors_in_front_of_real_workers(pods: Pods) -> None:
 def test_hop_request_is_served_by_the_local_worker(pods: Pods) -> None:
     adapter = HOMED["pod-1"]
     body = {"model": adapter, "prompt": "x", "steps": 1, "width": 64, "height": 64, "seed": 1}
-    sig = HopKeys(pods.tmp / "hop-key").sign("POST", "/v1/generate", "elsewhere", "", json.dumps(body).encode())
+    sig = HopKeys(pods.tmp / "hop-key").sign(
+        "POST", "/v1/generate", "elsewhere", "", json.dumps(body).encode(), to="pod-0"
+    )
     r = post(
         pods.url("pod-0") + "/v1/generate",
         body,

@@ -132,3 +132,45 @@ def test_flag_is_bound_to_its_hop_and_key(tmp_path: Path) -> None:
         assert not keys.verify_flag(bad, "X-Loraplex-If-Idle", hop_auth)
     assert not keys.verify_flag(flag, "X-Loraplex-If-Idle", None)
     assert keys.sign_flag("X-Loraplex-If-Idle", "") == ""
+
+
+def test_a_hop_is_accepted_only_by_the_receiver_it_names(tmp_path: Path) -> None:
+    keys = HopKeys(write_random_key_file(tmp_path / "key"))
+    to_a = sign(keys, to="pod-a")
+    assert " to=pod-a " in to_a and to_a.startswith("v3 ")
+    for receiver in ("pod-b", "", "pod-a-1"):
+        with pytest.raises(HopAuthError, match="signed for pod 'pod-a', not for"):
+            verify(keys, to_a, receiver=receiver)
+    with pytest.raises(HopAuthError, match="bad .* signature"):  # the receiver is part of what is signed
+        verify(keys, to_a.replace("to=pod-a", "to=pod-b"), receiver="pod-b")
+    verify(keys, to_a, receiver="pod-a")
+    to_worker = sign(keys)  # '' names a pod's own worker, which no sidecar is
+    with pytest.raises(HopAuthError, match="signed for a pod's own worker"):
+        verify(keys, to_worker, receiver="pod-a")
+    verify(keys, to_worker)
+    with pytest.raises(HopAuthError, match="signed for another receiver"):  # never quotes odd header bytes
+        verify(keys, to_a.replace("to=pod-a", "to=<b>"), receiver="pod-a")
+    with pytest.raises(ValueError, match="not a pod name"):
+        sign(keys, to="pod a")
+
+
+def test_a_v2_hop_from_an_older_sender_is_accepted_unless_refused(tmp_path: Path) -> None:
+    """v2 (no receiver): what pods of the previous release send during a rolling upgrade."""
+    import hashlib
+    import hmac
+    import secrets
+
+    path = write_random_key_file(tmp_path / "key")
+    key = path.read_text().strip().encode()
+    ts, nonce, route = int(time.time()), secrets.token_hex(16), '{"pool":"p"}'
+    digest = hashlib.sha256(b"{}").hexdigest()
+    message = "\n".join(("v2", str(ts), nonce, "POST", "/v1/generate", "pod-0", route, digest)).encode()
+    v2 = f"v2 ts={ts} nonce={nonce} sig={hmac.new(key, message, hashlib.sha256).hexdigest()}"
+    keys = HopKeys(path)
+    verify(keys, v2, receiver="pod-a")
+    assert keys.v2_accepted == 1
+    with pytest.raises(HopAuthError, match="replayed"):
+        verify(keys, v2, receiver="pod-a")
+    strict = HopKeys(path, accept_v2=False)
+    with pytest.raises(HopAuthError, match="v2 .*not accepted"):
+        verify(strict, v2, receiver="pod-a")
