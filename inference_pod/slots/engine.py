@@ -217,7 +217,16 @@ class SlotEngine:
                             f"{comp}.{path} is a {type(mod).__name__}; slot LoRA wraps plain nn.Linear layers only"
                         )
                     found.append((f"{comp}.{path}", mod))
-        return found
+        # Layout order: component, then the first target suffix a module matches, then model order. Suffixes are
+        # listed by group (FLUX: attention, MLP, modulation), so an adapter that targets one group only is one
+        # contiguous span of every slot row.
+        comp_rank = {c: i for i, c in enumerate(self.components)}
+
+        def order(item: tuple[str, nn.Linear]) -> tuple[int, int]:
+            comp, path = item[0].split(".", 1)
+            return comp_rank[comp], next(i for i, s in enumerate(suffixes) if path == s or path.endswith("." + s))
+
+        return sorted(found, key=order)
 
     @staticmethod
     def _replace(pipe, name: str, new: nn.Module) -> None:
