@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from inference_pod.slots.targets import UNET_TARGETS
-
 
 @dataclass
 class Limits:
@@ -38,7 +36,7 @@ class WorkerConfig:
     disk_cache_mb: int = 20480
     disk_cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("LORAPLEX_CACHE", "/tmp/loraplex-cache")))
     max_adapter_mb: int = 512
-    target_modules: tuple[str, ...] = UNET_TARGETS
+    target_modules: tuple[str, ...] = ()  # (): the model family's targets (families.ModelFamily.targets)
     text_encoder_lora: bool = False
     torch_threads: int = 0  # 0: torch's default
     default_steps: int = 25
@@ -58,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loraplex worker", description="The diffusion worker of an inference pod.")
     d = WorkerConfig()
     lim = Limits()
-    p.add_argument("--model", default=d.model, help="'tiny', a local diffusers directory, or a hub model id")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="'tiny' (SDXL), 'tiny-flux' (FLUX), a local diffusers directory, or a hub model id; "
+        "the family (SDXL or FLUX) is read from the model",
+    )
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-modules",
         default=",".join(d.target_modules),
-        help="comma-separated Linear module name suffixes that adapters may target",
+        help="comma-separated Linear module name suffixes that adapters may target (default: the model family's: "
+        "SDXL UNet attention projections; FLUX transformer attention, MLP and modulation linears)",
     )
     p.add_argument("--text-encoder-lora", action="store_true", help="also apply LoRA layers to the text encoders")
     p.add_argument(
