@@ -251,6 +251,12 @@ def _canonical_modules(state_dict: dict[str, torch.Tensor], unet_config=None) ->
     return modules
 
 
+# The down weight of one FLUX LoRA layer: the SDXL formats' names plus XLabs' (`processor.qkv_lora1.down.weight`).
+_FLUX_DOWN_KEY = re.compile(
+    r"(?:lora_down|lora_A|lora\.down|_lora\d+\.down|lora_linear_layer\.down)(?:\.[^.]+)?\.weight$"
+)
+
+
 # How many modules one source LoRA layer becomes in diffusers' FLUX converters: fused q/k/v projections
 # (kohya `..._qkv`, XLabs `qkv_lora`) split into three, the single blocks' fused `linear1` into q, k, v and
 # proj_mlp; every other layer maps to one module.
@@ -266,7 +272,7 @@ def _canonicalize_flux(state_dict: dict[str, torch.Tensor]) -> CanonicalLora:
     keys = list(state_dict)
     fmt = "kohya" if any(".lora_down." in k for k in keys) else _detect_flux_format(keys)
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
-    expected = sum(_flux_outputs(k) for k in keys if _DOWN_KEY.search(k))
+    expected = sum(_flux_outputs(k) for k in keys if _FLUX_DOWN_KEY.search(k))
     try:
         sd, alphas = FluxPipeline.lora_state_dict(dict(state_dict), return_alphas=True)
     except Exception as e:

@@ -135,6 +135,18 @@ def _flux_kohya_layers(transformer: nn.Module) -> list[tuple[str, int, int]]:
     return out
 
 
+def _flux_xlabs_layers(transformer: nn.Module) -> list[tuple[str, int, int]]:
+    """XLabs' layers: the joint blocks' fused image (1) and text (2) q/k/v and their output projections."""
+    cfg: Any = transformer.config
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    out: list[tuple[str, int, int]] = []
+    for i in range(len(transformer.transformer_blocks)):  # type: ignore[arg-type]
+        for n in (1, 2):
+            proc = f"double_blocks.{i}.processor"
+            out += [(f"{proc}.qkv_lora{n}", inner, 3 * inner), (f"{proc}.proj_lora{n}", inner, inner)]
+    return out
+
+
 def make_flux_lora_state_dict(
     transformer: nn.Module,
     rank: int = 4,
@@ -147,16 +159,21 @@ def make_flux_lora_state_dict(
     mixed_ranks: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A random FLUX LoRA state dict: fmt 'peft' (the transformer's linears ending with `suffixes`, keys
-    `transformer.<path>.lora_A.weight`) or 'kohya' (every linear of the joint and single blocks in BFL naming, with
-    alphas; `suffixes` does not apply). Factors drawn as in `make_lora_state_dict`.
+    `transformer.<path>.lora_A.weight`), 'kohya' (every linear of the joint and single blocks in BFL naming, with
+    alphas) or 'xlabs' (the joint blocks' attention, `double_blocks.0.processor.qkv_lora1.down.weight`); `suffixes`
+    applies to 'peft' only. Factors drawn as in `make_lora_state_dict`.
     """
-    if fmt not in ("peft", "kohya"):
+    if fmt not in ("peft", "kohya", "xlabs"):
         raise ValueError(f"unknown FLUX LoRA format {fmt!r}")
+    if fmt == "xlabs" and alpha is not None:
+        raise ValueError("XLabs state dicts carry no alpha")
     if fmt == "peft" and alpha is not None:
         raise ValueError("peft state dicts carry no alpha (diffusers reads it from a config)")
     g = torch.Generator().manual_seed(seed)
     if fmt == "peft":
         layers = [(p, m.in_features, m.out_features) for p, m in target_linears(transformer, suffixes)]
+    elif fmt == "xlabs":
+        layers = _flux_xlabs_layers(transformer)
     else:
         layers = _flux_kohya_layers(transformer)
     sd: dict[str, torch.Tensor] = {}
@@ -167,6 +184,9 @@ def make_flux_lora_state_dict(
         if fmt == "peft":
             sd[f"transformer.{name}.lora_A.weight"] = down.to(dtype)
             sd[f"transformer.{name}.lora_B.weight"] = up.to(dtype)
+        elif fmt == "xlabs":
+            sd[f"{name}.down.weight"] = down.to(dtype)
+            sd[f"{name}.up.weight"] = up.to(dtype)
         else:
             sd[f"lora_unet_{name}.lora_down.weight"] = down.to(dtype)
             sd[f"lora_unet_{name}.lora_up.weight"] = up.to(dtype)

@@ -71,6 +71,8 @@ CASES = [  # format, rank, alpha, mixed per-module ranks, targets (peft only)
     ("kohya", 4, 4.0, False, None),
     ("kohya", 6, 2.5, True, None),  # alpha != rank, per-layer ranks 5 and 6, fused qkv split by diffusers
     ("kohya", 1, 3.0, False, None),
+    ("xlabs", 4, None, False, None),  # joint blocks' attention, fused qkv
+    ("xlabs", 2, None, True, None),
 ]
 
 
