@@ -26,6 +26,7 @@ class WorkerConfig:
     model: str = "tiny"
     revision: str | None = None
     dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu
+    family: str = "auto"  # the family the pool declares; auto: whatever the model is
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8081
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--family",
+        default=d.family,
+        choices=["auto", "sdxl", "flux"],
+        help="the model family the pool declares: the worker refuses to start on a model of another family",
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--host", default=d.host, help="listen address: a loopback address (behind the sidecar)")
     p.add_argument(
@@ -130,6 +137,7 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         model=a.model,
         revision=a.revision,
         dtype=a.dtype,
+        family=a.family,
         device=a.device,
         host=a.host,
         port=a.port,

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pod.adapters.sources import SourcePolicy
 from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
-from inference_pod.families import FLUX, SDXL, ModelFamily, family_of_pipeline
+from inference_pod.families import FAMILIES, FLUX, SDXL, ModelFamily, family_of_pipeline
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
 from inference_pod.worker.config import WorkerConfig, config_from_args
 from inference_pod.worker.jobs import DeadlineExceeded, GpuJobQueue, QueueFull
@@ -68,6 +68,11 @@ class Worker:
             torch.set_num_threads(cfg.torch_threads)
         self.pipe, self.device, self.dtype = load_pipeline(cfg.model, cfg.revision, cfg.dtype, cfg.device)
         fam = self.family = family_of_pipeline(self.pipe)
+        if cfg.family not in ("auto", fam.name):
+            raise ValueError(
+                f"--model {cfg.model} is a {fam.label} model ({type(self.pipe).__name__}); the pool declares "
+                f"{FAMILIES[cfg.family].label} (spec.model.pipeline: {cfg.family})"
+            )
         components: tuple[str, ...] = (fam.denoiser,)
         target = cfg.target_modules or fam.targets
         if cfg.text_encoder_lora:

@@ -89,3 +89,16 @@ def test_lora_family_from_keys(tiny_flux_pipe, tiny_pipe):
         assert family_of_lora_keys(make_lora_state_dict(tiny_pipe.unet, fmt=fmt, alpha=alpha)) == SDXL
     assert family_of_lora_keys(["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"]) is None
     assert family_of_lora_keys(["diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight"]) == FLUX
+
+
+def test_worker_refuses_a_model_of_another_family_than_declared(tmp_path):
+    from inference_pod.worker.config import config_from_args
+    from inference_pod.worker.server import Worker
+
+    args = ["--model", "tiny-flux", "--family", "sdxl", "--no-warmup", "--disk-cache-dir", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"tiny-flux is a FLUX model \(FluxPipeline\); the pool declares SDXL"):
+        Worker(config_from_args(args)).load()
+    worker = Worker(config_from_args([*args[:3], "flux", *args[4:]]))
+    worker.load()
+    assert worker.family == FLUX and worker.native_size == 64
+    assert worker.engine is not None and worker.engine.components == ("transformer",)
