@@ -237,3 +237,44 @@ def test_refusals(engine_factory, pristine):
     del sd["transformer.transformer_blocks.0.attn.to_q.lora_B.weight"]
     with pytest.raises(AdapterFormatError, match="unpaired"):
         flux_lora(sd)
+
+
+def test_switching_flux_adapters_does_not_recompile(engine_factory, pristine, inputs):
+    from tests.unit.slots.test_slot_engine_compile import CountingBackend
+
+    engine, pipe = engine_factory(n_slots=3, max_active=2)
+    sds = [
+        make_flux_adapter(pristine, rank=r, seed=60 + r, fmt=f) for r, f in ((4, "peft"), (8, "kohya"), (2, "xlabs"))
+    ]
+    prepared = [engine.prepare(flux_lora(sd)) for sd in sds]
+    engine.load(0, prepared[0])
+    engine.load(1, prepared[1])
+    requests = [[(0, 1.0)], [(1, 0.7)], [(0, 0.3), (1, 1.0)], [], [(1, 1.0)]]
+    want = []
+    for active in requests:
+        engine.activate(active)
+        want.append(transformer_out(pipe, inputs))
+    torch._dynamo.reset()
+    backend = CountingBackend("eager")
+    compiled = torch.compile(pipe.transformer, backend=backend)
+
+    def run():
+        with torch.no_grad():
+            return compiled(**inputs).sample
+
+    for active in ([(0, 1.0)], [(0, 0.3), (1, 1.0)], []):  # one graph per number of active adapters
+        engine.activate(active)
+        run()
+    warm = backend.compiles
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for active, expected in zip(requests, want, strict=True):
+            engine.activate(active)
+            torch.testing.assert_close(run(), expected, atol=1e-5, rtol=1e-5)
+        engine.load(1, prepared[2])  # a new adapter after compilation is seen, without recompiling
+        engine.activate([(1, 0.9)])
+        got = run()
+        assert not torch.equal(got, want[1])
+    engine.activate([(1, 0.9)])
+    torch.testing.assert_close(got, transformer_out(pipe, inputs), atol=1e-5, rtol=1e-5)
+    assert backend.compiles == warm
+    torch._dynamo.reset()
