@@ -243,8 +243,7 @@ class Worker:
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = {}
         if self.family == FLUX:
-            # FLUX's guidance is distilled into the transformer (no CFG pass); the T5 sequence is at most what its
-            # tokenizer takes (512 for FLUX.1).
+            # The T5 prompt sequence: at most what its tokenizer takes (512 for FLUX.1, 64 for tiny-flux).
             kwargs["max_sequence_length"] = min(512, int(self.pipe.tokenizer_2.model_max_length))
         with torch.inference_mode():
             images = self.pipe(
