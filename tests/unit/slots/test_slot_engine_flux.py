@@ -278,3 +278,42 @@ def test_switching_flux_adapters_does_not_recompile(engine_factory, pristine, in
     torch.testing.assert_close(got, transformer_out(pipe, inputs), atol=1e-5, rtol=1e-5)
     assert backend.compiles == warm
     torch._dynamo.reset()
+
+
+def test_an_adapter_covering_part_of_the_pool_is_kept_compact(engine_factory, ref, pristine, inputs, tmp_path):
+    from inference_pod.slots.files import load_prepared_file, read_prepared, save_prepared
+
+    engine, pipe = engine_factory()
+    attn_sd = make_flux_adapter(pristine, rank=4, seed=71, suffixes=FLUX_ATTENTION_TARGETS)
+    norm_sd = make_flux_adapter(pristine, rank=4, seed=72, suffixes=FLUX_NORM_TARGETS)
+    full_sd = make_flux_adapter(pristine, rank=8, seed=73)
+    attn, norm = engine.prepare(flux_lora(attn_sd)), engine.prepare(flux_lora(norm_sd))
+    full = engine.prepare(flux_lora(full_sd))
+    assert full.spans is None and full.nbytes == 8 * engine.width * 4
+    # The layout keeps each group contiguous: the attention-only adapter is one span at the row's start.
+    assert attn.spans is not None and len(attn.spans) == 1 and attn.spans[0][0] == 0
+    assert attn.nbytes == 4 * (attn.spans[0][1] - attn.spans[0][0]) * 4 < 4 * engine.width * 4 // 2
+    assert norm.spans is not None and norm.spans[-1][1] <= engine.width
+    # Loaded over a full adapter, nothing of the full one survives in the gaps.
+    engine.load(0, full)
+    engine.load(0, attn)
+    engine.activate([(0, 0.7)])
+    ref.load_lora_weights(dict(attn_sd), adapter_name="a")
+    ref.set_adapters(["a"], [0.7])
+    want = transformer_out(ref, inputs)
+    torch.testing.assert_close(transformer_out(pipe, inputs), want, **TOL)
+    # Disk tier: saved compact, read back (or straight into a slot) to the same rows.
+    path = save_prepared(engine, attn, tmp_path / "attn.slot.safetensors")
+    again = read_prepared(engine, path)
+    assert again.spans == attn.spans and torch.equal(again.flat, attn.flat)
+    assert path.stat().st_size < 4 * engine.width * 4 // 2
+    engine.load(1, full)
+    assert load_prepared_file(engine, 1, path) == 4
+    engine.activate([(1, 0.7)])
+    torch.testing.assert_close(transformer_out(pipe, inputs), want, **TOL)
+    # Two compact adapters of different groups together.
+    engine.load(2, norm)
+    engine.activate([(0, 0.7), (2, 1.2)])
+    ref.load_lora_weights(dict(norm_sd), adapter_name="n")
+    ref.set_adapters(["a", "n"], [0.7, 1.2])
+    torch.testing.assert_close(transformer_out(pipe, inputs), transformer_out(ref, inputs), **TOL)
