@@ -19,7 +19,10 @@ train). In one run:
 Scaling to the whole FLUX.1 transformer (stated in the output): a resident switch does not depend on depth; RAM ->
 slot, the memcpy and diffusers' load, hotswap and delete are per-layer work, scaled by the ratio of LoRA bytes
 (19 + 38 blocks vs the measured ones; for diffusers the ratio of LoRA layers, the same within 1%); set_adapters
-walks every LoRA layer, scaled the same way. --quick runs the whole tiny-flux transformer unscaled (a smoke test).
+walks every LoRA layer, scaled the same way.
+--quick runs the whole tiny-flux transformer unscaled (a smoke test). --full-depth-stub --double 19 --single 38
+builds every block at full size with zero-stride base weights (the 12 B weights take no memory): adapters, slots
+and diffusers' PEFT layers are then real and full-size, so switching and copies are measured unscaled (no forward).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from inference_pod.families import FLUX  # noqa: E402
 from inference_pod.local.lora_factory import make_flux_lora_state_dict, target_linears  # noqa: E402
 from inference_pod.slots import host_memory  # noqa: E402
 from inference_pod.slots.engine import SlotEngine  # noqa: E402
-from inference_pod.slots.targets import FLUX_TARGETS  # noqa: E402
+from inference_pod.slots.targets import FLUX_ATTENTION_TARGETS, FLUX_TARGETS  # noqa: E402
 
 FLUX1 = {  # black-forest-labs/FLUX.1-dev transformer/config.json
     "patch_size": 1,
@@ -77,6 +80,22 @@ def build_transformer(double: int, single: int, device, dtype) -> nn.Module:
             else:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(p[0].numel() ** -0.5))
     return model.eval().requires_grad_(False)
+
+
+def stub_transformer(double: int, single: int, dtype) -> nn.Module:
+    """The transformer's modules at full depth with zero-stride weights (one element each, broadcast): every
+    Linear has its real in/out features, so slots, adapters and diffusers' PEFT layers are real and full-size, but
+    the 12 B base weights take no memory. Good for loading and switching adapters; never run forward."""
+    model = meta_transformer(double, single, dtype)
+    for module in model.modules():
+        for key, param in list(module._parameters.items()):
+            if param is not None:
+                stub = torch.zeros((), dtype=dtype).expand(param.shape)
+                module._parameters[key] = nn.Parameter(stub, requires_grad=False)
+        for key, buf in list(module._buffers.items()):
+            if buf is not None:
+                module._buffers[key] = torch.zeros((), dtype=buf.dtype).expand(buf.shape)
+    return model.eval()
 
 
 def lora_layer_elems(model: nn.Module) -> tuple[int, int]:
@@ -149,11 +168,22 @@ def bench_engine(model, timer: Timer, sds: list, rank: int) -> dict[str, float]:
         out[key] = timer(lambda ps=ps: [engine.activate(ps[i & 1]) for i in range(2000)]) / 2000
     which = iter([0, 1] * (timer.reps + 1))
     out["ram"] = timer(lambda: engine.load(2, prepared[next(which)]))
-    # The floor: one memcpy of the same bytes between two buffers of the same kind (huge pages on a CPU).
-    src = prepared[0].flat
-    dst = host_memory.zeros(tuple(src.shape), src.dtype) if src.device.type == "cpu" else torch.empty_like(src)
-    dst.copy_(src)
-    out["memcpy"] = timer(lambda: dst.copy_(src))
+    # The floor: one memcpy of the same bytes between buffers of the same kind (huge pages on a CPU), alternating
+    # between the two adapters as the RAM -> slot loads do (the same working set, so neither is cache-hot).
+    srcs = [p.flat for p in prepared]
+    dst = host_memory.zeros(tuple(srcs[0].shape), srcs[0].dtype) if srcs[0].is_cpu else torch.empty_like(srcs[0])
+    dst.copy_(srcs[0])
+    which2 = iter([0, 1] * (timer.reps + 1))
+    out["memcpy"] = timer(lambda: dst.copy_(srcs[next(which2)]))
+    # An attention-only adapter in the same all-linears pool: kept compact (its column spans only).
+    attn = engine.prepare(
+        canonicalize(
+            make_flux_lora_state_dict(model, rank=rank, seed=3, strength=0.1, suffixes=FLUX_ATTENTION_TARGETS),
+            family=FLUX,
+        )
+    )
+    out["attn_mb"] = attn.nbytes / 1e6
+    out["ram_attn"] = timer(lambda: engine.load(2, attn))
     engine.activate([])
     engine.uninstall()
     return out
@@ -194,6 +224,8 @@ def report(r: dict, args, scale: float, full_mb: float) -> None:
     s = scale
     fast_ram = min(r["load_ram"] + r["delete"], r["hotswap"])
     what = "tiny-flux (unscaled)" if args.quick else f"FLUX.1 width, {args.double}+{args.single} blocks"
+    if args.full_depth_stub:
+        what += " (zero-stride base weights)"
     print()
     print(
         f"FLUX adapter switching, {what}, rank {args.rank} on every transformer linear, {args.dtype}, {args.device}, "
@@ -201,12 +233,13 @@ def report(r: dict, args, scale: float, full_mb: float) -> None:
     )
     print(
         f"measured: adapter {r['prepared_mb']:.1f} MB ({r['layers']} LoRA layers), slot {r['slot_mb']:.1f} MB; "
-        + ("" if args.quick else f"scaled x{s:.2f} to 19 + 38 blocks: adapter {full_mb:.0f} MB")
+        + ("" if args.quick or s == 1.0 else f"scaled x{s:.2f} to 19 + 38 blocks: adapter {full_mb:.0f} MB")
     )
     rows = [
         ("resident switch (activate)", r["switch"], 1.0, 10e-6, r["set_adapters"] * s, "set_adapters"),
         ("resident switch, 2 adapters", r["switch2"], 1.0, 10e-6, r["set_adapters"] * s, "set_adapters"),
         ("RAM -> slot", r["ram"], s, 2 * r["memcpy"] * s, fast_ram * s, "hotswap/load+delete"),
+        ("RAM -> slot, attention-only", r["ram_attn"], s, 2 * r["memcpy"] * s, fast_ram * s, "(full adapter's)"),
     ]
     print()
     head = f"| {'operation':30} | {'median':>10} | {'target':>10} | {'met':>3} | {'diffusers':>10} | {'speed-up':>8} |"
@@ -219,9 +252,13 @@ def report(r: dict, args, scale: float, full_mb: float) -> None:
     print()
     print(
         f"one memcpy of the adapter's bytes {fmt_t(r['memcpy'] * s)}; diffusers (PEFT layers), same run"
-        f"{'' if args.quick else ', scaled'}: load_lora_adapter from RAM {fmt_t(r['load_ram'] * s)}, "
+        f"{'' if s == 1.0 else ', scaled'}: load_lora_adapter from RAM {fmt_t(r['load_ram'] * s)}, "
         f"delete_adapters {fmt_t(r['delete'] * s)}, set_adapters {fmt_t(r['set_adapters'] * s)}, "
         f"hotswap from RAM {fmt_t(r['hotswap'] * s)}"
+    )
+    print(
+        f"attention-only rank-{args.rank} adapter in the same pool: kept compact, {r['attn_mb'] * s:.0f} MB in RAM "
+        f"instead of {r['prepared_mb'] * s:.0f} MB (diffusers column: the full adapter's fastest path)"
     )
     if "fwd_base" in r:
         print(
@@ -252,6 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="the whole tiny-flux transformer, unscaled")
+    p.add_argument(
+        "--full-depth-stub",
+        action="store_true",
+        help="every block at full size with zero-stride base weights (use --double 19 --single 38): switching and "
+        "copies at the real adapter size, unscaled; no forward",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
         from inference_pod.worker.tiny_flux import build_tiny_flux_pipeline
 
         model = build_tiny_flux_pipeline().transformer.to(device, dtype).requires_grad_(False)
+    elif args.full_depth_stub:
+        model = stub_transformer(args.double, args.single, dtype)
+        args.skip_forward = True
     else:
         model = build_transformer(args.double, args.single, device, dtype)
     print(f"built the transformer in {time.perf_counter() - t:.0f} s, RSS {rss_mb():.0f} MB", flush=True)
