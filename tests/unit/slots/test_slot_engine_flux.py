@@ -317,3 +317,23 @@ def test_an_adapter_covering_part_of_the_pool_is_kept_compact(engine_factory, re
     ref.load_lora_weights(dict(norm_sd), adapter_name="n")
     ref.set_adapters(["a", "n"], [0.7, 1.2])
     torch.testing.assert_close(transformer_out(pipe, inputs), transformer_out(ref, inputs), **TOL)
+
+
+def test_comfyui_names_convert_like_kohya(pristine):
+    """ComfyUI saves kohya factors under the BFL module paths (`diffusion_model.double_blocks.0.img_attn.qkv`)."""
+    import re
+
+    kohya = make_flux_adapter(pristine, rank=4, seed=81, fmt="kohya", alpha=2.0)
+
+    def comfy(key: str) -> str:
+        name, rest = key.split(".", 1)
+        name = re.sub(r"^lora_unet_(double_blocks|single_blocks)_(\d+)_", r"\1.\2.", name)
+        name = re.sub(r"(img|txt)_(attn|mlp|mod)_", r"\1_\2.", name)
+        return f"diffusion_model.{name}.{rest}"
+
+    comfy_sd = {comfy(k): v for k, v in kohya.items()}
+    assert "diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight" in comfy_sd
+    got, want = flux_lora(comfy_sd), flux_lora(kohya)
+    assert set(got.modules) == set(want.modules)
+    for name, pair in want.modules.items():
+        assert torch.equal(got.modules[name].down, pair.down) and torch.equal(got.modules[name].up, pair.up)
