@@ -56,6 +56,7 @@ PLANNED = Policy(
     load_view="gossip",
     tier_info="homes",
     idle_probe=3,
+    max_attempts=4,
     target_utilization=0.9,
 )
 
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_view="gossip",
                 tier_info="homes",
                 idle_probe=3,
+                max_attempts=4,
                 prefetch="homes",
             ),
             Policy(
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_view="gossip",
                 tier_info="homes",
                 idle_probe=3,
+                max_attempts=4,
                 churn_budget=5,
             ),
             Policy(
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_view="gossip",
                 tier_info="homes",
                 idle_probe=3,
+                max_attempts=4,
                 wait_budget_s=0.85,
             ),
             Policy(
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_view="gossip",
                 tier_info="homes",
                 idle_probe=3,
+                max_attempts=4,
                 target_utilization=0.8,
             ),
             PLANNED,
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_view="gossip",
                 tier_info="homes",
                 idle_probe=3,
+                max_attempts=4,
                 sizing="inflight",
             ),
             Policy(
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_view="gossip",
                 tier_info="homes",
                 idle_probe=3,
+                max_attempts=4,
                 sizing="inflight",
                 headroom=1,
             ),
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed-h100",
         )
         # What closes the gap on an H100, where a fetch from the hub (0.72 s) is a third of the inference.
-        kw = {"routing": "cost", "load_view": "gossip", "tier_info": "homes", "idle_probe": 3}
+        kw = {"routing": "cost", "load_view": "gossip", "tier_info": "homes", "idle_probe": 3, "max_attempts": 4}
         in_cluster = SDXL_H100.replace(
             name="sdxl-h100, in-cluster adapter cache", source_latency_s=0.02, source_s_per_mb=0.001
         )
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                     load_view="gossip",
                     gossip_s=5.0,
                     idle_probe=3,
+                    max_attempts=4,
                     **kw,
                 ),
                 IMPROVED,
@@ -317,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     gateways=2,
                     load_view="gossip",
                     idle_probe=3,
+                    max_attempts=4,
                     **kw,
                 ),
             ],

@@ -9,7 +9,8 @@ picks the same homes), with `--slots` GPU slots each. Sends a Zipf-drawn
 sequence of adapter requests one after another to the first sidecar, and
 records which pod served each (X-Loraplex-Pod) and where the adapter was
 (X-Loraplex-Swap-Tier). Then simulates the same requests at the times they
-were sent (pool of two pods, same slots, the shipped router) and compares,
+were sent (pool of two pods, same slots, the same routing policy: `--policy rendezvous`, the first router, by
+default; `cost` for the cost router) and compares,
 request by request, the serving pod and the tier. A local path source is
 its own disk tier in the worker, so the simulator's "source" (first use) is
 counted as "disk".
@@ -31,15 +32,16 @@ sys.path.insert(1, str(REPO / "operator"))
 
 import numpy as np  # noqa: E402
 
-from inference_pod.local_stack import free_port, post_generate, start, wait_ready  # noqa: E402
+from inference_pod.local.stack import free_port, post_generate, start, wait_ready  # noqa: E402
+from loraplex.api.hopauth import write_random_key_file  # noqa: E402
 from loraplex.sim.costs import SDXL_A10G  # noqa: E402
-from loraplex.sim.fleet import SHIPPED, TIER_NAMES, FleetConfig, simulate  # noqa: E402
+from loraplex.sim.fleet import IMPROVED, SHIPPED, TIER_NAMES, FleetConfig, simulate  # noqa: E402
 from loraplex.sim.workload import Catalog, Workload, zipf_weights  # noqa: E402
 
 
 def write_adapters(workdir: Path, n: int) -> dict[str, Path]:
-    from inference_pod.demo_adapters import write_lora
-    from inference_pod.tiny_model import build_tiny_pipeline
+    from inference_pod.local.lora_factory import write_lora
+    from inference_pod.worker.tiny_model import build_tiny_pipeline
 
     unet = build_tiny_pipeline().unet
     return {
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapters", type=int, default=5)
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument(
+        "--policy", choices=("rendezvous", "cost"), default="rendezvous", help="the pool's routing policy (both sides)"
+    )
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     sequence = rng.choice(args.adapters, size=args.requests, p=zipf_weights(args.adapters, 1.1)).tolist()
@@ -74,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
                 "tiny": {
                     "baseModel": "tiny",
                     "endpoints": [{"name": p, "url": f"http://127.0.0.1:{sports[p]}"} for p in pods],
+                    "policy": args.policy,
                 }
             },
             "adapters": {n: {"pool": "tiny", "source": {"type": "path", "path": str(f)}} for n, f in files.items()},
         }
         table_path = work / "table.json"
         table_path.write_text(json.dumps(table))
+        key = str(write_random_key_file(work / "hop-key"))  # the pod key: sidecar -> worker and sidecar -> sidecar
         procs = []
         try:
             for p in pods:
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                             "2",
                             "--torch-threads",
                             "1",
+                            "--hop-key-file",
+                            key,
                         ],
                         wports[p],
                         work / "logs",
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     start(
                         f"sidecar-{p}",
                         [
-                            "inference_pod.sidecar",
+                            "inference_pod.router",
                             "--host",
                             "127.0.0.1",
                             "--port",
@@ -124,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                             p,
                             "--table-file",
                             str(table_path),
+                            "--hop-key-file",
+                            key,
                         ],
                         sports[p],
                         work / "logs",
@@ -179,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "autoscaling": {"enabled": False},
         "adapterCache": {"gpuSlots": args.slots},
     }
-    r = simulate(w, SHIPPED, FleetConfig(costs=costs, pools={"tiny": spec}))
+    r = simulate(
+        w, SHIPPED if args.policy == "rendezvous" else IMPROVED, FleetConfig(costs=costs, pools={"tiny": spec})
+    )
     sim_pod = [f"tiny-{int(u) + 1}" for u in r.pod]
     sim_tier = ["disk" if TIER_NAMES[t] == "source" else TIER_NAMES[t] for t in r.tier]
 

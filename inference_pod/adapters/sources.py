@@ -4,7 +4,13 @@ Sources: a local path (file, or a directory holding one .safetensors file),
 an http(s) URL checked against its sha256, or a hub repo through
 huggingface_hub (revision, filename, token). Pickle formats are refused by
 name and by content. Failures raise `AdapterSourceError` with a message a
-user can act on.
+user can act on (never quoting file or response bytes).
+
+A URL download that fails in a way a second try may well not repeat (a 5xx,
+a connection refused or reset, a body cut short) is tried again within the
+same fetch, a few times with a short backoff, inside the fetch's time limits. Nothing else
+is retried: a 4xx, a timeout or a too-slow source (it already spent its time),
+the size cap, a hash or format error.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -27,16 +34,21 @@ from inference_pod.adapters.formats import AdapterFormatError, check_safetensors
 from loraplex.api.routing_table import AdapterEntry, HubSource, PathSource, UrlSource
 from loraplex.egress import EgressRefused, check_host
 
+log = logging.getLogger(__name__)
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 PREFERRED_NAMES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+RETRY_HTTP_STATUSES = frozenset({500, 502, 503, 504})  # the server's trouble, not the adapter's
 
 
 class AdapterSourceError(Exception):
-    """The adapter could not be fetched. `permanent` errors are remembered as bad."""
+    """The adapter could not be fetched. `permanent` errors are remembered as bad; `retryable` ones (transient and
+    cheap to try again: a 5xx, a refused or reset connection, a body cut short) are retried within the fetch."""
 
-    def __init__(self, message: str, permanent: bool = True) -> None:
+    def __init__(self, message: str, permanent: bool = True, retryable: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent and not retryable
+        self.retryable = retryable
 
 
 def _refuse_pickle(name: str) -> None:
@@ -77,8 +89,14 @@ class SourcePolicy:
       are on loopback).
     - `path_roots`: a path source must be an absolute path that resolves (symlinks included) under one of these
       directories; none: path sources are refused.
+    - `ca_file`: a PEM bundle of CA certificates https sources are verified against, in addition to the
+      system's (a private CA for an artifact server inside the cluster); re-read when the file changes (a
+      mounted ConfigMap is updated in place). Hostnames are always checked.
     - download limits: connect time, time to the first byte (and between bytes), total time, and the minimum
       average throughput after `min_rate_grace_s`; the size cap is checked while streaming.
+    - retries: up to `fetch_attempts` attempts of a URL download for retryable failures, `retry_backoff_s` apart
+      (doubling), all within the one total time limit; no retry starts later than `retry_within_s` after the
+      first attempt began (the worker sets it to its request deadline: a client is waiting).
     """
 
     allow_private: bool = False
@@ -89,6 +107,42 @@ class SourcePolicy:
     min_bytes_per_s: float = 64 * 1024
     min_rate_grace_s: float = 10.0
     max_redirects: int = 5
+    fetch_attempts: int = 3
+    retry_backoff_s: float = 0.25
+    retry_within_s: float = 60.0
+    ca_file: Path | None = None
+
+
+class CaBundleError(ValueError):
+    """The CA bundle file cannot be used (missing, unreadable, or no PEM certificate in it)."""
+
+
+_TLS_CONTEXTS: dict[tuple[str, int, int], ssl.SSLContext] = {}
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The context https sources are verified with: the system CAs, plus `ca_file`'s when given.
+
+    Cached per (path, mtime, size), so an updated bundle is used from the next connection on.
+    """
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        st = ca_file.stat()
+    except OSError as e:
+        raise CaBundleError(f"CA bundle {ca_file}: {e.strerror or type(e).__name__}") from None
+    key = (str(ca_file), st.st_mtime_ns, st.st_size)
+    ctx = _TLS_CONTEXTS.get(key)
+    if ctx is None:
+        ctx = ssl.create_default_context()
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (ssl.SSLError, OSError, ValueError) as e:
+            # The message never quotes the file's bytes.
+            raise CaBundleError(f"CA bundle {ca_file}: no usable PEM certificate ({type(e).__name__})") from None
+        _TLS_CONTEXTS.clear()  # one bundle per worker: keep only the current version
+        _TLS_CONTEXTS[key] = ctx
+    return ctx
 
 
 def fetch_to_disk(
@@ -115,7 +169,7 @@ def fetch_to_disk(
         os.utime(target)  # LRU order for the disk tier
         return target
     if isinstance(src, UrlSource):
-        _download_url(src, target, max_bytes, policy)
+        _download_url_retrying(src, target, max_bytes, policy)
     elif isinstance(src, HubSource):
         _download_hub(src, target, max_bytes)
     else:  # pragma: no cover - the table's discriminator admits nothing else
@@ -224,8 +278,8 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+    def __init__(self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
         self._address = address
 
     def connect(self) -> None:
@@ -239,11 +293,19 @@ def _open(url: str, policy: SourcePolicy, deadline: float) -> tuple[http.client.
     for _ in range(policy.max_redirects + 1):
         parts, address = _resolve_target(url, policy)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AdapterSourceError(f"GET {_redact(url)}: no answer within the total time limit", permanent=False)
-        conn = cls(parts.hostname or "", port, address, min(policy.connect_timeout_s, remaining))
+        timeout = min(policy.connect_timeout_s, remaining)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            try:
+                context = tls_context(policy.ca_file)
+            except CaBundleError as e:
+                raise AdapterSourceError(f"GET {_redact(url)}: {e}", permanent=False) from None
+            conn = _PinnedHTTPSConnection(parts.hostname or "", port, address, timeout, context)
+        else:
+            conn = _PinnedHTTPConnection(parts.hostname or "", port, address, timeout)
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         try:
             conn.connect()
@@ -271,14 +333,36 @@ def _open(url: str, policy: SourcePolicy, deadline: float) -> tuple[http.client.
     raise AdapterSourceError(f"more than {policy.max_redirects} redirects")
 
 
-def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy) -> None:
+def _download_url_retrying(src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy) -> None:
+    """`_download_url`, tried again on retryable failures (see the module docstring), under one total deadline."""
+    t0 = time.monotonic()
+    deadline = t0 + policy.total_timeout_s
+    attempts = max(1, policy.fetch_attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            _download_url(src, target, max_bytes, policy, deadline)
+            return
+        except AdapterSourceError as e:
+            delay = policy.retry_backoff_s * 2 ** (attempt - 1)
+            resume = time.monotonic() + delay
+            if not e.retryable or attempt == attempts or resume - t0 > policy.retry_within_s or resume >= deadline:
+                if attempt == 1:
+                    raise
+                raise AdapterSourceError(f"{e} (attempt {attempt} of {attempts})", permanent=e.permanent) from e
+            log.info("%s; attempt %d of %d in %.2fs", e, attempt + 1, attempts, delay)  # e names the URL
+            time.sleep(delay)
+
+
+def _download_url(
+    src: UrlSource, target: Path, max_bytes: int, policy: SourcePolicy, deadline: float | None = None
+) -> None:
     path_part = src.url.split("?", 1)[0]
     if path_part.endswith(PICKLE_SUFFIXES):
         _refuse_pickle(path_part)
     shown = _redact(src.url)
     digest = hashlib.sha256()
     t0 = time.monotonic()
-    deadline = t0 + policy.total_timeout_s
+    deadline = t0 + policy.total_timeout_s if deadline is None else deadline
     tmp = tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part")  # noqa: SIM115 - renamed into place
     conn: http.client.HTTPConnection | None = None
     try:
@@ -286,7 +370,9 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePo
             conn, resp, sock = _open(src.url, policy, deadline)
             if resp.status != 200:
                 raise AdapterSourceError(
-                    f"GET {shown} answered {resp.status}", permanent=resp.status in (401, 403, 404, 410)
+                    f"GET {shown} answered {resp.status}",
+                    permanent=resp.status in (401, 403, 404, 410),
+                    retryable=resp.status in RETRY_HTTP_STATUSES,
                 )
             length = resp.getheader("Content-Length")
             expected = int(length) if length and length.isdigit() else None
@@ -315,9 +401,9 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePo
                 digest.update(chunk)
                 tmp.write(chunk)
             if expected is not None and total != expected:
-                # A transfer cut short says nothing about the adapter: try again later.
+                # A transfer cut short says nothing about the adapter: try again (now, then later).
                 raise AdapterSourceError(
-                    f"GET {shown}: connection closed after {total} of {expected} bytes", permanent=False
+                    f"GET {shown}: connection closed after {total} of {expected} bytes", retryable=True
                 )
         if src.sha256 and digest.hexdigest() != src.sha256:
             raise AdapterSourceError(f"sha256 mismatch: expected {src.sha256}, got {digest.hexdigest()}")
@@ -330,8 +416,21 @@ def _download_url(src: UrlSource, target: Path, max_bytes: int, policy: SourcePo
                 f"GET {shown}: not complete within {policy.total_timeout_s:g}s", permanent=False
             ) from e
         if isinstance(e, http.client.IncompleteRead):  # no bytes echoed: the message would quote them
-            raise AdapterSourceError(f"GET {shown}: connection closed before the end", permanent=False) from e
-        raise AdapterSourceError(f"cannot reach {shown}: {type(e).__name__}: {e}", permanent=False) from e
+            raise AdapterSourceError(f"GET {shown}: connection closed before the end", retryable=True) from e
+        if isinstance(e, ssl.SSLCertVerificationError):  # an OSError too: before the retryable branch
+            trusted = "the system CAs and the pool's CA bundle" if policy.ca_file else "the system CAs"
+            hint = "" if policy.ca_file else " (a private CA: set the pool's spec.adapterSources.caBundle)"
+            raise AdapterSourceError(
+                f"GET {shown}: the server's TLS certificate is not trusted by {trusted}: "
+                f"{e.verify_message or 'verification failed'}{hint}",
+                permanent=False,
+            ) from e
+        if isinstance(e, TimeoutError):  # its time is spent: another try would wait as long again
+            raise AdapterSourceError(f"GET {shown}: timed out ({e})", permanent=False) from e
+        if isinstance(e, OSError):  # refused, reset, broken pipe (RemoteDisconnected too): an errno text only
+            raise AdapterSourceError(f"cannot reach {shown}: {type(e).__name__}: {e}", retryable=True) from e
+        # A malformed answer (BadStatusLine, LineTooLong, a bad chunk size): its text quotes the server's bytes.
+        raise AdapterSourceError(f"GET {shown}: malformed HTTP answer ({type(e).__name__})", permanent=False) from e
     finally:
         if conn is not None:
             conn.close()

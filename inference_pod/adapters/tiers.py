@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 TIERS = ("gpu", "ram", "disk", "source")
 
 
+def cold_tier(in_job: str, fetched: str | None) -> str:
+    """The tier a request's adapter came from: the GPU job's own swap (`in_job`), unless the fetch beside the GPU,
+    which this request waited for, brought it from the disk or the source (the job then finds it in RAM)."""
+    if fetched in ("disk", "source") and TIERS.index(fetched) > TIERS.index(in_job):
+        return fetched
+    return in_job
+
+
 class AdapterError(Exception):
     """An adapter that cannot be used: `status` is the HTTP status to answer with."""
 
@@ -336,6 +344,34 @@ class AdapterTiers:
                     }
                 )
             return out
+
+    def resident(self, limit: int) -> dict:
+        """Which adapters this worker holds, each at its highest tier (gpu > ram > disk), for `/v1/resident`.
+
+        `disk` means the adapter's prepared copy is in this worker's disk tier (a path source once read here
+        counts too). At most `limit` names in all (gpu first, then ram, then disk, each sorted); `counts` are
+        always the full numbers and `truncated` says when names were left out, so a pod with thousands of
+        adapters on disk still answers with a bounded document.
+        """
+        with self._lock:
+            gpu = sorted(self.slots.keys())
+            held = set(gpu)
+            ram = sorted(n for n in self.ram.keys() if n not in held)  # noqa: SIM118 - BudgetLRU has no __iter__
+            held.update(ram)
+            disk = []
+            for name, entry in sorted(self.catalog.items()):
+                if name in held:
+                    continue
+                key = self._keys.get(name) or self._key(name, entry)
+                if str(self._prepared_path(key)) in self.disk.lru:
+                    disk.append(name)
+        counts = {"gpu": len(gpu), "ram": len(ram), "disk": len(disk)}
+        out: dict[str, list[str]] = {}
+        room = max(0, limit)
+        for tier, names in (("gpu", gpu), ("ram", ram), ("disk", disk)):
+            out[tier] = names[:room]
+            room -= len(out[tier])
+        return {**out, "counts": counts, "truncated": sum(counts.values()) > max(0, limit)}
 
     def bytes_by_tier(self) -> dict[str, int]:
         return {"gpu": len(self.slots) * self.engine.slot_nbytes, "ram": self.ram.used, "disk": self.disk.lru.used}

@@ -14,6 +14,14 @@ worker only (`Forwarder.serve_hop`). Both paths judge an attempt the same way, b
 
 500 is not retried because a deterministic failure would repeat; 504 and other 4xx are the request's own answer.
 A generation has no side effects, so a retry is safe with or without a seed.
+
+The candidates and their order come from the pool's routing policy (the table's `policy`, or the sidecar's
+`--routing-policy`): `cost` runs `placement.choose_endpoint_cost` on the shared in-flight view
+(`loadview.LoadView`) and `placement.attempt_plan`'s idle probes: the first candidates are asked to serve only if
+their worker is idle (`X-Loraplex-If-Idle`); a busy one answers 429 with `X-Loraplex-Busy` at once and the next is
+asked (a probe known to be busy here, the own worker's or one with a request of ours in flight, is skipped without
+asking), then the plain order. A refused probe is never the answer passed to the client. `rendezvous` is the
+shipped `placement.choose_endpoint` on this sidecar's own counts. Both are the simulator's code (loraplex/sim).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from inference_pod.router.placement import choose_endpoint
+from inference_pod.router.loadview import LoadView, SwapCosts
+from inference_pod.router.placement import attempt_plan, choose_endpoint, choose_endpoint_cost
 from inference_pod.router.request import Resolved, route_header
 from inference_pod.router.stats import RouterStats
 from loraplex.api import headers as hdr
@@ -40,6 +49,7 @@ from loraplex.api.routing_table import Endpoint, PoolEntry, RoutingTable
 from loraplex.egress import aiohttp_trace_configs
 
 RETRY_STATUSES = frozenset({429, 502, 503})
+DEFAULT_SERVICE_S = 1.0  # the cost policy's service time before this sidecar has measured one
 # Request headers worth passing upstream; everything else stays here.
 FORWARD_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 
@@ -92,6 +102,15 @@ def ms_header(headers: Any, name: str) -> float | None:
         return None
 
 
+def parse_load(value: str | None) -> tuple[int, int | None] | None:
+    """(load, version) from an `X-Loraplex-Load` value ("3 1042", or "3" without a version); None if malformed."""
+    try:
+        parts = (value or "").split()
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else None
+    except (IndexError, ValueError):
+        return None
+
+
 def service_seconds(up: Upstream) -> float | None:
     """Worker busy time (swap + inference) from its timing headers; else the round trip less queueing."""
     if not 200 <= up.status < 300:
@@ -106,7 +125,8 @@ def service_seconds(up: Upstream) -> float | None:
 class Forwarder:
     """Sends requests to pods for one sidecar: its own worker (`worker_url`, None at the gateway) or peer sidecars.
 
-    `outstanding` counts in-flight requests per endpoint name (placement's least-outstanding choice reads it).
+    `outstanding` counts in-flight requests per endpoint name (placement's least-outstanding choice reads it);
+    `local_load` the requests at this pod's own worker (routed here or hops), which peers read as its load.
     """
 
     def __init__(
@@ -119,8 +139,10 @@ class Forwarder:
         connect_timeout_s: float,
         max_attempts: int,
         hop_keys: HopKeys | None = None,
+        policy: str | None = None,
     ) -> None:
         self.stats = stats
+        self.policy = policy  # None: each pool's routing policy from the table
         self.hop_keys = hop_keys
         self.worker_url = worker_url
         self.pod_name = pod_name
@@ -128,6 +150,11 @@ class Forwarder:
         self.connect_timeout_s = connect_timeout_s
         self.max_attempts = max_attempts
         self.outstanding: dict[str, int] = {}
+        self.local_load = 0
+        self.load_version = 0  # changes of local_load: orders this pod's load reports at the peers
+        self.loads = LoadView()
+        self.swap_costs = SwapCosts()
+        self.last_routed = float("-inf")  # monotonic time of the last request placed here (the load poll's gate)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -159,23 +186,31 @@ class Forwarder:
             key, replication = r.adapters[0], table.adapters[r.adapters[0]].replication
         else:  # the base model is warm everywhere: any pod is a home
             key, replication = f"pool:{r.pool}", len(ready)
-        candidates = choose_endpoint(key, by_name, replication, self.outstanding, pool.load_bound)
+        self.last_routed = time.monotonic()
         headers = self.forward_headers(request)
         headers[hdr.ROUTE] = route_header(table, r)
         last: Upstream | None = None
         last_error = ""
         attempts = 0
-        for name in candidates[: max(1, self.max_attempts)]:
+        for name, if_idle in self.plan(key, list(by_name), replication, pool, r.pool):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            attempts += 1
             local_url = self._local_url(name)
+            if if_idle and (self.local_load if local_url else self.outstanding.get(name, 0)) > 0:
+                continue  # known to be busy: no need to ask
+            attempts += 1
             target = (local_url or by_name[name].url.rstrip("/")) + request.path_qs
             # Peers check the same bearer token; the local worker does not need it.
             hdrs = self._signed(headers if local_url else self._with_auth(headers, request), request, body)
+            if if_idle and not local_url and self.hop_keys is not None:
+                flag = self.hop_keys.sign_flag(hdr.IF_IDLE, hdrs.get(hdr.HOP_AUTH, ""))
+                if flag:
+                    hdrs[hdr.IF_IDLE] = flag
             try:
-                with self._in_flight(name):
+                with self._in_flight(name), self._at_worker(bool(local_url)):
+                    if not local_url:
+                        self.loads.sent(name)
                     up = await self.post(target, body, hdrs, remaining, name)
             except Exception as e:
                 verdict = classify(e)
@@ -191,6 +226,11 @@ class Forwarder:
                     if isinstance(e, aiohttp.ConnectionTimeoutError)
                     else f"{name}: {type(e).__name__}: {e}"
                 )
+                continue
+            self._learn(name, up, local=bool(local_url))
+            if if_idle and up.status == 429 and hdr.BUSY in up.headers:
+                self.stats.attempt(r.pool, "busy")
+                last_error = last_error or f"{name}: busy"
                 continue
             verdict = classify(up.status)
             assert verdict is not None
@@ -208,6 +248,30 @@ class Forwarder:
             code="upstream_unavailable",
         )
 
+    def plan(
+        self, key: str, endpoints: list[str], replication: int, pool: PoolEntry, pool_name: str
+    ) -> list[tuple[str, bool]]:
+        """The attempts for a request: (endpoint, only if idle?), by the pool's routing policy."""
+        if (self.policy or pool.policy) == "cost":
+            view = self.loads.view(endpoints, self.outstanding, self.pod_name, self.local_load)
+            service_s = self.stats.mean_service_seconds(pool_name) or DEFAULT_SERVICE_S
+            sc = self.swap_costs
+            ordered = choose_endpoint_cost(key, endpoints, replication, view, service_s, {}, sc.home_s, sc.cold_s)
+            return attempt_plan(ordered, self.max_attempts, pool.idle_probes)
+        return attempt_plan(
+            choose_endpoint(key, endpoints, replication, self.outstanding, pool.load_bound), self.max_attempts, 0
+        )
+
+    def _learn(self, name: str, up: Upstream, local: bool) -> None:
+        """What an answer says about the pool: the peer's load, the adapter's swap cost."""
+        if not local and (parsed := parse_load(up.headers.get(hdr.LOAD))) is not None:
+            self.loads.report(name, *parsed)
+        tier = up.headers.get(hdr.SWAP_TIER, "none")
+        if 200 <= up.status < 300 and tier != "none" and "," not in tier:  # exactly one adapter: one tier
+            swap_ms, fetch_ms = ms_header(up.headers, hdr.SWAP_MS), ms_header(up.headers, hdr.FETCH_MS)
+            if swap_ms is not None and fetch_ms is not None:
+                self.swap_costs.observe(swap_ms / 1000, fetch_ms / 1000)
+
     # -- one request, placed here by a peer (hop) -----------------------------------------------------------------
 
     async def serve_hop(self, request: web.Request, body: bytes, route: str | None, deadline: float) -> Upstream:
@@ -220,6 +284,10 @@ class Forwarder:
                 "(loop guard: routed requests are not forwarded again).",
                 code="loop_detected",
             )
+        if self.local_load > 0 and self.hop_keys is not None:
+            flag = request.headers.get(hdr.IF_IDLE)
+            if flag and self.hop_keys.verify_flag(flag, hdr.IF_IDLE, request.headers.get(hdr.HOP_AUTH)):
+                return self.busy()
         headers = self.forward_headers(request)
         headers[hdr.HOP] = hop
         if route:
@@ -232,7 +300,8 @@ class Forwarder:
         remaining = deadline - time.monotonic()
         name = self.pod_name or "local"
         try:
-            return await self.post(self.worker_url + request.path_qs, body, headers, remaining, name)
+            with self._at_worker(True):
+                return await self.post(self.worker_url + request.path_qs, body, headers, remaining, name)
         except Exception as e:
             verdict = classify(e)
             if verdict is Verdict.TIMEOUT:
@@ -247,6 +316,18 @@ class Forwarder:
                 )
                 raise ApiError(502, message, code="worker_unavailable") from None
             raise
+
+    def load_header(self) -> str:
+        """`X-Loraplex-Load`: this pod's load and its version ("<requests at the worker> <version>")."""
+        return f"{self.local_load} {self.load_version}"
+
+    def busy(self) -> Upstream:
+        """The answer to an idle probe while this pod's worker has work: refused at once, the router asks the next."""
+        body = json.dumps(
+            {"error": {"message": "This pod is busy.", "type": "server_error", "param": None, "code": "busy"}}
+        ).encode()
+        headers = {"Content-Type": "application/json", hdr.BUSY: "1", hdr.LOAD: self.load_header()}
+        return Upstream(429, headers, body, 0.0, self.pod_name or "local")
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -265,6 +346,20 @@ class Forwarder:
                 self.outstanding[name] = n
             else:
                 del self.outstanding[name]
+
+    @contextlib.contextmanager
+    def _at_worker(self, local: bool) -> Iterator[None]:
+        """Counts a request at this pod's own worker (`local_load`, what peers see as this pod's load)."""
+        if not local:
+            yield
+            return
+        self.local_load += 1
+        self.load_version += 1
+        try:
+            yield
+        finally:
+            self.local_load -= 1
+            self.load_version += 1
 
     def forward_headers(self, request: web.Request) -> dict[str, str]:
         headers = {h: request.headers[h] for h in FORWARD_REQUEST_HEADERS if h in request.headers}
@@ -295,12 +390,15 @@ class Forwarder:
             return Upstream(resp.status, resp.headers, data, time.monotonic() - t, endpoint)
 
 
-def respond(up: Upstream, t0: float, attempts: int | None = None) -> web.Response:
-    """The client's response: the upstream answer with the public X-Loraplex-* headers and the router's time."""
+_NOT_PASSED_ON = frozenset(h.lower() for h in (hdr.ROUTER_MS, *hdr.INTERNAL_RESPONSE))
+
+
+def respond(up: Upstream, t0: float, attempts: int | None = None, extra: dict[str, str] | None = None) -> web.Response:
+    """The answer to pass on: the upstream's with the public X-Loraplex-* headers, the router's time, and `extra`."""
     headers: CIMultiDict[str] = CIMultiDict()
     for k, v in up.headers.items():
         if k.lower() in ("content-type", "retry-after") or (
-            k.lower().startswith(hdr.PREFIX.lower()) and k.lower() != hdr.ROUTER_MS.lower()
+            k.lower().startswith(hdr.PREFIX.lower()) and k.lower() not in _NOT_PASSED_ON
         ):
             headers[k] = v
     headers.setdefault(hdr.POD, up.endpoint)  # a peer sidecar already said who served it
@@ -309,4 +407,5 @@ def respond(up: Upstream, t0: float, attempts: int | None = None) -> web.Respons
     headers[hdr.ROUTER_MS] = f"{router_ms:.3f}"
     if attempts is not None:
         headers[hdr.ATTEMPTS] = str(attempts)
+    headers.update(extra or {})
     return web.Response(status=up.status, body=up.body, headers=headers)

@@ -84,3 +84,53 @@ def choose_endpoint(
         chosen = others_by_load[0]
         return [chosen, *homes_by_load, *others_by_load[1:]]
     return [*homes_by_load, *others_by_load]
+
+
+def choose_endpoint_cost(
+    key: str,
+    endpoints: Iterable[str],
+    replication: int,
+    outstanding: Mapping[str, int],
+    service_s: float,
+    warm: Mapping[str, float],
+    home_s: float,
+    cold_s: float,
+) -> list[str]:
+    """Candidates by expected time to start: the work queued ahead plus the adapter's swap cost there.
+
+    cost(e) = outstanding[e] * service_s + swap(e), where swap(e) is
+    warm[e] when the router knows the adapter's tier on e (slot, RAM, disk),
+    else home_s for one of its homes and cold_s for any other pod. Ties go
+    to the higher-ranked pod, so an idle pool sends an adapter to its first
+    home and its caches stay warm; a busy home loses to an idle pod as soon
+    as the wait behind it costs more than bringing the adapter there. A
+    router with no view of the pods' tiers passes warm={} and home_s = the
+    RAM -> slot cost (homes are warm), cold_s = a fetch from the source.
+    The fleet simulator found this order (docs/fleet-sim.md) and runs this very function.
+    """
+    eps = endpoints if isinstance(endpoints, tuple | list) else tuple(endpoints)
+    ranked = rank_endpoints(key, eps)
+    n_homes = max(1, replication)
+    get_out, get_warm = outstanding.get, warm.get
+    scored = [
+        (get_out(e, 0) * service_s + get_warm(e, home_s if i < n_homes else cold_s), i, e) for i, e in enumerate(ranked)
+    ]
+    scored.sort()
+    return [e for _, _, e in scored]
+
+
+def attempt_plan(candidates: Sequence[str], max_attempts: int, idle_probes: int) -> list[tuple[str, bool]]:
+    """The attempts for one request, in order: (endpoint, only if idle?).
+
+    The first `idle_probes` candidates are asked to take the request only if
+    idle (a busy pod refuses at once and the next one is asked); then the
+    candidates in order, unconditionally, until `max_attempts` in all. At
+    least one unconditional attempt is kept, so a request is never refused
+    because every pod was busy; a lone candidate is not probed (nothing else
+    could take the request).
+    """
+    limit = max(1, max_attempts)
+    probes = min(max(0, idle_probes), len(candidates), limit - 1) if len(candidates) > 1 else 0
+    plan = [(e, True) for e in candidates[:probes]]
+    plan += [(e, False) for e in candidates[: limit - probes]]
+    return plan

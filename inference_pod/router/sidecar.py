@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -63,7 +65,8 @@ from loraplex.logs import setup_logging
 log = logging.getLogger("loraplex.sidecar")
 
 GENERATION_PATHS = ("/v1/generate", "/v1/images/generations")
-OPEN_PATHS = frozenset({"/v1/stats", "/metrics", "/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/v1/stats", "/v1/load", "/metrics", "/healthz", "/readyz"})
+ROUTING_POLICIES = ("cost", "rendezvous")
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,11 @@ class SidecarConfig:
     request_timeout_s: float = 300.0
     connect_timeout_s: float = 2.0
     max_body_bytes: int = 8 * 1024 * 1024
-    max_attempts: int = 3
+    max_attempts: int = 4  # idle probes included (placement.attempt_plan)
+    routing_policy: str | None = None  # None: each pool's `policy` from the routing table
+    load_poll_s: float = 1.0  # how often peers' loads are read while routing (0: only from their answers)
     stats_window_s: float = 60.0
+    resident_limit: int = 1000  # adapter names per /v1/stats (the worker's /v1/resident); counts stay exact
     log_level: str | None = None  # None: $LORAPLEX_LOG_LEVEL, else INFO
 
     @property
@@ -113,10 +119,15 @@ class Sidecar:
             connect_timeout_s=config.connect_timeout_s,
             max_attempts=config.max_attempts,
             hop_keys=self.hop_keys,
+            policy=config.routing_policy,
         )
+        self._poller: asyncio.Task[None] | None = None
         self.view: AsyncTable | None = None
         self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
         self._worker_ready: tuple[float, bool] = (0.0, False)
+        self._resident: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+        # Pools whose endpoints listed this pod in a table seen so far (kept while the pool exists).
+        self._own_pools: frozenset[str] = frozenset()
         source.add_error_listener(self._on_table_error)
         self.app = self._build_app()
 
@@ -131,6 +142,7 @@ class Sidecar:
                 *(web.post(path, self.generate) for path in GENERATION_PATHS),
                 web.get("/v1/models", self.models),
                 web.get("/v1/stats", self.stats_handler),
+                web.get("/v1/load", self.load_handler),
                 web.get("/metrics", self.metrics),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
@@ -144,16 +156,24 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         self.view = AsyncTable(self.source, loop)
         self.view.on_change.append(lambda t: self.stats.table_loaded(t.generation))
+        self.view.on_change.append(self._remember_own_pools)
         # The first file load is synchronous I/O: keep it off the loop.
         await loop.run_in_executor(None, self.source.start)
         if self.view.table is None and self.source.table is not None:
             self.view.table = self.source.table
         if self.view.table is not None:
             self.stats.table_loaded(self.view.table.generation)
+            self._remember_own_pools(self.view.table)
         await self.forwarder.start()
         self.session = self.forwarder.session
+        if self.config.load_poll_s > 0:
+            self._poller = asyncio.create_task(self._poll_loads())
 
     async def _cleanup(self, app: web.Application) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         await self.forwarder.close()
         await asyncio.get_running_loop().run_in_executor(None, self.source.stop)
 
@@ -228,7 +248,64 @@ class Sidecar:
         return ok
 
     async def stats_handler(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot())
+        doc = self.stats.snapshot()
+        if self.worker_url:
+            doc["resident"] = await self._local_resident()
+        return web.json_response(doc)
+
+    async def _local_resident(self) -> dict[str, Any] | None:
+        """The local worker's `/v1/resident` (bounded; cached a second), or None when it did not answer."""
+        checked, doc = self._resident
+        now = time.monotonic()
+        if now - checked < 1.0:
+            return doc
+        doc = None
+        try:
+            assert self.session is not None and self.worker_url is not None
+            url = f"{self.worker_url}/v1/resident?limit={self.config.resident_limit}"
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    body = await r.json(content_type=None)
+                    doc = body if isinstance(body, dict) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.debug("worker /v1/resident unavailable: %s", e)
+        self._resident = (now, doc)
+        return doc
+
+    async def load_handler(self, request: web.Request) -> web.Response:
+        """This pod's requests at its worker: the peers' view of its load (cost routing)."""
+        fw = self.forwarder
+        return web.json_response({"pod": self.config.pod_name, "load": fw.local_load, "version": fw.load_version})
+
+    async def _poll_loads(self) -> None:
+        """Every load_poll_s while this sidecar routes, read the peers' loads of the pools it routes by cost."""
+        interval = self.config.load_poll_s
+        timeout = aiohttp.ClientTimeout(total=max(0.1, min(1.0, interval)))
+        while True:
+            await asyncio.sleep(interval)
+            table = self.view.table if self.view else None
+            # Idle routers ask nobody (100 pods polling each other every second is for busy pools only).
+            if table is None or time.monotonic() - self.forwarder.last_routed > 30.0:
+                continue
+            peers = {
+                e.name: e.url.rstrip("/")
+                for pool in table.pools.values()
+                if (self.config.routing_policy or pool.policy) == "cost"
+                for e in pool.endpoints
+                if e.ready and e.name != self.config.pod_name
+            }
+            self.forwarder.loads.forget(e.name for pool in table.pools.values() for e in pool.endpoints)
+            await asyncio.gather(*(self._poll_one(name, url, timeout) for name, url in peers.items()))
+
+    async def _poll_one(self, name: str, url: str, timeout: aiohttp.ClientTimeout) -> None:
+        assert self.session is not None
+        try:
+            async with self.session.get(url + "/v1/load", timeout=timeout) as r:
+                if r.status == 200:
+                    doc = await r.json()
+                    self.forwarder.loads.report(name, int(doc["load"]), int(doc.get("version", -1)))
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            pass  # an unreachable peer keeps its last report until that ages out
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.stats.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -321,6 +398,24 @@ class Sidecar:
                 overhead_s=total - upstream_s if upstream_s else None,
             )
 
+    def _remember_own_pools(self, table: RoutingTable) -> None:
+        if not (self.worker_url and self.config.pod_name):
+            return
+        listed = {name for name, p in table.pools.items() if any(e.name == self.config.pod_name for e in p.endpoints)}
+        self._own_pools = frozenset(listed | (self._own_pools & set(table.pools)))
+
+    async def _own_endpoint(self, pool_name: str) -> Endpoint | None:
+        """This pod as the pool's endpoint of last resort, when a table once listed it and its worker is ready.
+
+        A table can name no ready endpoint while this pod serves: the pod is draining, or Kubernetes marked
+        it NotReady for a moment (a control plane back from an outage longer than the node grace period
+        marks every pod of the node so until the kubelet reports again). Its own worker's readiness is local
+        knowledge; answering 503 to a request that reached a working pod helps nobody."""
+        if pool_name not in self._own_pools or not await self._local_worker_ready():
+            return None
+        assert self.worker_url is not None and self.config.pod_name is not None
+        return Endpoint(name=self.config.pod_name, url=self.worker_url)
+
     async def _ready_endpoints(
         self, table: RoutingTable, pool_name: str, deadline: float
     ) -> tuple[RoutingTable, PoolEntry, list[Endpoint]]:
@@ -329,6 +424,10 @@ class Sidecar:
         ready = [e for e in pool.endpoints if e.ready]
         if ready:
             return table, pool, ready
+        own = await self._own_endpoint(pool_name)
+        if own is not None:
+            self.stats.served_without_table_endpoint(pool_name)
+            return table, pool, [own]
         hold_until = min(deadline, time.monotonic() + pool.activation_timeout_s)
         if pool.activation_timeout_s <= 0 or self.view is None:
             raise ApiError(
@@ -398,7 +497,11 @@ class Sidecar:
         # A router sent its route along; a hand-made hop request gets ours, if the model resolves here.
         route = request.headers.get(hdr.ROUTE) or self._route_for(body)
         up = await self.forwarder.serve_hop(request, body, route, t0 + self.config.request_timeout_s)
-        return respond(up, t0)
+        # Internal to the routers (the entry sidecar drops them): this pod's load now, and a refused probe.
+        extra = {hdr.LOAD: self.forwarder.load_header()}
+        if hdr.BUSY in up.headers:
+            extra[hdr.BUSY] = "1"
+        return respond(up, t0, extra=extra)
 
 
 def parse_args(argv: list[str] | None) -> SidecarConfig:
@@ -432,7 +535,22 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
     )
     p.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s, help="seconds to connect to a pod")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-attempts", type=int, default=d.max_attempts, help="pods tried per request")
+    p.add_argument(
+        "--max-attempts", type=int, default=d.max_attempts, help="pods tried per request (idle probes included)"
+    )
+    p.add_argument(
+        "--routing-policy",
+        choices=ROUTING_POLICIES,
+        default=None,
+        help="how pods are chosen: cost (least expected wait on a shared in-flight view, idle probes) or "
+        "rendezvous (homes' least own outstanding, spill over loadBound); default: each pool's routing.policy",
+    )
+    p.add_argument(
+        "--load-poll-interval",
+        type=float,
+        default=d.load_poll_s,
+        help="seconds between reads of the peers' loads while routing by cost (0: only from their answers)",
+    )
     p.add_argument("--stats-window", type=float, default=d.stats_window_s, help="seconds of the request-rate window")
     p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
     a = p.parse_args(argv)
@@ -452,6 +570,8 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
         connect_timeout_s=a.connect_timeout,
         max_body_bytes=a.max_body_bytes,
         max_attempts=a.max_attempts,
+        routing_policy=a.routing_policy,
+        load_poll_s=a.load_poll_interval,
         stats_window_s=a.stats_window,
         log_level=a.log_level,
     )

@@ -34,6 +34,13 @@ the autoscaler's `rate x service time` does not feed on its own backlog.
       }
     }
 
+A pod's sidecar (not the gateway) adds what its worker holds, from the
+worker's `GET /v1/resident` (null when the worker did not answer):
+
+      "resident": {"gpu": ["pixel-art"], "ram": [], "disk": ["ink"],   # each adapter at its highest tier
+                   "counts": {"gpu": 1, "ram": 0, "disk": 1},          # exact, even when names are cut
+                   "truncated": false}                                  # at most 1,000 names in all
+
 `waiting` counts requests held by the activator for a pool with no ready
 endpoint (they are also in `inFlight`); `errors` counts 5xx answers.
 """
@@ -166,6 +173,12 @@ class RouterStats:
         self.m_served = Counter(
             "loraplex_router_served", "Requests forwarded here by a peer and served locally", ["pool"], registry=r
         )
+        self.m_own_fallback = Counter(
+            "loraplex_router_served_without_table_endpoint",
+            "Requests served by this pod's own worker while the table named no ready endpoint for its pool",
+            ["pool"],
+            registry=r,
+        )
         self.m_attempts = Counter(
             "loraplex_router_upstream_attempts", "Upstream attempts by outcome", ["pool", "outcome"], registry=r
         )
@@ -251,6 +264,10 @@ class RouterStats:
         self._pool(pool).served += 1
         self.m_served.labels(pool).inc()
 
+    def served_without_table_endpoint(self, pool: str) -> None:
+        """The table named no ready endpoint for `pool`; this pod's own worker took the request."""
+        self.m_own_fallback.labels(pool).inc()
+
     def attempt(self, pool: str, outcome: str) -> None:
         """One upstream attempt: "ok", "retry_connect", "retry_status", "timeout", "failed"."""
         self.m_attempts.labels(pool, outcome).inc()
@@ -270,6 +287,16 @@ class RouterStats:
         self.m_table_errors.inc()
 
     # -- reading ---------------------------------------------------------
+
+    def mean_service_seconds(self, pool: str) -> float | None:
+        """The pool's mean service time over the window, else over this sidecar's life; None before any."""
+        pc = self._pools.get(pool)
+        if pc is None:
+            return None
+        sn, ssum = pc.service.totals(self.clock())
+        if sn:
+            return ssum / sn
+        return pc.service_total / pc.service_count if pc.service_count else None
 
     def snapshot(self) -> dict[str, Any]:
         """The `/v1/stats` document (shape in the module docstring)."""

@@ -46,10 +46,12 @@ class WorkerConfig:
     hop_key_file: Path | None = None  # the pod's hop keys: a route header must be signed with one
     allow_private_sources: bool = False  # URL sources on loopback/private/link-local addresses (tests, local stack)
     adapter_path_roots: tuple[Path, ...] = ()  # path sources must resolve under one of these (default: --table's dir)
+    adapter_ca_file: Path | None = None  # PEM CAs https sources are verified against, besides the system's
     fetch_connect_timeout_s: float = 10.0
     fetch_first_byte_timeout_s: float = 30.0
     fetch_total_timeout_s: float = 600.0
     fetch_min_bytes_per_s: float = 64 * 1024
+    fetch_attempts: int = 3  # tries of a URL download that failed transiently (5xx, reset, cut short)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -95,11 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory path sources may name files under (repeatable; default: the --table file's directory; "
         "none: path sources are refused)",
     )
+    p.add_argument(
+        "--adapter-ca-file",
+        type=Path,
+        default=None,
+        help="PEM bundle of CA certificates that https adapter sources are also verified against (besides the "
+        "system CAs), e.g. a private CA of an artifact server inside the cluster",
+    )
     p.add_argument("--fetch-connect-timeout", type=float, default=d.fetch_connect_timeout_s)
     p.add_argument("--fetch-first-byte-timeout", type=float, default=d.fetch_first_byte_timeout_s)
     p.add_argument("--fetch-total-timeout", type=float, default=d.fetch_total_timeout_s)
     p.add_argument(
         "--fetch-min-bytes-per-s", type=float, default=d.fetch_min_bytes_per_s, help="after a 10 s grace period"
+    )
+    p.add_argument(
+        "--fetch-attempts",
+        type=int,
+        default=d.fetch_attempts,
+        help="attempts of a URL download that failed with a 5xx, a refused or reset connection or a short body "
+        "(within the fetch's time limits and the request deadline; never for a 4xx, a timeout, the size cap or a "
+        "hash/format error)",
     )
     p.add_argument("--gpu-slots", type=int, default=d.gpu_slots)
     p.add_argument("--max-rank", type=int, default=d.max_rank)
@@ -133,6 +150,13 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
     if a.hf_home:
         os.environ["HF_HOME"] = a.hf_home
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
+    if a.adapter_ca_file is not None:
+        from inference_pod.adapters.sources import CaBundleError, tls_context
+
+        try:
+            tls_context(a.adapter_ca_file)  # fail at start, not at the first download
+        except CaBundleError as e:
+            p.error(f"--adapter-ca-file: {e}")
     return WorkerConfig(
         model=a.model,
         revision=a.revision,
@@ -156,10 +180,12 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         hop_key_file=a.hop_key_file,
         allow_private_sources=a.allow_private_sources,
         adapter_path_roots=tuple(a.adapter_path_root) or ((a.table.resolve().parent,) if a.table else ()),
+        adapter_ca_file=a.adapter_ca_file,
         fetch_connect_timeout_s=a.fetch_connect_timeout,
         fetch_first_byte_timeout_s=a.fetch_first_byte_timeout,
         fetch_total_timeout_s=a.fetch_total_timeout,
         fetch_min_bytes_per_s=a.fetch_min_bytes_per_s,
+        fetch_attempts=a.fetch_attempts,
         limits=limits,
     )
 

@@ -1,9 +1,11 @@
 """The diffusion worker: one pipeline, the adapter tiers and the HTTP API.
 
 Routes: POST /v1/images/generations (OpenAI images shape), POST /v1/generate
-(PNG with timing headers), GET /v1/adapters, POST /v1/adapters/{name}/prefetch,
-/healthz, /readyz, /metrics. It listens on loopback behind the sidecar, which
-passes each adapter's routing entry in the X-Loraplex-Route header.
+(PNG with timing headers), GET /v1/adapters, GET /v1/resident (which adapters
+are held in which tier, bounded: the sidecar's `/v1/stats` carries it to the
+operator), POST /v1/adapters/{name}/prefetch, /healthz, /readyz, /metrics.
+It listens on loopback behind the sidecar, which passes each adapter's
+routing entry in the X-Loraplex-Route header.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pod.adapters.sources import SourcePolicy
-from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
+from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets, cold_tier
 from inference_pod.families import FAMILIES, FLUX, SDXL, ModelFamily, family_of_pipeline
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
 from inference_pod.worker.config import WorkerConfig, config_from_args
@@ -42,6 +45,8 @@ from loraplex.logs import setup_logging
 
 log = logging.getLogger("loraplex.worker")
 BASE_NAMES = ("base",)
+RESIDENT_LIMIT = 1000  # names per /v1/resident answer unless asked for fewer
+RESIDENT_LIMIT_MAX = 10000
 
 
 class Worker:
@@ -95,10 +100,13 @@ class Worker:
         policy = SourcePolicy(
             allow_private=cfg.allow_private_sources,
             path_roots=cfg.adapter_path_roots,
+            ca_file=cfg.adapter_ca_file,
             connect_timeout_s=cfg.fetch_connect_timeout_s,
             first_byte_timeout_s=cfg.fetch_first_byte_timeout_s,
             total_timeout_s=cfg.fetch_total_timeout_s,
             min_bytes_per_s=cfg.fetch_min_bytes_per_s,
+            fetch_attempts=cfg.fetch_attempts,
+            retry_within_s=cfg.limits.deadline_s,  # a retry is only worth starting while the client still waits
         )
         unet_config = self.pipe.unet.config if fam == SDXL else None
         self.tiers = AdapterTiers(
@@ -232,11 +240,19 @@ class Worker:
             )
         return uses
 
-    def _generate(self, req: GenerationRequest, uses: list[tuple[str, float]]) -> dict:
-        """Runs on the GPU thread: swap adapters into slots, activate, diffuse, encode PNGs."""
+    def _generate(
+        self, req: GenerationRequest, uses: list[tuple[str, float]], fetched: dict[str, str] | None = None
+    ) -> dict:
+        """Runs on the GPU thread: swap adapters into slots, activate, diffuse, encode PNGs.
+
+        `fetched`: the tier each adapter came from when this request fetched it into RAM before the job.
+        """
         assert self.tiers is not None and self.engine is not None
         keep = frozenset(n for n, _ in uses)
-        swaps = [self.tiers.ensure_in_slot(n, keep) for n, _ in uses]
+        swaps = []
+        for n, _ in uses:
+            s = self.tiers.ensure_in_slot(n, keep)
+            swaps.append(replace(s, tier=cold_tier(s.tier, (fetched or {}).get(n))))
         self.engine.activate([(s.slot, scale) for s, (_, scale) in zip(swaps, uses, strict=True)])
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -331,15 +347,19 @@ class Worker:
             # Shielded: a fetch is shared by every request for that adapter, and one request giving up (its
             # deadline) must not cancel a fetch the others still wait for.
             fetches = [asyncio.shield(asyncio.wrap_future(self.tiers.prefetch(name))) for name, _ in uses]
+            fetched: dict[str, str] = {}
             if fetches:
-                await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
+                got = await asyncio.wait_for(asyncio.gather(*fetches), self.cfg.limits.deadline_s)
+                fetched = {name: tier for (name, _), tier in zip(uses, got, strict=True)}
+            # Time this request waited for adapter bytes (disk or source) before its job: routers learn a cold cost.
+            fetch_s = time.monotonic() - t_admit if any(t in ("disk", "source") for t in fetched.values()) else 0.0
         except TimeoutError:
             raise ApiError(504, f"adapters not fetched within the deadline of {self.cfg.limits.deadline_s} s") from None
         except AdapterError as e:
             raise ApiError(e.status, str(e), param="model" if not req.adapters else "adapters") from e
         remaining_s = max(0.001, self.cfg.limits.deadline_s - (time.monotonic() - t_admit))
         try:
-            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses), remaining_s)
+            out, queued_s = await self.jobs.submit(lambda: self._generate(req, uses, fetched), remaining_s)
         except QueueFull:
             raise ApiError(
                 429, "the GPU queue is full; retry later", headers={"Retry-After": str(self.jobs.retry_after_s())}
@@ -362,6 +382,7 @@ class Worker:
             hdr.QUEUE_MS: f"{queued_s * 1e3:.2f}",
             hdr.SWAP_TIER: ",".join(s.tier for s in swaps) or "none",
             hdr.SWAP_MS: f"{sum(s.seconds for s in swaps) * 1e3:.3f}",
+            hdr.FETCH_MS: f"{fetch_s * 1e3:.3f}",
             hdr.INFERENCE_MS: f"{out['inference_s'] * 1e3:.1f}",
             hdr.SEED: str(out["seed"]),
             hdr.ADAPTERS: ",".join(n for n, _ in uses) or "none",
@@ -396,6 +417,20 @@ class Worker:
                 "maxRank": self.cfg.max_rank,
             }
         )
+
+    async def resident(self, request: web.Request) -> web.Response:
+        raw = request.query.get("limit", str(RESIDENT_LIMIT))
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = -1
+        if not 0 <= limit <= RESIDENT_LIMIT_MAX:
+            return ApiError(400, f"limit must be an integer from 0 to {RESIDENT_LIMIT_MAX}", param="limit").response()
+        if self.tiers is None:
+            empty = {"gpu": [], "ram": [], "disk": [], "counts": {"gpu": 0, "ram": 0, "disk": 0}, "truncated": False}
+            return web.json_response(empty)
+        self.reload_table()
+        return web.json_response(self.tiers.resident(limit))
 
     async def prefetch(self, request: web.Request) -> web.Response:
         if self.tiers is None:
@@ -439,6 +474,7 @@ class Worker:
         app.router.add_post("/v1/images/generations", lambda r: self.handle_generation(r, openai=True))
         app.router.add_post("/v1/generate", lambda r: self.handle_generation(r, openai=False))
         app.router.add_get("/v1/adapters", self.adapters)
+        app.router.add_get("/v1/resident", self.resident)
         app.router.add_post("/v1/adapters/{name}/prefetch", self.prefetch)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)

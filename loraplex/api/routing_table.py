@@ -75,6 +75,12 @@ class PoolEntry(_Strict):
     # Gateway (activator) mode: how long to hold a request while the pool has
     # no ready endpoint, e.g. scaled to zero.
     activation_timeout_s: float = Field(default=0.0, ge=0.0, alias="activationTimeoutSeconds")
+    # How a sidecar orders the pods for a request: "cost" (queued work on a shared in-flight view + swap cost,
+    # idle probes first: placement.choose_endpoint_cost / attempt_plan) or "rendezvous" (the homes' least
+    # outstanding of this sidecar's own requests, spill over load_bound: placement.choose_endpoint).
+    policy: Literal["cost", "rendezvous"] = "cost"
+    # Candidates asked "only if idle" before the plain choice (cost policy).
+    idle_probes: int = Field(default=3, ge=0, le=16, alias="idleProbes")
 
 
 class RoutingTable(_Strict):

@@ -1,10 +1,13 @@
 """The fleet simulator: pools of one-GPU pods serving a workload, event by event.
 
 What runs is the project's own code, not a model of it:
-- routing: `inference_pod.placement.choose_endpoint` (rendezvous homes,
-  least outstanding among them, spill over the load bound), fed the
+- routing: `inference_pod.router.placement.choose_endpoint` (rendezvous
+  homes, least outstanding among them, spill over the load bound), fed the
   outstanding counts of the sidecar the request entered (its own view), or
-  `policies.choose_endpoint_tiered`;
+  `placement.choose_endpoint_cost` (the sidecar's `routing.policy: cost`) on
+  a chosen load view, or `policies.choose_endpoint_tiered`; the attempts
+  (idle probes, then the plain order) are `placement.attempt_plan`'s, as in
+  the sidecar;
 - sizing: `loraplex_operator.sizing.decide` every pollIntervalSeconds on
   the pool's rate over the sidecars' 60 s window
   (`inference_pod.router_stats.WindowCounter`), mean service time and
@@ -86,6 +89,7 @@ class Policy:
     # instead of a random pod's sidecar; each routes by its own view
     idle_probe: int = 0  # try this many candidates "only if idle" (a busy pod answers 429 at
     # once) before the best one unconditionally
+    max_attempts: int | None = None  # attempts per request, probes included (None: FleetConfig.max_attempts)
     tier_info: str = "exact"  # cost routing: exact (each pod's tiers) | homes (home = warm, else cold)
     demand_homes: bool = True  # per-adapter home counts from demand (the operator), else minReplicas
     churn_budget: int | None = None  # at most this many adapters change home count per poll
@@ -599,20 +603,16 @@ class Fleet:
                 cands = self._cost_candidates(name, a, ready, rep, view, pool, now)
             else:
                 cands = placement.choose_endpoint(name, ready, rep, view, pool.load_bound)
+            # The sidecar's own attempt plan: idle probes first, then the plain order (placement.attempt_plan).
             probes = 0
-            if self.p.idle_probe > 0:
-                for e in cands[: self.p.idle_probe]:
-                    pod = by_name[e]
-                    if pod.running < 0 and not pod.queue:
-                        self._sent(pool, entry, e)
-                        self.req_entry[i] = entry
-                        self.probe_hops[i] = probes
-                        self._dispatch(i, pod, now)
-                        return
-                    probes += 1
-            for e in cands[: max(1, self.cfg.max_attempts)]:
+            attempts = self.p.max_attempts or self.cfg.max_attempts
+            for e, if_idle in placement.attempt_plan(cands, attempts, self.p.idle_probe):
                 pod = by_name[e]
-                if len(pod.queue) >= pool.queue_size:
+                if if_idle:
+                    if pod.running >= 0 or pod.queue:  # busy: refused at once, next candidate
+                        probes += 1
+                        continue
+                elif len(pod.queue) >= pool.queue_size:
                     continue
                 self._sent(pool, entry, e)
                 self.req_entry[i] = entry  # a hop when it is not `e`: added at completion
@@ -695,7 +695,7 @@ class Fleet:
                     warm[e] = ram_s
                 elif bits & _ON_DISK:
                     warm[e] = disk_s
-        return policies.choose_endpoint_cost(
+        return placement.choose_endpoint_cost(
             name,
             ready,
             rep,
@@ -1067,7 +1067,9 @@ SEED_SHARED = Policy("seed shared pool", kind="seed")
 DEDICATED = Policy("dedicated", kind="dedicated")
 TIERED = Policy("loraplex, tier-aware", routing="tiered")
 COST_GOSSIP = Policy("loraplex, cost routing", routing="cost", load_view="gossip", tier_info="homes")
-IMPROVED = Policy("loraplex, improved", routing="cost", load_view="gossip", tier_info="homes", idle_probe=3)
+IMPROVED = Policy(
+    "loraplex, improved", routing="cost", load_view="gossip", tier_info="homes", idle_probe=3, max_attempts=4
+)
 
 NAMED_POLICIES: dict[str, Policy] = {
     "dedicated": DEDICATED,

@@ -20,6 +20,10 @@ and is meant to be wired into the real sidecar / operator as is:
 - `home_prefetch`: which adapters a pod should bring to its disk and RAM
   tiers ahead of use: those it is a home for, most requested first, within
   the tiers' budgets.
+
+Kept and wired into the sidecar, so they moved to `inference_pod.router.placement` (re-exported here):
+`choose_endpoint_cost` (candidates by queued work + swap cost) and `attempt_plan` (idle probes, then the plain
+choice).
 """
 
 from __future__ import annotations
@@ -190,33 +194,6 @@ def home_prefetch(
     return out
 
 
-def choose_endpoint_cost(
-    key: str,
-    endpoints: Iterable[str],
-    replication: int,
-    outstanding: Mapping[str, int],
-    service_s: float,
-    warm: Mapping[str, float],
-    home_s: float,
-    cold_s: float,
-) -> list[str]:
-    """Candidates by expected time to start: the work queued ahead plus the adapter's swap cost there.
-
-    cost(e) = outstanding[e] * service_s + swap(e), where swap(e) is
-    warm[e] when the router knows the adapter's tier on e (slot, RAM, disk),
-    else home_s for one of its homes and cold_s for any other pod. Ties go
-    to the higher-ranked pod, so an idle pool sends an adapter to its first
-    home and its caches stay warm; a busy home loses to an idle pod as soon
-    as the wait behind it costs more than bringing the adapter there. A
-    router with no view of the pods' tiers passes warm={} and home_s = the
-    RAM -> slot cost (homes are warm), cold_s = a fetch from the source.
-    """
-    eps = endpoints if isinstance(endpoints, tuple | list) else tuple(endpoints)
-    ranked = placement.rank_endpoints(key, eps)
-    n_homes = max(1, replication)
-    get_out, get_warm = outstanding.get, warm.get
-    scored = [
-        (get_out(e, 0) * service_s + get_warm(e, home_s if i < n_homes else cold_s), i, e) for i, e in enumerate(ranked)
-    ]
-    scored.sort()
-    return [e for _, _, e in scored]
+# The sidecar's cost order and attempt plan live in the router's placement module (the sidecar runs them too).
+choose_endpoint_cost = placement.choose_endpoint_cost
+attempt_plan = placement.attempt_plan

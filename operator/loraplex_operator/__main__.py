@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resync-seconds", type=float, default=d.resync_s)
     p.add_argument("--stats-timeout", type=float, default=d.stats_timeout_s, help="seconds per sidecar /v1/stats call")
+    p.add_argument(
+        "--stats-port",
+        type=int,
+        default=d.stats_port,
+        help="port of the pods' sidecars whose /v1/stats the autoscaler polls (the chart's pods use the default)",
+    )
     p.add_argument("--hub-timeout", type=float, default=d.hub_timeout_s, help="seconds per hub metadata call")
     p.add_argument("--debounce", type=float, default=d.debounce_s, help="routing table: quiet time before a write")
     p.add_argument("--max-delay", type=float, default=d.max_delay_s, help="routing table: longest wait before a write")
@@ -106,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         identity=args.identity,
         resync_s=args.resync_seconds,
         stats_timeout_s=args.stats_timeout,
+        stats_port=args.stats_port,
         hub_timeout_s=args.hub_timeout,
         debounce_s=args.debounce,
         max_delay_s=args.max_delay,

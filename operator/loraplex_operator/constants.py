@@ -48,6 +48,9 @@ LABEL_STATS = "loraplex.io/stats"
 
 # Routing table shards.
 LABEL_SHARD = "loraplex.io/shard"
+# On each object a pool owns: the sha256 of the manifest the operator last applied. A restarted operator
+# reads it instead of re-applying every child (no write when the live object is what it would write).
+ANNOTATION_APPLIED = "loraplex.io/applied-sha256"
 ANNOTATION_SHARDS = "loraplex.io/shards"
 ANNOTATION_SHARD_HASH = "loraplex.io/shard-sha256"
 
@@ -67,3 +70,5 @@ RUN_AS_USER = 10001
 HOP_KEY_SECRET = "loraplex-hop-key"
 HOP_KEY_DATA_KEY = "hop-key"
 HOP_KEY_DIR = "/etc/loraplex/hop-key"
+ADAPTER_CA_DIR = "/etc/loraplex/adapter-ca"  # the pool's adapterSources.caBundle, worker container only
+ADAPTER_CA_FILE = "ca.crt"

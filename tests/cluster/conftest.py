@@ -47,6 +47,7 @@ from tests.cluster.operator_support import (
     service_account_kubeconfig,
     wait_until,
 )
+from tests.helpers.procs import free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -143,7 +144,7 @@ def operator_kubeconfig(chart: Release, control_plane: ControlPlane, tmp_path_fa
 
 @pytest.fixture(scope="session")
 def operator(operator_kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator-logs"))
+    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator-logs"), stats_port=free_port())
     op.start()
     yield op
     op.stop()

@@ -128,8 +128,12 @@ def service_account_kubeconfig(admin_kubeconfig: str, namespace: str, sa: str, p
 class OperatorProcess:
     """`python -m loraplex_operator` run as the chart's ServiceAccount; restartable."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path, identity: str = "cluster-tests") -> None:
+    def __init__(
+        self, kubeconfig: str, log_dir: Path, identity: str = "cluster-tests", stats_port: int | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
+        # The port the autoscaler polls pods' /v1/stats on; tests serve stats for hostNetwork fake pods there.
+        self.stats_port = stats_port
         self.log_dir = log_dir
         self.identity = identity
         self.handle: ProcHandle | None = None
@@ -156,6 +160,7 @@ class OperatorProcess:
             self.identity,
             "--resync-seconds",
             "30",
+            *(["--stats-port", str(self.stats_port)] if self.stats_port else []),
         ]
         env = {
             "KUBECONFIG": self.kubeconfig,

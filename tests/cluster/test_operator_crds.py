@@ -133,3 +133,27 @@ def test_defaults_are_applied_by_the_apiserver(crds: None) -> None:
     assert spec["replicas"] == 1 and spec["autoscaling"]["targetUtilization"] == 0.7
     assert spec["gpu"] == {"resourceName": "nvidia.com/gpu", "count": 1}
     assert spec["image"] == "ghcr.io/loraplex/inference:0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("ca_bundle", "field"),
+    [
+        ({}, "spec.adapterSources.caBundle.configMapName"),
+        ({"configMapName": "Corp_CA"}, "spec.adapterSources.caBundle.configMapName"),
+        ({"configMapName": "corp-ca", "key": "../etc/passwd"}, "spec.adapterSources.caBundle.key"),
+        ({"configMapName": "corp-ca", "key": ""}, "spec.adapterSources.caBundle.key"),
+    ],
+)
+def test_a_bad_ca_bundle_reference_is_refused_naming_the_field(
+    crds: None, ca_bundle: dict[str, Any], field: str
+) -> None:
+    ok, out = dry_run(_with(POOL, "spec.adapterSources", {"caBundle": ca_bundle}))
+    assert not ok and field in out, out
+
+
+def test_a_ca_bundle_reference_gets_its_default_key(crds: None) -> None:
+    pool = _with(POOL, "spec.adapterSources", {"caBundle": {"configMapName": "corp-ca"}})
+    out = kubectl(
+        "apply", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", "-", input=yaml.safe_dump(pool)
+    ).stdout
+    assert yaml.safe_load(out)["spec"]["adapterSources"]["caBundle"] == {"configMapName": "corp-ca", "key": "ca.crt"}

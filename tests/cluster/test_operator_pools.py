@@ -160,10 +160,12 @@ def test_scale_subresource_spec_change_and_garbage_collection(
         90,
     )
 
-    # Deleting the pool garbage-collects what it owns (kube-controller-manager's GC).
+    # Deleting the pool garbage-collects what it owns (kube-controller-manager's GC). Generous waits: the GC
+    # watches a custom resource only from its next discovery sync (every 30 s) after the CRD appeared, and
+    # a reconcile in flight when the pool went may re-apply a child that the GC then collects again.
     kube.delete(c.API_VERSION, c.POOL_PLURAL, namespace, "scaled")
-    wait_until("Deployment collected", lambda: kube.get("apps/v1", "deployments", namespace, "scaled") is None, 60)
-    wait_until("Service collected", lambda: kube.get("v1", "services", namespace, "scaled") is None, 60)
+    wait_until("Deployment collected", lambda: kube.get("apps/v1", "deployments", namespace, "scaled") is None, 150)
+    wait_until("Service collected", lambda: kube.get("v1", "services", namespace, "scaled") is None, 150)
     # No pool left: an explicitly empty table (sidecars refuse an unexplained one).
     wait_until(
         "routing table emptied", lambda: (t := routing_table(kube, namespace)) and not t.pools and not t.adapters, 60

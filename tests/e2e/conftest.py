@@ -1,10 +1,14 @@
 """End-to-end tests on the real node (tools/k8s/real-node.sh): real containers
 from the locally built images, real kubelet, kube-proxy Services.
 
-Not part of ./dev test yet. Run them with the cluster and the real node up:
-
-    tools/k8s/cluster.sh up --real-node && tools/k8s/images.sh inference
-    LORAPLEX_E2E=1 pytest -m e2e tests/e2e
+`./dev test` runs them in a pytest run of their own, after the other tiers
+(`./dev test e2e` runs only them; LORAPLEX_E2E=0 leaves them out). With
+LORAPLEX_E2E=1 and no real node up, the session brings up the control plane
+and the real node (tools/k8s/cluster.sh up --real-node), imports the images
+(tools/k8s/images.sh, cached layers: only the source layer is rebuilt) and
+takes everything down at the end, also when a test fails. A real node that is
+already up is used and left up; with LORAPLEX_E2E=1 this checkout's images are
+imported into it first.
 
 The cluster is the one named by LORAPLEX_CLUSTER_DIR (as cluster.sh), the
 node's state dir LORAPLEX_REAL_NODE_DIR (as real-node.sh).
@@ -12,74 +16,88 @@ node's state dir LORAPLEX_REAL_NODE_DIR (as real-node.sh).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-HOME = Path.home()
-CLUSTER_DIR = Path(os.environ.get("LORAPLEX_CLUSTER_DIR", HOME / ".cache/loraplex/cluster"))
-NODE_DIR = Path(os.environ.get("LORAPLEX_REAL_NODE_DIR", HOME / ".cache/loraplex/real-node"))
-K8S_BIN = Path(os.environ.get("LORAPLEX_K8S_CACHE", HOME / ".cache/loraplex/k8s")) / "bin"
-NODE_NAME = os.environ.get("LORAPLEX_REAL_NODE_NAME", "loraplex-real-0")
-BRIDGE = "lpxbr0"
-INFERENCE_IMAGE = os.environ.get("LORAPLEX_E2E_INFERENCE_IMAGE", "localhost/loraplex/inference:dev")
-OPERATOR_IMAGE = os.environ.get("LORAPLEX_E2E_OPERATOR_IMAGE", "localhost/loraplex/operator:dev")
-REAL_NODE_TOLERATION = {"key": "loraplex.io/real-node", "operator": "Exists", "effect": "NoSchedule"}
+from tests.e2e.support import (
+    INFERENCE_IMAGE,
+    NODE_DIR,
+    NODE_NAME,
+    OPERATOR_IMAGE,
+    REAL_NODE_TOLERATION,
+    ROOT,
+    delete_namespace,
+    helm,
+    kubectl,
+    new_namespace,
+    real_node_up,
+    split_ref,
+)
 
 
-def _pid_alive(name: str) -> bool:
-    try:
-        pid = int((NODE_DIR / "pids" / f"{name}.pid").read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
+def _run_tool(what: str, *cmd: str, timeout: float) -> None:
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", *cmd], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        pytest.fail(f"{what} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False)
+    print(f"e2e set-up: {what} in {time.monotonic() - t0:.0f}s")
 
 
-def real_node_up() -> bool:
-    return all(_pid_alive(n) for n in ("containerd", "kubelet", "kube-proxy"))
+def _bring_up() -> None:
+    """Control plane (if down) + real node + images imported into its containerd."""
+    k8s = ROOT / "tools" / "k8s"
+    r = subprocess.run(["bash", str(k8s / "host-deps.sh"), "--check"], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"the real node's packages are missing: run tools/k8s/host-deps.sh as root\n{r.stderr}")
+    _run_tool("build.sh --real-node", str(k8s / "build.sh"), "--real-node", timeout=5400)
+    _run_tool("cluster.sh up --real-node", str(k8s / "cluster.sh"), "up", "--real-node", timeout=600)
+    # Built already by ./dev test (cached layers); this run imports them into the node's containerd.
+    _run_tool("images.sh (build + import)", str(k8s / "images.sh"), "--import", "operator", "inference", timeout=3600)
 
 
-def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    r = subprocess.run(
-        [str(K8S_BIN / "kubectl"), "--kubeconfig", str(CLUSTER_DIR / "kubeconfig"), *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {r.stderr.strip()}")
-    return r.stdout
-
-
-def kubectl_json(*args: str) -> dict:
-    return json.loads(kubectl(*args, "-o", "json"))
-
-
-def assert_local_route(ip: str) -> None:
-    """Never send to an address that would leave the machine (the default route)."""
-    out = subprocess.run(["ip", "-4", "route", "get", ip], capture_output=True, text=True).stdout
-    assert f"dev {BRIDGE} " in out or out.startswith("local "), f"{ip} is not routed to {BRIDGE}: {out!r}"
+def _take_down(cluster_too: bool) -> None:
+    k8s = ROOT / "tools" / "k8s"
+    subprocess.run(["bash", str(k8s / "real-node.sh"), "down"], capture_output=True, timeout=600)
+    if cluster_too:
+        subprocess.run(["bash", str(k8s / "cluster.sh"), "down"], capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
-def real_node() -> str:
+def real_node() -> Iterator[str]:
+    started = cluster_too = False
     if not real_node_up():
-        if os.environ.get("LORAPLEX_E2E") == "1":
-            pytest.fail(
-                f"LORAPLEX_E2E=1 but the real node is not up (state {NODE_DIR}): "
-                "run tools/k8s/cluster.sh up --real-node"
+        if os.environ.get("LORAPLEX_E2E") != "1":
+            pytest.skip(
+                "e2e: the real node is not up and LORAPLEX_E2E is not 1 "
+                "(./dev test runs this tier with it; LORAPLEX_E2E=1 brings the node up here)"
             )
-        pytest.skip("e2e: the real node is not up (tools/k8s/cluster.sh up --real-node) and LORAPLEX_E2E is not 1")
-    kubectl("wait", "--for=condition=Ready", f"node/{NODE_NAME}", "--timeout=60s")
-    return NODE_NAME
+        status = subprocess.run(["bash", str(ROOT / "tools" / "k8s" / "cluster.sh"), "status"], capture_output=True)
+        started, cluster_too = True, status.returncode != 0
+        try:
+            _bring_up()
+        except BaseException:
+            _take_down(cluster_too)
+            raise
+    elif os.environ.get("LORAPLEX_E2E") == "1":
+        # A node that was up already: it still runs this checkout's images (an unchanged image is not re-sent).
+        _run_tool(
+            "images.sh (build + import)",
+            str(ROOT / "tools/k8s/images.sh"),
+            "--import",
+            "operator",
+            "inference",
+            timeout=3600,
+        )
+    try:
+        kubectl("wait", "--for=condition=Ready", f"node/{NODE_NAME}", "--timeout=120s")
+        yield NODE_NAME
+    finally:
+        if started and not os.environ.get("LORAPLEX_KEEP_CLUSTER"):
+            _take_down(cluster_too)
 
 
 def _node_image(ref: str, target: str) -> str:
@@ -104,12 +122,75 @@ def operator_image(real_node: str) -> str:
 
 @pytest.fixture
 def namespace(real_node: str) -> Iterator[str]:
-    ns = f"e2e-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", ns)
-    # Pods are refused until the namespace's default ServiceAccount exists.
-    deadline = time.monotonic() + 60
-    while kubectl("get", "serviceaccount", "default", "-n", ns, "-o", "name", check=False).strip() == "":
-        assert time.monotonic() < deadline, f"no default ServiceAccount in {ns} after 60s"
-        time.sleep(0.5)
+    ns = new_namespace("e2e")
     yield ns
     kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def release(real_node: str, operator_image: str, inference_image: str) -> Iterator[tuple[str, str]]:
+    """The chart installed with the local images, the operator pinned to the real node."""
+    # helm installs a chart's CRDs only when they are missing and never upgrades them: a cluster that
+    # outlived an earlier session would keep old schemas (and refuse new fields), so apply them as an upgrade does.
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "charts" / "loraplex" / "crds"))
+    ns = new_namespace("lpx-e2e-sys")
+    name = "lpx"
+    op_repo, op_tag = split_ref(operator_image)
+    inf_repo, inf_tag = split_ref(inference_image)
+    t0 = time.monotonic()
+    try:
+        helm(
+            "install",
+            name,
+            str(os.path.join(os.path.dirname(__file__), "..", "..", "charts", "loraplex")),
+            "-n",
+            ns,
+            "--set",
+            f"image.operator.repository={op_repo}",
+            "--set-string",
+            f"image.operator.tag={op_tag}",
+            "--set",
+            "image.operator.pullPolicy=Never",
+            "--set",
+            f"image.inference.repository={inf_repo}",
+            "--set-string",
+            f"image.inference.tag={inf_tag}",
+            "--set",
+            "image.inference.pullPolicy=Never",
+            "--set",
+            "operator.replicas=1",
+            "--set",
+            "operator.resources.requests.cpu=50m",
+            "--set-string",
+            f"operator.nodeSelector.kubernetes\\.io/hostname={real_node}",
+            "--set",
+            f"operator.tolerations[0].key={REAL_NODE_TOLERATION['key']}",
+            "--set",
+            "operator.tolerations[0].operator=Exists",
+            "--set",
+            "operator.tolerations[0].effect=NoSchedule",
+            "--wait",
+            "--timeout",
+            "180s",
+        )
+        print(f"helm install --wait: {time.monotonic() - t0:.1f}s")
+        yield ns, name
+    finally:
+        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "60s", check=False, timeout=90)
+        delete_namespace(ns, wait=False)
+
+
+@pytest.fixture
+def pool_ns(release: tuple[str, str]) -> Iterator[str]:
+    ns = new_namespace("lpx-e2e")
+    try:
+        yield ns
+    finally:
+        # Pools first, then wait for their pods: the namespace controller re-checks a namespace whose
+        # pods are terminating only after half their grace period (~70 s here), so a bare namespace
+        # delete took 80 s. All before the release goes: the operator's pods would outlive it.
+        kubectl("delete", "basemodelpools,loraadapters", "--all", "-n", ns, "--wait=true", check=False)
+        deadline = time.monotonic() + 90
+        while kubectl("get", "pods", "-n", ns, "-o", "name", check=False).strip() and time.monotonic() < deadline:
+            time.sleep(1)
+        delete_namespace(ns, wait=True)

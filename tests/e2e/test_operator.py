@@ -10,227 +10,40 @@ reason. One pool of one replica on the `tiny` model: the machine has 2 cores.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
-import os
+import shutil
 import statistics
-import subprocess
+import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (
-    CLUSTER_DIR,
-    K8S_BIN,
+from tests.e2e.support import (
+    GEN,
     REAL_NODE_TOLERATION,
-    assert_local_route,
+    Load,
+    conditions,
+    diagnose,
+    generate_until_ok,
+    helm,
+    http,
+    kill_container,
     kubectl,
     kubectl_json,
+    png_of,
+    ready_pods,
+    restarts,
+    service_ip,
+    tiny_pool,
+    wait_pool_ready,
+    wait_ready_pods,
 )
+from tests.helpers.tls import make_ca, make_server_cert
 
 pytestmark = pytest.mark.e2e
-
-PNG = b"\x89PNG\r\n\x1a\n"
-GEN = {"model": "tiny", "prompt": "a red fox", "size": "64x64", "steps": 2, "seed": 1}
-
-
-def helm(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [str(K8S_BIN / "helm"), "--kubeconfig", str(CLUSTER_DIR / "kubeconfig"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def _split(ref: str) -> tuple[str, str]:
-    repo, _, tag = ref.rpartition(":")
-    return repo, tag
-
-
-def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def png_of(body: bytes) -> bytes:
-    png = base64.b64decode(json.loads(body)["data"][0]["b64_json"])
-    assert png.startswith(PNG), png[:16]
-    return png
-
-
-def new_namespace(prefix: str) -> str:
-    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", ns)
-    deadline = time.monotonic() + 60
-    while kubectl("get", "serviceaccount", "default", "-n", ns, "-o", "name", check=False).strip() == "":
-        assert time.monotonic() < deadline, f"no default ServiceAccount in {ns} after 60s"
-        time.sleep(0.5)
-    return ns
-
-
-def delete_namespace(ns: str, wait: bool) -> None:
-    kubectl("delete", "namespace", ns, f"--wait={str(wait).lower()}", "--timeout=120s", check=False, timeout=150)
-
-
-@pytest.fixture(scope="module")
-def release(real_node: str, operator_image: str, inference_image: str) -> Iterator[tuple[str, str]]:
-    """The chart installed with the local images, the operator pinned to the real node."""
-    ns = new_namespace("lpx-e2e-sys")
-    name = "lpx"
-    op_repo, op_tag = _split(operator_image)
-    inf_repo, inf_tag = _split(inference_image)
-    t0 = time.monotonic()
-    try:
-        helm(
-            "install",
-            name,
-            str(os.path.join(os.path.dirname(__file__), "..", "..", "charts", "loraplex")),
-            "-n",
-            ns,
-            "--set",
-            f"image.operator.repository={op_repo}",
-            "--set-string",
-            f"image.operator.tag={op_tag}",
-            "--set",
-            "image.operator.pullPolicy=Never",
-            "--set",
-            f"image.inference.repository={inf_repo}",
-            "--set-string",
-            f"image.inference.tag={inf_tag}",
-            "--set",
-            "image.inference.pullPolicy=Never",
-            "--set",
-            "operator.replicas=1",
-            "--set",
-            "operator.resources.requests.cpu=50m",
-            "--set-string",
-            f"operator.nodeSelector.kubernetes\\.io/hostname={real_node}",
-            "--set",
-            f"operator.tolerations[0].key={REAL_NODE_TOLERATION['key']}",
-            "--set",
-            "operator.tolerations[0].operator=Exists",
-            "--set",
-            "operator.tolerations[0].effect=NoSchedule",
-            "--wait",
-            "--timeout",
-            "180s",
-        )
-        print(f"helm install --wait: {time.monotonic() - t0:.1f}s")
-        yield ns, name
-    finally:
-        helm("uninstall", name, "-n", ns, "--wait", "--timeout", "60s", check=False, timeout=90)
-        delete_namespace(ns, wait=False)
-
-
-def tiny_pool(name: str, node: str, image: str, replicas: int = 1, gpus: int = 1, **extra: Any) -> dict:
-    return {
-        "apiVersion": "loraplex.io/v1alpha1",
-        "kind": "BaseModelPool",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "tiny", "dtype": "float32"},
-            "image": image,
-            "imagePullPolicy": "Never",
-            "replicas": replicas,
-            "minReplicas": replicas,
-            "maxReplicas": max(replicas, 1),
-            "autoscaling": {"enabled": False},
-            "gpu": {"count": gpus},
-            "resources": {"cpu": "500m", "memory": "3Gi"},
-            "adapterCache": {"gpuSlots": 2, "ramCacheMB": 64, "diskCacheMB": 64, "maxRank": 16},
-            "limits": {"maxSteps": 8, "maxWidth": 128, "maxHeight": 128, "requestTimeoutSeconds": 120},
-            "startupTimeoutSeconds": 300,
-            "drainSeconds": 3,
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": [REAL_NODE_TOLERATION],
-            **extra,
-        },
-    }
-
-
-def conditions(obj: dict) -> dict[str, dict]:
-    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-
-
-def diagnose(ns: str) -> str:
-    return "\n".join(
-        [
-            kubectl("get", "basemodelpools,deploy,pods,svc,endpointslices", "-n", ns, "-o", "wide", check=False),
-            kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)[-4000:],
-        ]
-    )
-
-
-def wait_pool_ready(ns: str, pool: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        obj = kubectl_json("get", "basemodelpool", pool, "-n", ns)
-        if conditions(obj).get("Ready", {}).get("status") == "True" and (obj["status"].get("readyReplicas") or 0) >= 1:
-            return obj
-        if time.monotonic() > deadline:
-            pytest.fail(f"pool {pool} not Ready after {timeout}s: {json.dumps(obj.get('status'))}\n{diagnose(ns)}")
-        time.sleep(1)
-
-
-def service_ip(ns: str, name: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        ip = kubectl_json("get", "service", name, "-n", ns)["spec"].get("clusterIP") if _exists(ns, name) else None
-        if ip:
-            assert_local_route(ip)
-            return ip
-        assert time.monotonic() < deadline, f"no Service {ns}/{name} after {timeout}s"
-        time.sleep(1)
-
-
-def _exists(ns: str, svc: str) -> bool:
-    return kubectl("get", "service", svc, "-n", ns, "-o", "name", check=False).strip() != ""
-
-
-def generate_until_ok(url: str, body: dict, timeout: float) -> tuple[float, bytes]:
-    """Retry until the Service answers 200 (kube-proxy and the routing table catch up): seconds, body."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        t = time.monotonic()
-        try:
-            status, data = http("POST", url, body, timeout=120)
-            if status == 200:
-                return time.monotonic() - t, data
-            last = (status, data[:300])
-        except OSError as e:
-            last = e
-        time.sleep(1)
-    raise AssertionError(f"no 200 from {url} in {timeout}s; last: {last!r}")
-
-
-@pytest.fixture
-def pool_ns(release: tuple[str, str]) -> Iterator[str]:
-    ns = new_namespace("lpx-e2e")
-    try:
-        yield ns
-    finally:
-        # Pools first, then wait for their pods: the namespace controller re-checks a namespace whose
-        # pods are terminating only after half their grace period (~70 s here), so a bare namespace
-        # delete took 80 s. All before the release goes: the operator's pods would outlive it.
-        kubectl("delete", "basemodelpools,loraadapters", "--all", "-n", ns, "--wait=true", check=False)
-        deadline = time.monotonic() + 90
-        while kubectl("get", "pods", "-n", ns, "-o", "name", check=False).strip() and time.monotonic() < deadline:
-            time.sleep(1)
-        delete_namespace(ns, wait=True)
 
 
 def test_helm_test_passes(release: tuple[str, str], real_node: str) -> None:
@@ -325,88 +138,6 @@ def test_missing_image_is_reported_with_its_reason(release: tuple[str, str], poo
     assert conditions(obj)["Ready"]["status"] == "False"
 
 
-class Load:
-    """Steady load through the pool's Service from the host: `workers` clients, each one request at a
-    time, no client-side retry. Every outcome is kept: the test then asks for 0 failures."""
-
-    def __init__(self, url: str, workers: int = 2) -> None:
-        import threading
-
-        self.url, self.stop = url, threading.Event()
-        self.ok = 0
-        self.failures: list[tuple[float, str]] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)]
-        self.t0 = time.monotonic()
-
-    def _run(self, i: int) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            try:
-                status, body = http("POST", self.url, {**GEN, "seed": i * 100000 + n}, timeout=120)
-                err = None if status == 200 and body.startswith(b"{") else f"HTTP {status}: {body[:200]!r}"
-            except OSError as e:
-                err = f"{type(e).__name__}: {e}"
-            with self.lock:
-                if err is None:
-                    self.ok += 1
-                else:
-                    self.failures.append((round(time.monotonic() - self.t0, 1), err))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=130)
-
-
-def ready_pods(ns: str, pool: str) -> list[dict]:
-    pods = kubectl_json("get", "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={pool}")["items"]
-    return [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-    ]
-
-
-def wait_ready_pods(
-    ns: str, pool: str, n: int, timeout: float, exclude: frozenset[str] | set[str] = frozenset()
-) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        pods = [p for p in ready_pods(ns, pool) if p["metadata"]["name"] not in exclude]
-        if len(pods) >= n:
-            return pods
-        if time.monotonic() > deadline:
-            pytest.fail(f"{pool}: fewer than {n} ready pods after {timeout}s\n{diagnose(ns)}")
-        time.sleep(1)
-
-
-def kill_container(pod: dict, container: str) -> None:
-    """SIGKILL the container's task in the node's containerd (as an OOM kill or a crash would)."""
-    from tests.e2e.conftest import NODE_DIR
-
-    cid = next(s["containerID"] for s in pod["status"]["containerStatuses"] if s["name"] == container)
-    sock = NODE_DIR / "containerd" / "containerd.sock"
-    subprocess.run(
-        ["ctr", "-a", str(sock), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", cid.split("://", 1)[1]],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-
-
-def restarts(ns: str, pod: str, container: str) -> int:
-    st = kubectl_json("get", "pod", pod, "-n", ns)["status"]["containerStatuses"]
-    return next(s["restartCount"] for s in st if s["name"] == container)
-
-
 def test_pod_killed_under_load(release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str) -> None:
     """Two pods (the node's 2 fake GPUs); under steady load a worker container is SIGKILLed, then the
     other pod is force-deleted: no request fails from the client's view."""
@@ -478,10 +209,6 @@ def adapter_volume(pool_ns: str, real_node: str) -> Iterator[tuple[str, str]]:
 
     URL sources must be https (CRD rule) and a pod cannot be told to trust a local CA, so the
     adapter is a path source on the pool's model-cache volume (an existing claim)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from inference_pod.local.lora_factory import write_lora
     from inference_pod.worker.tiny_model import build_tiny_pipeline
 
@@ -571,3 +298,138 @@ def test_adapter_changes_the_image(
     assert with_lora != base, "the adapter did not change the image"
     obj = kubectl_json("get", "loraadapter", "fox", "-n", ns)
     print("adapter status:", json.dumps(obj.get("status", {}))[:400])
+
+
+# An https file server inside the cluster: the inference image's python, a certificate for its Service IP.
+ARTIFACTS = "app.kubernetes.io/instance"  # the label wait_ready_pods selects on
+FILE_SERVER = """
+import functools, http.server, ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/tls/tls.crt", "/tls/tls.key")
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/srv")
+srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), handler)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"""
+
+
+def test_adapter_from_an_https_url_inside_the_cluster(
+    release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str, tmp_path: Path
+) -> None:
+    """A LoraAdapter whose source is an https URL of a file server in the cluster (a private CA, the pool's
+    spec.adapterSources.caBundle): the pod fetches it, checks its sha256, and the image changes; `kubectl
+    get lora` then shows where it is resident."""
+    from inference_pod.local.lora_factory import write_lora
+    from inference_pod.worker.tiny_model import build_tiny_pipeline
+
+    ns = pool_ns
+    lora = tmp_path / "fox.safetensors"
+    write_lora(lora, build_tiny_pipeline().unet, rank=4, seed=7, strength=3.0)
+    data = lora.read_bytes()
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "artifacts"},
+        "spec": {"selector": {ARTIFACTS: "artifacts"}, "ports": [{"port": 8443, "targetPort": 8443}]},
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(svc))
+    ip = service_ip(ns, "artifacts")
+    ca = make_ca(tmp_path / "ca", "loraplex e2e artifacts CA")
+    crt, key = make_server_cert(tmp_path / "server", ca, ip)
+    server = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "artifacts-files"},
+                "binaryData": {"fox.safetensors": base64.b64encode(data).decode()},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "artifacts-tls"},
+                "type": "kubernetes.io/tls",
+                "stringData": {"tls.crt": crt.read_text(), "tls.key": key.read_text()},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "artifacts-ca"},
+                "data": {"ca.crt": ca[0].read_text()},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "artifacts", "labels": {ARTIFACTS: "artifacts"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": real_node},
+                    "tolerations": [REAL_NODE_TOLERATION],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": inference_image,
+                            "imagePullPolicy": "Never",
+                            "command": ["python3", "-c", FILE_SERVER],
+                            "ports": [{"containerPort": 8443}],
+                            "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 1},
+                            "volumeMounts": [
+                                {"name": "files", "mountPath": "/srv"},
+                                {"name": "tls", "mountPath": "/tls"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "files", "configMap": {"name": "artifacts-files"}},
+                        {"name": "tls", "secret": {"secretName": "artifacts-tls"}},
+                    ],
+                },
+            },
+        ],
+    }
+    # create, not apply: apply would copy the file into a last-applied annotation (256 KiB at most).
+    kubectl("create", "-n", ns, "-f", "-", input=json.dumps(server))
+    sources = {"allowPrivateUrls": True, "caBundle": {"configMapName": "artifacts-ca"}}
+    pool = tiny_pool("tiny", real_node, inference_image, adapterSources=sources)
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pool))
+    wait_pool_ready(ns, "tiny", timeout=360)
+    wait_ready_pods(ns, "artifacts", 1, timeout=120)
+    url = f"http://{service_ip(ns, 'tiny')}/v1/images/generations"
+    _, body = generate_until_ok(url, GEN, timeout=60)
+    base = png_of(body)
+
+    adapter = {
+        "apiVersion": "loraplex.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": "fox"},
+        "spec": {
+            "pool": "tiny",
+            "source": {
+                "type": "url",
+                "url": f"https://{ip}:8443/fox.safetensors",
+                "sha256": hashlib.sha256(data).hexdigest(),
+            },
+        },
+    }
+    t0 = time.monotonic()
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(adapter))
+    _, body = generate_until_ok(url, {**GEN, "model": "fox"}, timeout=120)
+    first_s = time.monotonic() - t0
+    assert png_of(body) != base, "the adapter from the URL did not change the image"
+    print(f"FIGURES https URL adapter (private CA) apply->first image {first_s:.1f}s")
+
+    # Where it is resident, from what the sidecars report (the operator's stats poll).
+    deadline = time.monotonic() + 90
+    while True:
+        status = kubectl_json("get", "loraadapter", "fox", "-n", ns).get("status") or {}
+        if (status.get("resident") or {}).get("gpu", 0) + (status.get("resident") or {}).get("ram", 0) >= 1:
+            break
+        assert time.monotonic() < deadline, f"no residency reported for fox: {status}"
+        time.sleep(2)
+    pods = {p["metadata"]["name"] for p in ready_pods(ns, "tiny")}
+    assert {r["pod"] for r in status["residentPods"]} <= pods and status["residentPods"], status
+    wide = kubectl("get", "lora", "fox", "-n", ns, "-o", "wide")
+    assert any(p in wide for p in pods), wide
+    print("kubectl get lora -o wide:\n" + wide)

@@ -12,11 +12,10 @@ import base64
 import json
 import secrets
 import time
-import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import REAL_NODE_TOLERATION, assert_local_route, kubectl, kubectl_json
+from tests.e2e.support import REAL_NODE_TOLERATION, assert_local_route, http, kubectl, kubectl_json
 
 pytestmark = pytest.mark.e2e
 
@@ -164,16 +163,6 @@ def worker_pod(name: str, image: str, node: str) -> dict:
             ],
         },
     }
-
-
-def http(method: str, url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def wait_ready(ns: str, pod: str, timeout: float) -> dict:

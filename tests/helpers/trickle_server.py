@@ -3,16 +3,24 @@
 Paths: /slow/<name> sends headers, then the file one small piece every `delay` seconds; /short/<name> announces the
 full Content-Length and closes after a few bytes (`short_count` times, then serves the file whole); /silent never
 answers; /redirect?to=<url> answers 302 to that URL; anything else serves the file whole.
+
+`FlakyServer`: /<mode>/<k>/<anything> fails its first k GETs (counted per path) in one way, then serves the file:
+503 or 404 (with a body holding `SECRET`), `reset` (half the body, then a TCP reset), `short` (a few bytes, then a
+clean close), `garbage` (a status line that is not HTTP and holds `SECRET`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from typing import Self
+
+SECRET = b"s3cr3t-response-bytes"  # never to be echoed in an error message
 
 
 class RawHttpServer:
@@ -86,3 +94,44 @@ class TrickleServer(RawHttpServer):
                 conn.sendall(head + self.payload[:10])
             else:
                 conn.sendall(head + self.payload)
+
+
+class FlakyServer(RawHttpServer):
+    def __init__(self, payload: bytes) -> None:
+        super().__init__()
+        self.payload = payload
+        self.gets: Counter[str] = Counter()  # GETs per path
+        self._lock = threading.Lock()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            path = urllib.parse.urlsplit(data.split(b" ", 2)[1].decode()).path
+            mode, k = path.strip("/").split("/")[:2]
+            with self._lock:
+                self.gets[path] += 1
+                n = self.gets[path]
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.payload)}\r\nConnection: close\r\n\r\n".encode()
+            if n > int(k):
+                conn.sendall(head + self.payload)
+            elif mode in ("503", "404"):
+                reason = b"x " + SECRET
+                conn.sendall(
+                    f"HTTP/1.1 {mode} Nope\r\nContent-Length: {len(reason)}\r\nConnection: close\r\n\r\n".encode()
+                    + reason
+                )
+            elif mode == "reset":  # RST, not FIN: the reader sees ECONNRESET mid-body
+                conn.sendall(head + self.payload[: len(self.payload) // 2])
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif mode == "short":
+                conn.sendall(head + self.payload[:10])
+            elif mode == "garbage":
+                conn.sendall(b"NOT-HTTP " + SECRET + b"\r\n\r\n")
+            else:
+                raise ValueError(f"unknown mode {mode}")

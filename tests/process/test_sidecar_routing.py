@@ -202,6 +202,7 @@ def test_forwarded_request_carries_body_route_and_hop(stack: Stack) -> None:
     # Worker timing headers come back; private ones do not; the router adds its own.
     assert r.header("X-Loraplex-Inference-Ms") == "3.0" and r.header("X-Loraplex-Swap-Tier") == "echo"
     assert r.header("X-Echo-Private") is None
+    assert r.header("X-Loraplex-Load") is None and r.header("X-Loraplex-Busy") is None  # between routers only
     assert float(r.header("X-Loraplex-Router-Ms")) >= 0
     assert r.header("Content-Type").startswith("application/json")
 
@@ -321,12 +322,41 @@ def test_client_cannot_inject_internal_headers(stack: Stack) -> None:
     r = post(
         stack.url("pod-0") + "/v1/generate",
         {"model": "a1", "prompt": "x"},
-        headers={"X-Loraplex-Route": EVIL_ROUTE, "X-Loraplex-Hop-Auth": "v1 ts=1 sig=00"},
+        headers={"X-Loraplex-Route": EVIL_ROUTE, "X-Loraplex-Hop-Auth": "v1 ts=1 sig=00", "X-Loraplex-If-Idle": "1"},
     )
     served_by(r)
     seen = {k.lower(): v for k, v in r.json()["headers"].items()}
     assert json.loads(seen["x-loraplex-route"])["adapters"]["a1"]["source"]["type"] == "path"
     assert seen["x-loraplex-hop-auth"] != "v1 ts=1 sig=00"
+    assert "x-loraplex-if-idle" not in seen
+
+
+def test_idle_probe_flag_counts_only_when_signed_for_its_hop(stack: Stack) -> None:
+    """A busy pod refuses a peer's signed idle probe at once; any other X-Loraplex-If-Idle is ignored."""
+    a = next(a for a in ADAPTERS if home(a) == "pod-1")
+    body = {"model": a, "prompt": "x"}
+    keys = HopKeys(stack.tmp / "hop-key")
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(gen, stack.url("pod-1"), a, echo={"delay": 3.0})
+        deadline = time.monotonic() + 10
+        while get(stack.url("pod-1") + "/v1/load").json()["load"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        hop = signed_hop(stack, body, "pod-9")
+        flag = keys.sign_flag("X-Loraplex-If-Idle", hop["X-Loraplex-Hop-Auth"])
+        t0 = time.monotonic()
+        r = post(stack.url("pod-1") + "/v1/generate", body, headers={**hop, "X-Loraplex-If-Idle": flag})
+        assert r.status == 429 and r.json()["error"]["code"] == "busy" and time.monotonic() - t0 < 1.5
+        assert r.header("X-Loraplex-Busy") == "1" and r.header("X-Loraplex-Load").split()[0] == "1"
+        # Unsigned, or signed for another hop: served as a plain hop (after the busy one), not passed to the worker.
+        for value in ("1", flag):  # `flag` belongs to the hop above, not to this fresh one
+            fresh = signed_hop(stack, body, "pod-9")  # each signature is accepted once (replay cache)
+            r = post(stack.url("pod-1") + "/v1/generate", body, headers={**fresh, "X-Loraplex-If-Idle": value})
+            assert served_by(r) == "pod-1"
+            assert "x-loraplex-if-idle" not in {k.lower() for k in r.json()["headers"]}
+        assert served_by(busy.result()) == "pod-1"
+    load = get(stack.url("pod-1") + "/v1/load").json()
+    assert (load["pod"], load["load"]) == ("pod-1", 0) and load["version"] > 0
 
 
 def test_auth(stack: Stack) -> None:
@@ -340,7 +370,7 @@ def test_auth(stack: Stack) -> None:
     r = post(url + "/v1/generate", {"model": "a3"}, {"Authorization": f"Bearer {TOKEN}"})
     assert served_by(r) == home("a3")
     assert get(url + "/v1/models", {"Authorization": "Bearer another-token"}).status == 200
-    for path in ("/v1/stats", "/metrics", "/healthz", "/readyz"):
+    for path in ("/v1/stats", "/v1/load", "/metrics", "/healthz", "/readyz"):
         assert get(url + path).status == 200, path
 
 
@@ -377,9 +407,9 @@ def test_retry_on_retryable_status_only(stack: Stack) -> None:
     for status in (500, 504, 400):
         r = gen(stack.url("gateway"), a, echo={"status": status, "failOn": [h]})
         assert r.status == status and r.json()["servedBy"] == h and r.header("X-Loraplex-Attempts") == "1"
-    # Everybody answers 503: the last answer is passed through after max attempts.
+    # Everybody answers 503: the last answer is passed through after max attempts (4, idle probes included).
     r = gen(stack.url("gateway"), a, echo={"status": 503})
-    assert r.status == 503 and r.header("X-Loraplex-Attempts") == "3"
+    assert r.status == 503 and r.header("X-Loraplex-Attempts") == "4"
 
 
 def test_load_spills_from_a_busy_home(stack: Stack) -> None:
@@ -444,6 +474,28 @@ def test_activator_holds_until_a_pod_is_ready(stack: Stack) -> None:
         finally:
             stack.write()
     assert get(stack.url("gateway") + "/v1/stats").json()["pools"]["cold"]["waiting"] == 0
+
+
+def test_a_pod_serves_its_pool_itself_when_the_table_names_no_ready_endpoint(stack: Stack) -> None:
+    """The table drops every endpoint of `tiny` (e.g. Kubernetes marked the node's pods NotReady when the
+    API came back): a pod whose worker is ready and that the table once listed still serves its own
+    requests; the gateway (no worker) still says 503 no_ready_endpoint."""
+    a = next(a for a in ADAPTERS if home(a) == "pod-1")
+    try:
+        stack.write(endpoints=[])
+        for pod in ("pod-0", "pod-2"):
+            r = gen(stack.url(pod), a)
+            assert served_by(r) == pod, r.body
+        metrics = get(stack.url("pod-0") + "/metrics").body.decode()
+        assert 'loraplex_router_served_without_table_endpoint_total{pool="tiny"}' in metrics
+        r = gen(stack.url("gateway"), a)
+        assert r.status == 503 and r.json()["error"]["code"] == "no_ready_endpoint"
+        # A pool that never listed the pod ("brief"): no fallback either.
+        r = gen(stack.url("pod-0"), "brief-base")
+        assert r.status == 503 and r.json()["error"]["code"] == "no_ready_endpoint"
+    finally:
+        stack.write()
+    assert served_by(gen(stack.url("pod-0"), a)) == "pod-1"  # the table rules again
 
 
 def test_killed_worker_makes_the_router_retry_elsewhere(stack: Stack) -> None:

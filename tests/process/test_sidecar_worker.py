@@ -21,6 +21,7 @@ from inference_pod.router.placement import home_endpoints
 from loraplex.api.hopauth import HopKeys, write_random_key_file
 from tests.helpers.httpclient import Reply, get, post
 from tests.helpers.procs import PYTHON, REPO_ROOT, ProcHandle, free_port, loopback_server_cmd, start_process, wait_ready
+from tests.helpers.relay import RecordingRelay
 
 pytestmark = pytest.mark.slow
 
@@ -181,6 +182,15 @@ def test_generation_lands_on_the_adapters_home_from_either_sidecar(pods: Pods) -
     # After the first request the adapter stays resident on its home: no source fetch again.
     r = gen(pods.url(PODS[0]), HOMED[PODS[1]])
     assert r.header("X-Loraplex-Swap-Tier") == "gpu", r.headers
+    # Each pod's /v1/stats says what its worker holds (the operator writes it into the adapters' status).
+    time.sleep(1.1)  # the sidecar caches its worker's answer for a second
+    for pod, adapter in HOMED.items():
+        resident = get(pods.url(pod) + "/v1/stats").json()["resident"]
+        assert adapter in resident["gpu"] and resident["counts"]["gpu"] >= 1, (pod, resident)
+        others = [a for p, a in HOMED.items() if p != pod]
+        assert not set(others) & {*resident["gpu"], *resident["ram"], *resident["disk"]}, (pod, resident)
+    bad = get(pods.workers[PODS[0]].url + "/v1/resident?limit=x")
+    assert bad.status == 400 and bad.json()["error"]["param"] == "limit"
 
 
 def test_alias_openai_route_and_adapter_changes_the_image(pods: Pods) -> None:
@@ -221,9 +231,48 @@ def test_hop_request_is_served_by_the_local_worker(pods: Pods) -> None:
         timeout=120,
     )
     assert r.status == 200 and r.header("X-Loraplex-Pod") == "pod-0"
+    # The same signed hop again: refused (before: accepted for 60 s).
+    r = post(
+        pods.url("pod-0") + "/v1/generate",
+        body,
+        headers={"X-Loraplex-Hop": "elsewhere", "X-Loraplex-Hop-Auth": sig},
+        timeout=120,
+    )
+    assert r.status == 401 and "replayed" in r.json()["error"]["message"], r.body
     # Unsigned: refused at the edge (before: served, with any route the client sent on to the worker).
     r = post(pods.url("pod-0") + "/v1/generate", body, headers={"X-Loraplex-Hop": "elsewhere"}, timeout=120)
     assert r.status == 401
+
+
+def test_a_captured_sidecar_to_worker_hop_is_refused_when_replayed(pods: Pods) -> None:
+    """Before: a hop signature was good for its whole 60 s window, so a request captured between a sidecar and its
+    worker (its route names adapter sources) could be sent again, as often as wanted."""
+    worker = pods.workers["pod-0"]
+    with RecordingRelay(("127.0.0.1", worker.port)) as tap:
+        port = free_port()  # a second sidecar for pod-0 whose worker connection goes through the tap
+        cmd = [
+            *loopback_server_cmd("inference_pod.router", str(port)),
+            *("--worker-url", tap.url, "--pod-name", "pod-0", "--table-file", str(pods.table_path)),
+            *("--request-timeout", "120", "--hop-key-file", str(pods.tmp / "hop-key")),
+        ]
+        sidecar = start_process(cmd, port, timeout=60, log_dir=pods.tmp)
+        try:
+            r = gen(sidecar.url, HOMED["pod-0"])
+            assert r.status == 200 and r.header("X-Loraplex-Pod") == "pod-0", r.body[:300]
+        finally:
+            sidecar.terminate()
+        [(method, path, headers, body)] = [q for q in tap.requests() if q[1] == "/v1/generate"]
+    h = {k.lower(): v for k, v in headers.items()}
+    internal = ("content-type", "x-loraplex-hop", "x-loraplex-route", "x-loraplex-hop-auth")
+    replay = {k: v for k, v in h.items() if k in internal}
+    assert set(replay) == set(internal), h
+    r = post(worker.url + path, body, headers=replay, timeout=120)
+    assert r.status == 401 and r.json()["error"]["code"] == "invalid_hop_signature", r.body[:300]
+    assert "replayed" in r.json()["error"]["message"]
+    # The very same request freshly signed is served: identical requests differ by their nonces.
+    fresh = HopKeys(pods.tmp / "hop-key").sign(method, path, h["x-loraplex-hop"], h["x-loraplex-route"], body)
+    r = post(worker.url + path, body, headers={**replay, "x-loraplex-hop-auth": fresh}, timeout=120)
+    assert r.status == 200, r.body[:300]
 
 
 def test_table_hot_reload_with_real_workers(pods: Pods) -> None:

@@ -119,6 +119,7 @@ def test_generates_png_with_timing_headers(worker):
     assert r.header("X-Loraplex-Swap-Tier") in {"disk", "ram", "gpu"}
     for h in ("X-Loraplex-Queue-Ms", "X-Loraplex-Swap-Ms", "X-Loraplex-Inference-Ms"):
         assert float(r.header(h)) >= 0
+    assert float(r.header("X-Loraplex-Fetch-Ms")) > 0  # first use: read from its path before the job
     assert r.header("X-Loraplex-Seed") == "1"
 
 
@@ -136,6 +137,7 @@ def test_second_use_is_a_slot_hit(worker):
     gen(worker, model="kohya")
     r = gen(worker, model="kohya")
     assert r.header("X-Loraplex-Swap-Tier") == "gpu"
+    assert float(r.header("X-Loraplex-Fetch-Ms")) == 0
 
 
 def test_several_adapters_with_scales(worker):

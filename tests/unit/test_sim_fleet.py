@@ -219,7 +219,7 @@ def test_idle_probes_find_the_idle_pod_without_a_shared_view() -> None:
     # Each pod sidecar sees only its own sends; the probe asks the pod itself whether it is idle.
     w = tiny_workload([0.0, 200.0, 200.0, 200.0], [0, 0, 0, 0])
     cfg = FleetConfig(pools={"sdxl": fixed_pool(3)})
-    r = simulate(w, Policy("probe", routing="cost", idle_probe=3), cfg)
+    r = simulate(w, Policy("probe", routing="cost", idle_probe=3, max_attempts=4), cfg)
     assert len(set(r.pod[1:].tolist())) == 3  # three at once: three pods
     assert np.all(r.latency[1:] < SDXL_A10G.inference_s + 1.0)
 

@@ -8,6 +8,13 @@
 #   tools/k8s/cluster.sh down     stop everything, remove the state dir
 #   tools/k8s/cluster.sh status   show processes, apiserver health, nodes
 #   tools/k8s/cluster.sh env      print `export KUBECONFIG=...` (eval it)
+#   tools/k8s/cluster.sh stop-api   stop kube-apiserver and etcd, keep their state (a control
+#                                   plane outage: the tests check the data plane keeps serving)
+#   tools/k8s/cluster.sh start-api  start them again on the same state
+#
+# The apiserver writes an audit log of every write (create/update/patch/delete,
+# metadata only; not leases or events) to $LORAPLEX_CLUSTER_DIR/logs/audit.log:
+# the tests count the operator's writes with it.
 #
 # Environment (defaults in brackets):
 #   LORAPLEX_CLUSTER_DIR          state dir [$HOME/.cache/loraplex/cluster]
@@ -75,7 +82,7 @@ start() {
   local name=$1; shift
   [[ -x "$BIN/$name" ]] || die "binary missing: $BIN/$name (run tools/k8s/build.sh)"
   log "starting $name (log: $LOGS/$name.log)"
-  setsid nohup "$BIN/$name" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid nohup "$BIN/$name" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$PIDS/$name.pid"
 }
 
@@ -287,6 +294,86 @@ EOF
   done
 }
 
+# --- etcd and the apiserver (also restarted alone: stop-api / start-api) --------------
+write_audit_policy() {
+  # Writes only, metadata only; leases (heartbeats) and events are noise.
+  cat >"$STATE/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    resources:
+      - group: coordination.k8s.io
+        resources: [leases]
+      - group: ""
+        resources: [events]
+      - group: events.k8s.io
+        resources: [events]
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+POLICY
+}
+
+start_etcd() {
+  start etcd \
+    --name loraplex --data-dir "$STATE/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "loraplex=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync=true --log-level=warn
+  wait_for "etcd health" 30 etcd \
+    bash -c "exec 3<>/dev/tcp/127.0.0.1/$ETCD_PORT && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && grep -q '\"health\":\"true\"' <&3"
+}
+
+start_apiserver() {
+  start kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --cert-dir "$PKI" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" \
+    --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --authorization-mode Node,RBAC \
+    --allow-privileged=true \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true \
+    --endpoint-reconciler-type none \
+    --kubelet-preferred-address-types InternalIP,Hostname \
+    --profiling=false \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" \
+    --audit-log-format json --audit-log-maxsize 200 --audit-log-maxbackup 1
+  wait_for "kube-apiserver /readyz" 120 kube-apiserver kc get --raw /readyz
+}
+
+cmd_stop_api() {
+  alive kube-apiserver || alive etcd || die "the API is not running (state $STATE)"
+  stop_group kube-apiserver
+  stop_group etcd
+  log "API stopped (kube-apiserver, etcd); the rest keeps running. '$0 start-api' brings it back"
+}
+
+cmd_start_api() {
+  [[ -f "$KUBECONFIG_FILE" ]] || die "no cluster state in $STATE: '$0 up' first"
+  alive etcd || start_etcd
+  alive kube-apiserver || start_apiserver
+  log "API up"
+}
+
 # --- commands ---------------------------------------------------------------------
 all_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done; }
 any_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" && return 0; done; return 1; }
@@ -379,45 +466,11 @@ cmd_up() {
   write_kubeconfig "$KUBECONFIG_FILE" admin
   write_kubeconfig "$STATE/kube-controller-manager.kubeconfig" kube-controller-manager
   write_kubeconfig "$STATE/kube-scheduler.kubeconfig" kube-scheduler
+  write_audit_policy
 
   local T0; T0=$(date +%s)
-  start etcd \
-    --name loraplex --data-dir "$STATE/etcd-data" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "loraplex=http://127.0.0.1:$ETCD_PEER_PORT" \
-    --unsafe-no-fsync=true --log-level=warn
-  wait_for "etcd health" 30 etcd \
-    bash -c "exec 3<>/dev/tcp/127.0.0.1/$ETCD_PORT && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && grep -q '\"health\":\"true\"' <&3"
-
-  start kube-apiserver \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
-    --cert-dir "$PKI" \
-    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-    --client-ca-file "$PKI/ca.crt" \
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$PKI/sa.pub" \
-    --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" \
-    --authorization-mode Node,RBAC \
-    --allow-privileged=true \
-    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
-    --requestheader-allowed-names front-proxy-client \
-    --requestheader-username-headers X-Remote-User \
-    --requestheader-group-headers X-Remote-Group \
-    --requestheader-extra-headers-prefix X-Remote-Extra- \
-    --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
-    --proxy-client-key-file "$PKI/front-proxy-client.key" \
-    --enable-aggregator-routing=true \
-    --endpoint-reconciler-type none \
-    --kubelet-preferred-address-types InternalIP,Hostname \
-    --profiling=false
-  wait_for "kube-apiserver /readyz" 120 kube-apiserver kc get --raw /readyz
+  start_etcd
+  start_apiserver
 
   local common=(--bind-address 127.0.0.1 --leader-elect=false --profiling=false)
   start kube-controller-manager "${common[@]}" \
@@ -484,5 +537,7 @@ case "${1:-}" in
   down) real_node_down; cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  stop-api) cmd_stop_api ;;
+  start-api) cmd_start_api ;;
+  *) echo "usage: $0 up|down|status|env|stop-api|start-api" >&2; exit 2 ;;
 esac

@@ -116,8 +116,21 @@ build_app() {
 
 size_of() { podman image inspect --format '{{.Size}}' "$1" 2>/dev/null | awk '{printf "%.0f MB", $1/1e6}'; }
 
+# The image's config digest (podman's image ID) as containerd has it under REF, or nothing.
+imported_id() {
+  local manifest
+  manifest=$(ctr -a "$SOCK" -n k8s.io images ls 2>/dev/null | awk -v r="$1" '$1==r {print $3}')
+  [[ -n "$manifest" ]] || return 0
+  ctr -a "$SOCK" -n k8s.io content get "$manifest" 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"].split(":")[1])' 2>/dev/null || true
+}
+
 import_one() {
   local ref=$1 t; t=$(date +%s)
+  # The same image is there already: a 4 GB save/import stream would change nothing.
+  if [[ "$(imported_id "$ref")" == "$(podman image inspect --format '{{.Id}}' "$ref")" ]]; then
+    log "$ref already in containerd k8s.io (same image ID)"; return 0
+  fi
   podman save --format docker-archive "$ref" | ctr -a "$SOCK" -n k8s.io images import - >/dev/null \
     || die "import of $ref into containerd ($SOCK) failed"
   log "imported $ref into containerd k8s.io in $(( $(date +%s) - t ))s"

@@ -139,6 +139,15 @@ class Kube:
                 return None
             raise
 
+    def get_manifest(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The live object a manifest names, or None."""
+        try:
+            return self.request("GET", manifest_path(manifest))
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
     def list(
         self,
         api_version: str,

@@ -38,6 +38,7 @@ class OperatorConfig:
     identity: str = ""
     resync_s: float = 60.0
     stats_timeout_s: float = 2.0
+    stats_port: int = c.SIDECAR_PORT  # the pods' sidecar port the autoscaler polls
     hub_timeout_s: float = 10.0
     debounce_s: float = 0.5
     max_delay_s: float = 3.0
@@ -60,6 +61,8 @@ class Operator:
             mark_table=self.writer.mark,
             tick_s=cfg.autoscale_tick_s,
             stats_timeout_s=cfg.stats_timeout_s,
+            stats_port=cfg.stats_port,
+            adapter_source=lambda ns: self.writer.adapter_source(ns) if self.writer.adapter_source else None,
         )
         self.pools = PoolController(self.kube, self.writer, self.autoscaler)
         self.adapters = AdapterController(self.kube, self.writer, hub_timeout_s=cfg.hub_timeout_s)

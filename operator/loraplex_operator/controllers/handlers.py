@@ -186,13 +186,24 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     return registry
 
 
+# What the routing table needs of an adapter's status, and its residency (the autoscaler writes it only on change).
+_SNAPSHOT_STATUS = (
+    "resolvedRevision",
+    "resolvedGeneration",
+    "resolvedFilename",
+    "resident",
+    "residentPods",
+    "residentSummary",
+)
+
+
 def adapter_snapshot(body: Any) -> dict[str, Any]:
-    """What the routing table needs of an adapter (routes.build_table's input), as a plain dict."""
+    """What the routing table needs of an adapter (routes.build_table's input) and its residency, as a plain dict."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     snap: dict[str, Any] = {
         "metadata": {k: meta[k] for k in ("name", "namespace", "generation", "deletionTimestamp") if k in meta},
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": {k: status[k] for k in ("resolvedRevision", "resolvedGeneration", "resolvedFilename") if k in status},
+        "status": {k: copy.deepcopy(status[k]) for k in _SNAPSHOT_STATUS if k in status},
     }
     return snap
 

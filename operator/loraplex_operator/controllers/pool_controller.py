@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
-import json
 import logging
 import secrets
 import time
@@ -26,7 +24,13 @@ from loraplex_operator.controllers.autoscaler import Autoscaler
 from loraplex_operator.controllers.events import post_failure_event
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.conditions import Condition, merge_conditions, status_changed
-from loraplex_operator.logic.manifests import build_hop_key_secret, build_pool_objects, selector_string
+from loraplex_operator.logic.manifests import (
+    applied_digest,
+    build_hop_key_secret,
+    build_pool_objects,
+    manifest_digest,
+    selector_string,
+)
 from loraplex_operator.logic.podstate import summarize_pods
 from loraplex_operator.logic.poolstatus import PoolObservation, pool_status
 from loraplex_operator.logic.specs import SpecError, parse_pool_spec
@@ -174,11 +178,21 @@ class PoolController:
         now = self.clock()
         for manifest in build_pool_objects(body, spec, replicas):
             key = (namespace, manifest["kind"], name)
-            digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+            digest = manifest_digest(manifest)
             last = self._applied.get(key)
             if not force and last and last[0] == digest and now - last[1] < self.reapply_s:
                 continue
             try:
+                # First sight since this operator started: the live object may already be what we would
+                # write (a restart, a new leader). A read instead of a write; drift is still repaired by
+                # the periodic re-apply.
+                if (
+                    not force
+                    and last is None
+                    and applied_digest(await self.kube.run(self.kube.get_manifest, manifest)) == digest
+                ):
+                    self._applied[key] = (digest, now)
+                    continue
                 await self.kube.run(self.kube.apply, manifest)
             except KubeError as e:
                 self._applied.pop(key, None)

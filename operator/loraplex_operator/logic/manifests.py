@@ -7,6 +7,8 @@ a no-op on the apiserver (no new ReplicaSet, no rollout).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -62,6 +64,7 @@ def inference_service_account_name(pool: str) -> str:
 
 
 HOP_KEY_MOUNT = {"name": "hop-key", "mountPath": c.HOP_KEY_DIR, "readOnly": True}
+ADAPTER_CA_VOLUME = "adapter-ca"
 
 
 def build_hop_key_secret(namespace: str, key: str) -> Manifest:
@@ -120,6 +123,11 @@ def worker_args(spec: PoolSpec) -> list[str]:
         # The worker enforces the pool's source rules too (the operator's admission check is the first line).
         *[arg for root in spec.adapter_sources.path_roots for arg in ("--adapter-path-root", root)],
         *(["--allow-private-sources"] if spec.adapter_sources.allow_private_urls else []),
+        *(
+            ["--adapter-ca-file", f"{c.ADAPTER_CA_DIR}/{c.ADAPTER_CA_FILE}"]
+            if spec.adapter_sources.ca_bundle is not None
+            else []
+        ),
     ]
 
 
@@ -244,7 +252,26 @@ def _volumes(spec: PoolSpec) -> list[dict[str, Any]]:
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
         # Group-readable by fsGroup (RUN_AS_USER), nobody else.
         {"name": "hop-key", "secret": {"secretName": c.HOP_KEY_SECRET, "defaultMode": 0o440}},
+        *_adapter_ca_volume(spec),
     ]
+
+
+def _adapter_ca_volume(spec: PoolSpec) -> list[dict[str, Any]]:
+    """The pool's CA bundle ConfigMap, its one key projected as ca.crt (public certificates: world-readable)."""
+    ref = spec.adapter_sources.ca_bundle
+    if ref is None:
+        return []
+    items = [{"key": ref.key, "path": c.ADAPTER_CA_FILE}]
+    return [
+        {"name": ADAPTER_CA_VOLUME, "configMap": {"name": ref.config_map_name, "items": items, "defaultMode": 0o444}}
+    ]
+
+
+def _adapter_ca_mounts(spec: PoolSpec) -> list[dict[str, Any]]:
+    # A directory mount, not subPath: the kubelet updates it when the ConfigMap changes.
+    if spec.adapter_sources.ca_bundle is None:
+        return []
+    return [{"name": ADAPTER_CA_VOLUME, "mountPath": c.ADAPTER_CA_DIR, "readOnly": True}]
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
@@ -265,6 +292,8 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         # port resolves only among the probed container's own ports (the kubelet
         # refused "http" here on the real node), so the sidecar's is given by number.
         "startupProbe": _http_probe("/readyz", period=10, timeout=5, failures=startup_failures, port=c.SIDECAR_PORT),
+        # A crash's last log lines land in the pod status, where the pool's Degraded condition quotes them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": c.MODEL_CACHE_DIR},
@@ -272,6 +301,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
             HOP_KEY_MOUNT,
+            *_adapter_ca_mounts(spec),
         ],
         **_pre_stop(spec),
     }
@@ -289,6 +319,7 @@ def build_pod_template(pool: str, spec: PoolSpec) -> dict[str, Any]:
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "readinessProbe": _http_probe("/readyz", period=5, timeout=2, failures=2),
         "livenessProbe": _http_probe("/healthz", period=10, timeout=3, failures=3),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, HOP_KEY_MOUNT],
         **_pre_stop(spec),
@@ -403,12 +434,40 @@ def build_role_binding(owner: dict[str, Any]) -> Manifest:
 
 
 def build_pool_objects(owner: dict[str, Any], spec: PoolSpec, replicas: int) -> list[Manifest]:
-    """Everything a pool owns except the routing table, in apply order."""
+    """Everything a pool owns except the routing table, in apply order, each stamped with its digest."""
     return [
-        build_service_account(owner),
-        build_role(owner),
-        build_role_binding(owner),
-        build_deployment(owner, spec, replicas),
-        build_service(owner),
-        build_pdb(owner),
+        stamp_digest(m)
+        for m in (
+            build_service_account(owner),
+            build_role(owner),
+            build_role_binding(owner),
+            build_deployment(owner, spec, replicas),
+            build_service(owner),
+            build_pdb(owner),
+        )
     ]
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest as the operator would apply it, without its own digest annotation."""
+    annotations = {
+        k: v for k, v in (manifest["metadata"].get("annotations") or {}).items() if k != c.ANNOTATION_APPLIED
+    }
+    meta = {k: v for k, v in manifest["metadata"].items() if k != "annotations"}
+    if annotations:
+        meta["annotations"] = annotations
+    return hashlib.sha256(json.dumps({**manifest, "metadata": meta}, sort_keys=True).encode()).hexdigest()
+
+
+def stamp_digest(manifest: Manifest) -> Manifest:
+    """The manifest with annotation ANNOTATION_APPLIED = its digest."""
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), c.ANNOTATION_APPLIED: manifest_digest(manifest)}
+    return {**manifest, "metadata": meta}
+
+
+def applied_digest(live: dict[str, Any] | None) -> str | None:
+    """The digest a live object carries, if the operator stamped it."""
+    if not live:
+        return None
+    return ((live.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_APPLIED)

@@ -62,6 +62,26 @@ def is_pod_ready(pod: dict[str, Any]) -> bool:
     return bool(cond and cond.get("status") == "True" and status.get("podIP"))
 
 
+# Enough of a crash's last log line to name the error; the full logs stay with the pod.
+_LAST_LINE_CHARS = 300
+
+
+def last_exit(container_status: dict[str, Any]) -> str:
+    """'; last exit 1 (Error): <last line>' from the container's previous run, or ''.
+
+    The message is the container's termination message, or with FallbackToLogsOnError
+    the tail of its log: its last non-empty line is what a crash usually ends on."""
+    term = ((container_status.get("lastState") or {}).get("terminated")) or {}
+    if not term:
+        return ""
+    out = f"; last exit {term.get('exitCode', '?')} ({term.get('reason') or 'unknown'})"
+    lines = [ln.strip() for ln in str(term.get("message") or "").splitlines() if ln.strip()]
+    if lines:
+        line = lines[-1]
+        out += ": " + (line if len(line) <= _LAST_LINE_CHARS else line[: _LAST_LINE_CHARS - 1] + "…")
+    return out
+
+
 def summarize_pods(pods: list[dict[str, Any]]) -> PodSummary:
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     live.sort(key=lambda p: p["metadata"]["name"])
@@ -82,6 +102,7 @@ def summarize_pods(pods: list[dict[str, Any]]) -> PodSummary:
                 if not failing_reason:
                     failing_reason = waiting["reason"]
                     failing_msg = f"container {cs.get('name')}: {waiting.get('message', '')}".strip()
+                    failing_msg += last_exit(cs)
                 break
     return PodSummary(
         total=len(live),

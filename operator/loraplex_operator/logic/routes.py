@@ -120,6 +120,8 @@ def build_table(
             ),
             load_bound=pool_spec.routing.load_bound,
             activation_timeout_s=pool_spec.routing.activation_timeout_seconds,
+            policy=pool_spec.routing.policy,
+            idle_probes=pool_spec.routing.idle_probes,
         )
 
     candidates: dict[str, tuple[AdapterSpec, str, Any, str]] = {}

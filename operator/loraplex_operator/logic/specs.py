@@ -87,11 +87,19 @@ class Routing(_Spec):
     aliases: tuple[str, ...] = ()
     load_bound: float = Field(default=1.25, ge=1.0)
     activation_timeout_seconds: float = Field(default=0.0, ge=0.0)
+    policy: Literal["cost", "rendezvous"] = "cost"
+    idle_probes: int = Field(default=3, ge=0, le=16)
+
+
+class ConfigMapKeyRef(_Spec):
+    config_map_name: str = Field(min_length=1)
+    key: str = "ca.crt"
 
 
 class AdapterSources(_Spec):
     allow_private_urls: bool = False
     path_roots: tuple[str, ...] = ("/models/loras",)
+    ca_bundle: ConfigMapKeyRef | None = None
 
 
 class PoolSpec(_Spec):

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraplex_operator.logic.residency import PodResidency, parse_resident
+
 
 @dataclass(frozen=True)
 class PoolLoad:
@@ -35,6 +37,7 @@ class StatsSnapshot:
     pools: dict[str, PoolLoad] = field(default_factory=dict)
     adapters: dict[str, AdapterLoad] = field(default_factory=dict)
     sources: int = 0  # sidecars that answered
+    resident: PodResidency | None = None  # one pod's adapters by tier (`residency`); None: not reported
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -65,7 +68,7 @@ def parse_stats(doc: Any) -> StatsSnapshot:
     for name, a in (doc.get("adapters") or {}).items() if isinstance(doc.get("adapters"), dict) else ():
         if isinstance(name, str) and isinstance(a, dict) and isinstance(a.get("pool"), str):
             adapters[name] = AdapterLoad(a["pool"], _num(a.get("requestRate")), _time(a.get("lastRequestTime")))
-    return StatsSnapshot(pools, adapters, 1)
+    return StatsSnapshot(pools, adapters, 1, parse_resident(doc.get("resident")))
 
 
 def _latest(times: Iterable[float | None]) -> float | None:
@@ -74,7 +77,9 @@ def _latest(times: Iterable[float | None]) -> float | None:
 
 
 def aggregate(snapshots: Sequence[StatsSnapshot]) -> StatsSnapshot:
-    """Sum over sidecars; service time is the rate-weighted mean (a plain mean when all are idle)."""
+    """Sum over sidecars; service time is the rate-weighted mean (a plain mean when all are idle).
+
+    Residency is per pod and is not summed here (see `residency.aggregate`)."""
     pools: dict[str, PoolLoad] = {}
     for name in sorted({n for s in snapshots for n in s.pools}):
         parts = [s.pools[name] for s in snapshots if name in s.pools]

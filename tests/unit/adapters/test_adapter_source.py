@@ -1,6 +1,7 @@
 import hashlib
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,13 +165,64 @@ def test_redirect_to_another_scheme_is_not_followed(lora_file, tmp_path):
 def test_short_download_is_transient_and_leaves_nothing(lora_file, tmp_path):
     from tests.helpers.trickle_server import TrickleServer
 
+    once = replace(OPEN, fetch_attempts=1)  # no retry within the fetch: the caller's retry later
     with TrickleServer(lora_file.read_bytes(), short_count=1) as srv:
         e = entry({"type": "url", "url": f"{srv.url}/short/style.safetensors"})
         with pytest.raises(AdapterSourceError) as err:
-            fetch("a", e, tmp_path / "c", MB)
+            fetch("a", e, tmp_path / "c", MB, policy=once)
         assert not err.value.permanent, err.value
         assert list((tmp_path / "c").glob("*")) == []
-        assert fetch("a", e, tmp_path / "c", MB).read_bytes() == lora_file.read_bytes()  # the retry works
+        assert fetch("a", e, tmp_path / "c", MB, policy=once).read_bytes() == lora_file.read_bytes()  # the retry works
+
+
+@pytest.mark.parametrize("mode", ["503", "reset", "short"])
+def test_transient_failures_are_retried_within_the_fetch(lora_file, tmp_path, mode):
+    """Before: one 503, reset or short body failed the fetch (the request got a 502)."""
+    from tests.helpers.trickle_server import FlakyServer
+
+    with FlakyServer(lora_file.read_bytes()) as srv:
+        for k in (1, 2):  # fails k times, then serves: within the 3 attempts
+            path = f"/{mode}/{k}/style.safetensors"
+            got = fetch(f"a{k}", entry({"type": "url", "url": srv.url + path}), tmp_path / "c", MB)
+            assert got.read_bytes() == lora_file.read_bytes()
+            assert srv.gets[path] == k + 1
+
+
+def test_a_source_failing_every_attempt_is_transient_and_bounded(lora_file, tmp_path):
+    from tests.helpers.trickle_server import SECRET, FlakyServer
+
+    with FlakyServer(lora_file.read_bytes()) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(AdapterSourceError, match=r"answered 503 \(attempt 3 of 3\)") as err:
+            fetch("a", entry({"type": "url", "url": srv.url + "/503/9/s.safetensors"}), tmp_path / "c", MB)
+        assert time.monotonic() - t0 < 3  # backoff 0.25 s + 0.5 s
+        assert srv.gets["/503/9/s.safetensors"] == 3
+        assert not err.value.permanent and SECRET.decode() not in str(err.value)
+        assert list((tmp_path / "c").glob("*")) == []
+        # No retry would start after the window (the worker's request deadline): one attempt only.
+        late = replace(OPEN, retry_within_s=0.1)
+        with pytest.raises(AdapterSourceError, match="answered 503$"):
+            fetch("b", entry({"type": "url", "url": srv.url + "/503/9/t.safetensors"}), tmp_path / "c", MB, policy=late)
+        assert srv.gets["/503/9/t.safetensors"] == 1
+
+
+def test_what_is_not_transient_is_not_retried(lora_file, tmp_path):
+    """A 4xx, a hash mismatch, the size cap and a malformed answer: one GET each, and no response bytes echoed."""
+    from tests.helpers.trickle_server import SECRET, FlakyServer
+
+    with FlakyServer(lora_file.read_bytes()) as srv:
+        cases = [
+            ("/404/1/a.safetensors", {}, MB, "answered 404", True),
+            ("/503/0/b.safetensors", {"sha256": "0" * 64}, MB, "sha256 mismatch", True),
+            ("/503/0/c.safetensors", {}, 100, "over the limit", True),
+            ("/garbage/1/d.safetensors", {}, MB, "malformed HTTP answer", False),
+        ]
+        for path, extra, limit, words, permanent in cases:
+            with pytest.raises(AdapterSourceError, match=words) as err:
+                fetch(path, entry({"type": "url", "url": srv.url + path, **extra}), tmp_path / "c", limit)
+            assert srv.gets[path] == 1, path
+            assert err.value.permanent is permanent, path
+            assert SECRET.decode() not in str(err.value)
 
 
 def test_slow_and_silent_sources_are_cut_off(lora_file, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference_pod.adapters.sources import SourcePolicy
-from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets
+from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets, cold_tier
 from inference_pod.local.lora_factory import write_lora
 from inference_pod.slots.engine import SlotEngine
 from inference_pod.worker.tiny_model import TinyConfig, build_tiny_pipeline
@@ -34,6 +34,23 @@ def register(tiers, tmp_path, unet, name, pinned=False, **kw):
         AdapterEntry.model_validate({"pool": "p", "source": {"type": "path", "path": str(path)}, "pinned": pinned}),
     )
     return path
+
+
+@pytest.mark.parametrize(
+    ("in_job", "fetched", "want"),
+    [
+        ("ram", "source", "source"),  # fetched beside the GPU for this request: the job found it in RAM
+        ("ram", "disk", "disk"),
+        ("ram", "ram", "ram"),
+        ("gpu", "ram", "gpu"),  # already resident when the job ran: no copy at all
+        ("ram", None, "ram"),
+        ("disk", "source", "source"),
+        ("source", "disk", "source"),  # evicted after the fetch and taken again inside the job
+        ("gpu", "source", "source"),  # the request still waited for the source
+    ],
+)
+def test_cold_tier(in_job, fetched, want):
+    assert cold_tier(in_job, fetched) == want
 
 
 def test_tiers_fall_through_then_hit(pipe, tmp_path):
@@ -174,3 +191,27 @@ def test_damaged_prepared_copy_is_rebuilt(pipe, tiny_pipe, tmp_path):
     assert again.ensure_in_slot("a").tier == "disk"
     assert torch.equal(again.ram.get("a").flat, want)
     again.close()
+
+
+def test_resident_reports_each_adapter_at_its_highest_tier_bounded(pipe, tmp_path):
+    tiers = make_tiers(pipe, tmp_path, slots=1)
+    for i, n in enumerate("abcd"):
+        register(tiers, tmp_path, pipe.unet, n, seed=i)
+    assert tiers.resident(10) == {
+        "gpu": [],
+        "ram": [],
+        "disk": [],
+        "counts": {"gpu": 0, "ram": 0, "disk": 0},
+        "truncated": False,
+    }
+    tiers.ensure_in_slot("a")
+    tiers.ram.budget = tiers.ram.used  # room for one adapter of this size
+    tiers.prefetch("b").result()  # a leaves RAM, stays in its slot
+    tiers.prefetch("c").result()  # b leaves RAM for c, keeps its prepared copy on disk
+    got = tiers.resident(10)
+    assert (got["gpu"], got["ram"], got["disk"]) == (["a"], ["c"], ["b"])
+    assert got["counts"] == {"gpu": 1, "ram": 1, "disk": 1} and not got["truncated"]
+    cut = tiers.resident(2)
+    assert (cut["gpu"], cut["ram"], cut["disk"]) == (["a"], ["c"], []) and cut["truncated"]
+    assert cut["counts"] == got["counts"]
+    tiers.close()

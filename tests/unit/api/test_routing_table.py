@@ -70,6 +70,8 @@ def test_parse_and_resolve() -> None:
         (lambda d: d["adapters"]["pixel-art"].update(colour="red"), "adapters.pixel-art.colour"),
         (lambda d: d["pools"]["sdxl"]["endpoints"][0].pop("url"), "pools.sdxl.endpoints.0.url"),
         (lambda d: d["pools"]["sdxl"].update(loadBound=0.5), "pools.sdxl.loadBound"),
+        (lambda d: d["pools"]["sdxl"].update(policy="random"), "pools.sdxl.policy"),
+        (lambda d: d["pools"]["sdxl"].update(idleProbes=-1), "pools.sdxl.idleProbes"),
         (lambda d: d.update(version=2), "version"),
     ],
 )
@@ -128,6 +130,11 @@ def test_dump_is_deterministic_and_round_trips() -> None:
     again = parse_table(dump_table(t))
     assert again == t
     assert dump_table(again) == dump_table(t)
+    # The default routing policy is left out, so a table an older sidecar can read stays one (extra fields refused).
+    assert "policy" not in json.loads(dump_table(t))["pools"]["sdxl"]
+    d = doc()
+    d["pools"]["sdxl"]["policy"] = "rendezvous"
+    assert "rendezvous" in dump_table(parse_table(d))
     # A default-typed (hub) source keeps its discriminator in the dump.
     assert json.loads(dump_table(t))["adapters"]["pixel-art"]["source"]["type"] == "hub"
 

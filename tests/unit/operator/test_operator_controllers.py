@@ -57,6 +57,10 @@ class FakeKube:
         obj = self.objects.get((plural, namespace or "", name))
         return copy.deepcopy(obj) if obj else None
 
+    def get_manifest(self, manifest: dict[str, Any]) -> Any:
+        meta = manifest["metadata"]
+        return self.get(manifest["apiVersion"], _PLURAL[manifest["kind"]], meta.get("namespace"), meta["name"])
+
     def list(
         self,
         api_version: str,
@@ -329,6 +333,28 @@ async def test_pool_reconcile_applies_once_and_writes_status_once() -> None:
     await controller.reconcile("ns", "sdxl", force_apply=True)  # a resync re-applies, but never a new key
     assert ("create", "Secret") not in kube.calls
     assert kube.get("v1", "secrets", "ns", c.HOP_KEY_SECRET)["stringData"][c.HOP_KEY_DATA_KEY] == key
+    await writer.idle()
+
+
+async def test_a_restarted_operator_reads_instead_of_rewriting() -> None:
+    """A new controller (an operator restart, a new leader) finds every child as it would write it:
+    no apply; a child someone changed since (its digest differs) is applied again."""
+    kube = FakeKube()
+    kube.put("basemodelpools", pool_obj(replicas=2, maxReplicas=4))
+    first = PoolController(kube, fast_writer(kube), _NoStats(kube), clock=lambda: 1000.0)  # type: ignore[arg-type]
+    await first.reconcile("ns", "sdxl")
+    kube.calls.clear()
+    writer = fast_writer(kube)
+    second = PoolController(kube, writer, _NoStats(kube), clock=lambda: 2000.0)  # type: ignore[arg-type]
+    await second.reconcile("ns", "sdxl")
+    assert [call for call in kube.calls if call[0] != "patch"] == []
+    # Another controller restart after the Service was replaced by hand (no digest): only it is applied.
+    svc = kube.get("v1", "services", "ns", "sdxl")
+    del svc["metadata"]["annotations"][c.ANNOTATION_APPLIED]
+    kube.put("services", svc)
+    third = PoolController(kube, writer, _NoStats(kube), clock=lambda: 3000.0)  # type: ignore[arg-type]
+    await third.reconcile("ns", "sdxl")
+    assert [k for v, k in kube.calls if v == "apply"] == ["Service"]
     await writer.idle()
 
 

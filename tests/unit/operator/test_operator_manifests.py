@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from loraplex_operator import constants as c
 from loraplex_operator.logic.manifests import (
+    applied_digest,
     build_deployment,
     build_hop_key_secret,
     build_pdb,
     build_pool_objects,
     build_role,
     build_service,
+    manifest_digest,
     selector_string,
     termination_grace_seconds,
 )
-from loraplex_operator.logic.specs import parse_pool_spec
+from loraplex_operator.logic.specs import SpecError, parse_pool_spec
 
 OWNER = {
     "apiVersion": c.API_VERSION,
@@ -157,6 +161,47 @@ def test_worker_enforces_the_pools_source_rules() -> None:
     assert roots == ["/data/a", "/data/b"] and "--allow-private-sources" in args
 
 
+def test_ca_bundle_is_mounted_read_only_into_the_worker_only() -> None:
+    plain = build_deployment(OWNER, _spec(), 1)["spec"]["template"]["spec"]
+    assert "--adapter-ca-file" not in _containers({"spec": {"template": {"spec": plain}}})["worker"]["args"]
+    assert not [v for v in plain["volumes"] if v["name"] == "adapter-ca"]
+
+    spec = _spec(adapterSources={"caBundle": {"configMapName": "corp-ca"}})
+    pod = build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]
+    worker, sidecar = (ct for ct in pod["containers"])
+    assert (worker["name"], sidecar["name"]) == ("worker", "sidecar")
+    args = worker["args"]
+    assert args[args.index("--adapter-ca-file") + 1] == "/etc/loraplex/adapter-ca/ca.crt"
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == "adapter-ca")
+    assert mount == {"name": "adapter-ca", "mountPath": "/etc/loraplex/adapter-ca", "readOnly": True}
+    assert "subPath" not in mount  # a directory mount follows ConfigMap updates
+    volume = next(v for v in pod["volumes"] if v["name"] == "adapter-ca")
+    assert volume["configMap"] == {
+        "name": "corp-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        "defaultMode": 0o444,
+    }
+    # The gateway side of the pod is unaffected: the sidecar neither mounts nor is told about it.
+    assert all(m["name"] != "adapter-ca" for m in sidecar["volumeMounts"])
+    assert "--adapter-ca-file" not in sidecar["args"]
+
+    other_key = _spec(adapterSources={"caBundle": {"configMapName": "corp-ca", "key": "bundle.pem"}})
+    volume = next(v for v in _volumes_of(other_key) if v["name"] == "adapter-ca")
+    assert volume["configMap"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    # A change of bundle is a change of the pod template (a rollout), the same one is not.
+    assert json.dumps(build_deployment(OWNER, spec, 1)) != json.dumps(build_deployment(OWNER, other_key, 1))
+    assert json.dumps(build_deployment(OWNER, spec, 1)) == json.dumps(build_deployment(OWNER, spec, 1))
+
+
+def test_ca_bundle_spec_needs_a_config_map_name() -> None:
+    with pytest.raises(SpecError, match="configMapName"):
+        _spec(adapterSources={"caBundle": {"key": "ca.crt"}})
+
+
+def _volumes_of(spec: Any) -> list[dict[str, Any]]:
+    return build_deployment(OWNER, spec, 1)["spec"]["template"]["spec"]["volumes"]
+
+
 def test_hop_key_secret() -> None:
     secret = build_hop_key_secret("team-a", "ab" * 32)
     assert secret["metadata"] == {
@@ -243,3 +288,22 @@ def test_a_declared_family_reaches_the_worker() -> None:
     spec = parse_pool_spec({"model": {"name": "black-forest-labs/FLUX.1-dev", "pipeline": "flux"}})
     args = _containers(build_deployment(OWNER, spec, 1))["worker"]["args"]
     assert dict(zip(args[1::2], args[2::2], strict=True))["--family"] == "flux"
+
+
+def test_every_owned_object_carries_the_digest_of_what_was_applied() -> None:
+    objs = build_pool_objects(OWNER, _spec(), 1)
+    for m in objs:
+        stamped = applied_digest(m)
+        assert stamped and len(stamped) == 64
+        # The digest ignores its own annotation: a live object read back gives the same digest.
+        assert manifest_digest(m) == stamped
+    again = build_pool_objects(OWNER, _spec(), 1)
+    assert [applied_digest(m) for m in again] == [applied_digest(m) for m in objs]
+    # Any change the operator would write changes the digest: replicas, the pod template, the owner.
+    kinds = {m["kind"]: applied_digest(m) for m in objs}
+    assert applied_digest(build_deployment(OWNER, _spec(), 2)) is None  # unstamped on its own
+    scaled = {m["kind"]: applied_digest(m) for m in build_pool_objects(OWNER, _spec(), 2)}
+    assert scaled["Deployment"] != kinds["Deployment"] and scaled["Service"] == kinds["Service"]
+    other = {m["kind"]: applied_digest(m) for m in build_pool_objects(OWNER, _spec(image="r/i:2"), 1)}
+    assert other["Deployment"] != kinds["Deployment"]
+    assert applied_digest(None) is None and applied_digest({"metadata": {}}) is None

@@ -72,6 +72,13 @@ def test_pools_endpoints_and_adapters() -> None:
     assert t.adapters["web"].revision == "a" * 64
     assert t.resolve("px") == ("sdxl", "pixel")
     assert build.routed == {"pixel": "sdxl", "web": "sdxl"}
+    assert (t.pools["sdxl"].policy, t.pools["sdxl"].idle_probes) == ("cost", 3)  # the CRD's defaults
+
+
+def test_routing_policy_reaches_the_table() -> None:
+    spec = {"aliases": [], "policy": "rendezvous", "idleProbes": 0, "loadBound": 2}
+    t = build_table([{**pool("sdxl"), "spec": {"model": {"name": "m"}, "routing": spec}}], [], {}).table
+    assert (t.pools["sdxl"].policy, t.pools["sdxl"].idle_probes, t.pools["sdxl"].load_bound) == ("rendezvous", 0, 2)
 
 
 def test_hub_adapter_routed_only_once_pinned_for_this_generation() -> None:

@@ -95,6 +95,27 @@ def test_failing_containers_and_deployment_failures() -> None:
     assert conds(st)["Degraded"] == ("True", "ApplyFailed")
 
 
+def test_crash_loop_quotes_the_last_exit_and_log_line() -> None:
+    crashed = pod("a", ready=False, waiting="CrashLoopBackOff")
+    log = "Traceback (most recent call last):\n  ...\nOSError: no model at /models/nope\n\n"
+    crashed["status"]["containerStatuses"][0]["lastState"] = {
+        "terminated": {"exitCode": 1, "reason": "Error", "message": log}
+    }
+    st = pool_status(obs([crashed]), None, 0.0)
+    assert conds(st)["Degraded"] == ("True", "CrashLoopBackOff")
+    msg = find(st["conditions"], "Degraded")["message"]
+    assert "last exit 1 (Error): OSError: no model at /models/nope" in msg and "Traceback" not in msg
+    # A long line is cut; no previous run, nothing added.
+    crashed["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"] = "x" * 5000
+    assert len(find(pool_status(obs([crashed]), None, 0.0)["conditions"], "Degraded")["message"]) < 500
+    assert (
+        "last exit"
+        not in find(
+            pool_status(obs([pod("a", ready=False, waiting="CrashLoopBackOff")]), None, 0.0)["conditions"], "Degraded"
+        )["message"]
+    )
+
+
 def test_progressing_reasons() -> None:
     assert conds(pool_status(obs([], dep=deployment(generation=2, observed=1)), None, 0))["Progressing"] == (
         "True",

@@ -1,4 +1,4 @@
-"""The hop signature: what it covers, the replay window, key files and directories, rotation."""
+"""The hop signature: what it covers, the replay window and cache, key files and directories, rotation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.api.hopauth import HopAuthError, HopKeys, write_random_key_file
+from loraplex.api.hopauth import HopAuthError, HopKeys, ReplayCache, write_random_key_file
 
 K1, K2 = "k1-" + "a" * 40, "k2-" + "b" * 40
 
@@ -35,9 +35,50 @@ def test_signature_covers_method_path_hop_route_and_body(tmp_path: Path) -> None
     ):
         with pytest.raises(HopAuthError, match="bad"):
             verify(keys, good, **change)
-    for bad in ("", "v1", "v2 ts=1 sig=00", "v1 ts=x sig=00", "v1 sig=00", "garbage=="):
+    for bad in ("", "v1", "v2 ts=1 sig=00", "v2 ts=x nonce=00 sig=00", "v2 nonce=1 sig=00", "garbage=="):
         with pytest.raises(HopAuthError):
             verify(keys, bad)
+    assert len(keys.replays) == 1  # only the good one was remembered
+
+
+def test_a_signed_request_is_accepted_once(tmp_path: Path) -> None:
+    """Before: the same signature was accepted again and again for 60 s (a captured hop could be replayed)."""
+    keys = HopKeys(write_random_key_file(tmp_path / "key"))
+    good = sign(keys)
+    verify(keys, good)
+    with pytest.raises(HopAuthError, match="replayed .* accepted only once"):
+        verify(keys, good)
+    # Two identical requests in the same second are two signatures (random nonces): both served.
+    a, b = sign(keys, now=1_000_000), sign(keys, now=1_000_000)
+    assert a != b
+    verify(keys, a, now=1_000_000)
+    verify(keys, b, now=1_000_000)
+    # The nonce is signed: changing it breaks the signature.
+    c = sign(keys)
+    nonce = c.split("nonce=")[1].split()[0]
+    with pytest.raises(HopAuthError, match="bad"):
+        verify(keys, c.replace(nonce, "0" * len(nonce)))
+
+
+def test_v1_without_a_nonce_is_refused(tmp_path: Path) -> None:
+    keys = HopKeys(write_random_key_file(tmp_path / "key"))
+    with pytest.raises(HopAuthError, match="v1 .*no longer accepted"):
+        verify(keys, f"v1 ts={int(time.time())} sig=" + "0" * 64)
+
+
+def test_replay_cache_is_bounded_and_never_lets_a_replay_through() -> None:
+    cache = ReplayCache(max_entries=3)
+    for i, ts in enumerate((100, 101, 102, 103)):
+        cache.admit(f"s{i}", ts, now=103, window_s=60)
+    assert len(cache) == 3 and cache.floor == 100  # s0 forgotten for room
+    with pytest.raises(HopAuthError, match="replayed"):
+        cache.admit("s3", 103, now=103, window_s=60)
+    with pytest.raises(HopAuthError, match="too old for the replay cache"):
+        cache.admit("s0", 100, now=103, window_s=60)  # forgotten, yet refused: not newer than the floor
+    cache.admit("s4", 104, now=104, window_s=60)
+    # Entries leave with the window (the time check refuses them from then on).
+    cache.admit("s5", 200, now=200, window_s=60)
+    assert len(cache) == 1
 
 
 def test_replay_window(tmp_path: Path) -> None:
@@ -75,4 +116,19 @@ def test_no_key_refuses_everything(tmp_path: Path) -> None:
     keys = HopKeys(tmp_path / "missing")
     assert keys.sign("POST", "/", "h", "", b"") == ""
     with pytest.raises(HopAuthError, match="no hop key"):
-        keys.verify(f"v1 ts={int(time.time())} sig=00", "POST", "/", "h", "", b"")
+        keys.verify(f"v2 ts={int(time.time())} nonce=00 sig=00", "POST", "/", "h", "", b"")
+
+
+def test_flag_is_bound_to_its_hop_and_key(tmp_path: Path) -> None:
+    keys = HopKeys(write_random_key_file(tmp_path / "key"))
+    other = HopKeys(write_random_key_file(tmp_path / "other"))
+    hop_auth = sign(keys)
+    flag = keys.sign_flag("X-Loraplex-If-Idle", hop_auth)
+    assert flag.startswith("v1 sig=") and keys.verify_flag(flag, "X-Loraplex-If-Idle", hop_auth)
+    assert not keys.verify_flag(flag, "X-Loraplex-Other", hop_auth)  # another flag
+    assert not keys.verify_flag(flag, "X-Loraplex-If-Idle", sign(keys, body=b"[]"))  # another hop
+    assert not other.verify_flag(flag, "X-Loraplex-If-Idle", hop_auth)  # another key
+    for bad in ("", "1", "v1 sig=", "v1 sig=00", None):
+        assert not keys.verify_flag(bad, "X-Loraplex-If-Idle", hop_auth)
+    assert not keys.verify_flag(flag, "X-Loraplex-If-Idle", None)
+    assert keys.sign_flag("X-Loraplex-If-Idle", "") == ""
