@@ -1,25 +1,27 @@
 """Adapter switching on FLUX: the slot engine beside diffusers' LoRA paths on FLUX.1's transformer blocks.
 
-    python benchmarks/adapter_switch_flux.py [--double 1] [--single 1] [--rank 16] [--reps 5]
+    python benchmarks/adapter_switch_flux.py [--double 1] [--single 1] [--rank 16] [--reps 5] [--full]
                                              [--device cpu|cuda] [--dtype bfloat16] [--skip-forward] [--quick]
+    (the same as: python benchmarks/adapter_switch.py --family flux ...; --family both runs SDXL then FLUX)
 
 Builds a FluxTransformer2DModel at FLUX.1's full width (24 heads x 128 = 3,072, MLP 12,288, T5 width 4,096, the
-real block shapes) with a reduced depth (--double joint blocks, --single single blocks; FLUX.1 has 19 + 38),
-random weights made straight in the target dtype. Two random rank-R peft adapters on every transformer linear the
-pool targets (attention incl. the joint blocks' context projections, MLPs, modulation: what kohya and ai-toolkit
-train). In one run:
+real block shapes) with a reduced depth (--double joint blocks, --single single blocks; FLUX.1 has 19 + 38), or the
+whole 19 + 38 with --full (12 B parameters, ~24 GB in bf16: a GPU run), random weights made on the device in the
+target dtype. Two random rank-R peft adapters on every transformer linear the pool targets (attention incl. the
+joint blocks' context projections, MLPs, modulation: what kohya and ai-toolkit train; rank 16: ~172 MB in bf16 at
+full depth). In one run:
 
 - diffusers (PEFT layers on the transformer): load_lora_adapter from a state dict in RAM + delete_adapters,
   set_adapters between two resident adapters, hotswap from RAM (enable_lora_hotswap(target_rank=R) first);
-- this engine: switch between resident slots (activate), RAM tier -> slot (one copy of the adapter's rows),
-  beside one plain memcpy of the same bytes;
-- forward overhead of an active adapter: whole transformer forwards (256 image + 64 text tokens), no adapter and
-  adapter interleaved.
+- this engine: switch between resident slots (activate), RAM tier -> slot (one copy of the adapter's rows; pinned
+  host memory -> device on a GPU), beside one plain copy of the same bytes into the same kind of memory;
+- forward overhead of an active adapter: whole transformer forwards (256 image + 64 text tokens on a CPU, 4,096 +
+  512 on a GPU: a 1024x1024 image), no adapter and adapter interleaved, then diffusers' PEFT layers.
 
-Scaling to the whole FLUX.1 transformer (stated in the output): a resident switch does not depend on depth; RAM ->
-slot, the memcpy and diffusers' load, hotswap and delete are per-layer work, scaled by the ratio of LoRA bytes
-(19 + 38 blocks vs the measured ones; for diffusers the ratio of LoRA layers, the same within 1%); set_adapters
-walks every LoRA layer, scaled the same way.
+Scaling to the whole FLUX.1 transformer (stated in the output) at reduced depth: a resident switch does not depend
+on depth; RAM -> slot, the memcpy and diffusers' load, hotswap and delete are per-layer work, scaled by the ratio of
+LoRA bytes (19 + 38 blocks vs the measured ones; for diffusers the ratio of LoRA layers, the same within 1%);
+set_adapters walks every LoRA layer, scaled the same way. --full measures all of it unscaled.
 --quick runs the whole tiny-flux transformer unscaled (a smoke test). --full-depth-stub --double 19 --single 38
 builds every block at full size with zero-stride base weights (the 12 B weights take no memory): adapters, slots
 and diffusers' PEFT layers are then real and full-size, so switching and copies are measured unscaled (no forward).
@@ -27,13 +29,10 @@ and diffusers' PEFT layers are then real and full-size, so switching and copies 
 
 from __future__ import annotations
 
-import argparse
 import gc
-import logging
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,11 +41,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.adapter_switch import DTYPES, Timer, fmt_t, rss_mb  # noqa: E402
+from benchmarks.adapter_switch import DTYPES, Budget, Timer, fmt_t, memcpy_floor, rss_mb  # noqa: E402
 from inference_pod.adapters.formats import canonicalize  # noqa: E402
 from inference_pod.families import FLUX  # noqa: E402
 from inference_pod.local.lora_factory import make_flux_lora_state_dict, target_linears  # noqa: E402
-from inference_pod.slots import host_memory  # noqa: E402
 from inference_pod.slots.engine import SlotEngine  # noqa: E402
 from inference_pod.slots.targets import FLUX_ATTENTION_TARGETS, FLUX_TARGETS  # noqa: E402
 
@@ -71,14 +69,16 @@ def meta_transformer(double: int, single: int, dtype) -> nn.Module:
 
 
 def build_transformer(double: int, single: int, device, dtype) -> nn.Module:
+    """Random weights made on the device itself, in the target dtype (the 12 B of FLUX.1 in seconds on a GPU; no
+    CPU initialisation, no fp32 copy): N(0, 1/fan_in) matrices, norms 1, biases 0."""
     model = meta_transformer(double, single, dtype).to_empty(device=device)
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
                 p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
             else:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(p[0].numel() ** -0.5))
+                p.normal_(0.0, p[0].numel() ** -0.5, generator=g)
     return model.eval().requires_grad_(False)
 
 
@@ -128,8 +128,12 @@ def bench_diffusers(model, timer: Timer, sds: list, rank: int, reps: int) -> dic
     def load_ram(i=0):
         model.load_lora_adapter(dict(sds[i]), prefix="transformer", adapter_name="x")
 
-    loads, deletes = [], []
+    loads: list[float] = []
+    deletes: list[float] = []
     for _ in range(reps):
+        if loads and timer.expired():
+            timer.cut += 1
+            break
         loads.append(timer(load_ram, reps=1))
         deletes.append(timer(lambda: model.delete_adapters("x"), reps=1))
     out["load_ram"], out["delete"] = statistics.median(loads), statistics.median(deletes)
@@ -168,13 +172,9 @@ def bench_engine(model, timer: Timer, sds: list, rank: int) -> dict[str, float]:
         out[key] = timer(lambda ps=ps: [engine.activate(ps[i & 1]) for i in range(2000)]) / 2000
     which = iter([0, 1] * (timer.reps + 1))
     out["ram"] = timer(lambda: engine.load(2, prepared[next(which)]))
-    # The floor: one memcpy of the same bytes between buffers of the same kind (huge pages on a CPU), alternating
-    # between the two adapters as the RAM -> slot loads do (the same working set, so neither is cache-hot).
-    srcs = [p.flat for p in prepared]
-    dst = host_memory.zeros(tuple(srcs[0].shape), srcs[0].dtype) if srcs[0].is_cpu else torch.empty_like(srcs[0])
-    dst.copy_(srcs[0])
-    which2 = iter([0, 1] * (timer.reps + 1))
-    out["memcpy"] = timer(lambda: dst.copy_(srcs[next(which2)]))
+    # The floor: one copy of the same bytes into memory like the slots' (huge pages on a CPU; on a GPU from the
+    # same pinned buffers to device memory), alternating between the two adapters as the loads do.
+    out["memcpy"] = memcpy_floor(timer, [p.flat for p in prepared], engine)
     # An attention-only adapter in the same all-linears pool: kept compact (its column spans only).
     attn = engine.prepare(
         canonicalize(
@@ -189,9 +189,11 @@ def bench_engine(model, timer: Timer, sds: list, rank: int) -> dict[str, float]:
     return out
 
 
-def bench_forward(model, timer: Timer, sd: dict, rank: int, reps: int) -> dict[str, float]:
+def bench_forward(model, timer: Timer, sd: dict, rank: int, reps: int, tokens: tuple[int, int]) -> dict[str, float]:
+    """Whole transformer forwards, no adapter and an active rank-R slot adapter interleaved; then diffusers' PEFT
+    layers with the same adapter active (same inputs), if the time box allows."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    x = inputs(model, 256, 64, device, dtype)
+    x = inputs(model, *tokens, device, dtype)
     engine = SlotEngine(
         SimpleNamespace(transformer=model), n_slots=1, max_rank=rank, target_suffixes=FLUX_TARGETS,
         components=("transformer",),
@@ -202,22 +204,39 @@ def bench_forward(model, timer: Timer, sd: dict, rank: int, reps: int) -> dict[s
         with torch.inference_mode():
             model(**x)
 
-    base, lora = [], []
+    base: list[float] = []
+    lora: list[float] = []
     engine.activate([(0, 1.0)])
-    fwd()  # warm-up
+    fwd()  # warm-up (kernel selection, caches)
+    engine.activate([])
+    fwd()
     for _ in range(reps):
+        if base and timer.expired():
+            timer.cut += 1
+            break
         engine.activate([])
         base.append(timer(fwd, reps=1))
         engine.activate([(0, 1.0)])
         lora.append(timer(fwd, reps=1))
-        print(f"  forward: base {base[-1]:.3f} s, rank-{rank} adapter {lora[-1]:.3f} s", flush=True)
+        print(f"  forward: base {base[-1]:.4f} s, rank-{rank} adapter {lora[-1]:.4f} s", flush=True)
     engine.activate([])
     engine.uninstall()
-    return {
+    out = {
         "fwd_base": statistics.median(base),
         "fwd_lora": statistics.median(lora),
         "fwd_ratio": statistics.median(b / a for a, b in zip(base, lora, strict=True)),
+        "fwd_pairs": len(base),
     }
+    if not timer.expired():
+        model.load_lora_adapter(dict(sd), prefix="transformer", adapter_name="p")
+        model.set_adapters("p")
+        fwd()
+        peft = [timer(fwd, reps=1) for _ in range(max(1, min(reps, len(base))))]
+        model.delete_adapters("p")
+        model.unload_lora()
+        out["fwd_peft"] = statistics.median(peft)
+        out["fwd_peft_ratio"] = out["fwd_peft"] / out["fwd_base"]
+    return out
 
 
 def report(r: dict, args, scale: float, full_mb: float) -> None:
@@ -262,43 +281,28 @@ def report(r: dict, args, scale: float, full_mb: float) -> None:
     )
     if "fwd_base" in r:
         print(
-            f"forward, 256 image + 64 text tokens ({'measured depth, not scaled' if not args.quick else 'tiny'}): "
+            f"forward, {args.img_tokens} image + {args.txt_tokens} text tokens "
+            f"({'measured depth, not scaled' if not args.quick else 'tiny'}), {r['fwd_pairs']:.0f} pairs: "
             f"no adapter {fmt_t(r['fwd_base'])}, rank-{args.rank} adapter {fmt_t(r['fwd_lora'])} (median ratio "
             f"{r['fwd_ratio']:.4f}, target <= 1.03: {'yes' if r['fwd_ratio'] <= 1.03 else 'NO'})"
+            + (
+                f"; diffusers' PEFT layers, same adapter: {fmt_t(r['fwd_peft'])} (ratio {r['fwd_peft_ratio']:.4f})"
+                if "fwd_peft" in r
+                else ""
+            )
         )
+    if r.get("time_box_cuts"):
+        print(f"time box: {r['time_box_cuts']:.0f} measurements ran fewer repetitions than asked")
 
 
-def quiet() -> None:
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_error()
-    logging.getLogger("peft").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
-def main(argv: list[str] | None = None) -> None:
-    quiet()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--double", type=int, default=1, help="joint blocks to build (FLUX.1: 19)")
-    p.add_argument("--single", type=int, default=1, help="single blocks to build (FLUX.1: 38)")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--forward-reps", type=int, default=3)
-    p.add_argument("--skip-forward", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="the whole tiny-flux transformer, unscaled")
-    p.add_argument(
-        "--full-depth-stub",
-        action="store_true",
-        help="every block at full size with zero-stride base weights (use --double 19 --single 38): switching and "
-        "copies at the real adapter size, unscaled; no forward",
-    )
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run_flux(args, budget: Budget) -> dict[str, float]:
+    """The FLUX section of adapter_switch.py (--family flux|both): build, measure, print the table."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.full:
+        args.double, args.single = args.double or FULL_DOUBLE, args.single or FULL_SINGLE
+    args.double, args.single = args.double or 1, args.single or 1
+    args.img_tokens = args.img_tokens or (4096 if device.type == "cuda" else 256)  # 4,096: a 1024x1024 image
+    args.txt_tokens = args.txt_tokens or (512 if device.type == "cuda" else 64)
     t = time.perf_counter()
     if args.quick:
         from inference_pod.worker.tiny_flux import build_tiny_flux_pipeline
@@ -309,7 +313,10 @@ def main(argv: list[str] | None = None) -> None:
         args.skip_forward = True
     else:
         model = build_transformer(args.double, args.single, device, dtype)
-    print(f"built the transformer in {time.perf_counter() - t:.0f} s, RSS {rss_mb():.0f} MB", flush=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    build_s = time.perf_counter() - t
+    print(f"built the FLUX transformer ({args.double}+{args.single} blocks) in {build_s:.0f} s, RSS {rss_mb():.0f} MB")
     layers, elems = lora_layer_elems(model)
     scale, full_mb = 1.0, 0.0
     if not args.quick:
@@ -322,16 +329,35 @@ def main(argv: list[str] | None = None) -> None:
         full_mb = full * args.rank * torch.empty(0, dtype=dtype).element_size() / 1e6
     sds = [make_flux_lora_state_dict(model, rank=args.rank, seed=s, strength=0.1, dtype=dtype) for s in (1, 2)]
     timer = Timer(device, args.reps)
-    results: dict[str, float] = {"layers": layers}
-    print("diffusers ...", flush=True)
-    results.update(bench_diffusers(model, timer, sds, args.rank, args.reps))
+    results: dict[str, float] = {"layers": layers, "build_s": build_s, "scale": scale}
+    if budget.enter("FLUX diffusers", timer, 0.4):
+        results.update(bench_diffusers(model, timer, sds, args.rank, args.reps))
+        gc.collect()
+    if budget.enter("FLUX engine", timer, 0.4):
+        results.update(bench_engine(model, timer, sds, args.rank))
+    if not args.skip_forward and budget.enter("FLUX forwards", timer, 0.9):
+        results.update(
+            bench_forward(model, timer, sds[0], args.rank, args.forward_reps, (args.img_tokens, args.txt_tokens))
+        )
+    results["time_box_cuts"] = timer.cut
+    if "switch" in results and "set_adapters" in results:
+        report(results, args, scale, full_mb)
+    else:
+        print("FLUX: not enough of the run was measured for the table (see above)")
+    del model
     gc.collect()
-    print("engine ...", flush=True)
-    results.update(bench_engine(model, timer, sds, args.rank))
-    if not args.skip_forward:
-        print("forwards ...", flush=True)
-        results.update(bench_forward(model, timer, sds[0], args.rank, args.forward_reps))
-    report(results, args, scale, full_mb)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """adapter_switch.py --family flux, with this file's defaults (5 repetitions, 3 forward pairs)."""
+    from benchmarks.adapter_switch import main as switch_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = ["--family", "flux", "--reps", "5", "--forward-reps", "3"]
+    switch_main(defaults + argv)
 
 
 if __name__ == "__main__":

@@ -273,8 +273,11 @@ def _canonicalize_flux(state_dict: dict[str, torch.Tensor]) -> CanonicalLora:
     fmt = "kohya" if any(".lora_down." in k for k in keys) else _detect_flux_format(keys)
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     expected = sum(_flux_outputs(k) for k in keys if _FLUX_DOWN_KEY.search(k))
+    # diffusers' kohya converter folds alpha into the text-encoder (`lora_te1_`) factors in place: give it copies
+    # of those (small: CLIP's attention) so the caller's tensors keep their values.
+    given = {k: v.clone() if k.startswith("lora_te") else v for k, v in state_dict.items()}
     try:
-        sd, alphas = FluxPipeline.lora_state_dict(dict(state_dict), return_alphas=True)
+        sd, alphas = FluxPipeline.lora_state_dict(given, return_alphas=True)
     except Exception as e:
         raise AdapterFormatError(f"diffusers could not read the FLUX LoRA keys: {e}") from e
     alphas = dict(alphas or {})
