@@ -142,6 +142,16 @@ def tiny_pool(name: str, node: str, image: str, replicas: int = 1, gpus: int = 1
     }
 
 
+def lora_adapter(name: str, pool: str, source: dict) -> dict:
+    """A LoraAdapter manifest (the namespace comes from `kubectl -n`)."""
+    return {
+        "apiVersion": "loraplex.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": name},
+        "spec": {"pool": pool, "source": source},
+    }
+
+
 def conditions(obj: dict) -> dict[str, dict]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 

@@ -28,6 +28,7 @@ from tests.e2e.support import (
     http,
     kubectl,
     kubectl_json,
+    lora_adapter,
     png_of,
     ready_pods,
     service_ip,
@@ -218,12 +219,7 @@ def test_operator_pod_replaced_converges_without_writes(
     ns = pool_ns
     sys_ns, _ = release
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(tiny_pool("tiny", real_node, inference_image)))
-    adapter = {
-        "apiVersion": "loraplex.io/v1alpha1",
-        "kind": "LoraAdapter",
-        "metadata": {"name": "fox"},
-        "spec": {"pool": "tiny", "source": {"type": "path", "path": "/models/loras/fox.safetensors"}},
-    }
+    adapter = lora_adapter("fox", "tiny", {"type": "path", "path": "/models/loras/fox.safetensors"})
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(adapter))
     wait_pool_ready(ns, "tiny", timeout=360)
     wait_for(

@@ -33,6 +33,7 @@ from tests.e2e.support import (
     kill_container,
     kubectl,
     kubectl_json,
+    lora_adapter,
     png_of,
     ready_pods,
     restarts,
@@ -278,12 +279,7 @@ def test_adapter_changes_the_image(
     _, body = generate_until_ok(url, GEN, timeout=60)
     base = png_of(body)
 
-    adapter = {
-        "apiVersion": "loraplex.io/v1alpha1",
-        "kind": "LoraAdapter",
-        "metadata": {"name": "fox"},
-        "spec": {"pool": "tiny", "source": {"type": "path", "path": f"/models/{filename}"}},
-    }
+    adapter = lora_adapter("fox", "tiny", {"type": "path", "path": f"/models/{filename}"})
     t0 = time.monotonic()
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(adapter))
     _, body = generate_until_ok(url, {**GEN, "model": "fox"}, timeout=120)
@@ -400,19 +396,8 @@ def test_adapter_from_an_https_url_inside_the_cluster(
     _, body = generate_until_ok(url, GEN, timeout=60)
     base = png_of(body)
 
-    adapter = {
-        "apiVersion": "loraplex.io/v1alpha1",
-        "kind": "LoraAdapter",
-        "metadata": {"name": "fox"},
-        "spec": {
-            "pool": "tiny",
-            "source": {
-                "type": "url",
-                "url": f"https://{ip}:8443/fox.safetensors",
-                "sha256": hashlib.sha256(data).hexdigest(),
-            },
-        },
-    }
+    source = {"type": "url", "url": f"https://{ip}:8443/fox.safetensors", "sha256": hashlib.sha256(data).hexdigest()}
+    adapter = lora_adapter("fox", "tiny", source)
     t0 = time.monotonic()
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(adapter))
     _, body = generate_until_ok(url, {**GEN, "model": "fox"}, timeout=120)
