@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -734,6 +735,22 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
+def guarded(name: str, run: Callable[[], dict], keep_going: bool) -> dict:
+    """Run one family's section; with keep_going (--family both, a one-shot GPU run) a failure is printed and
+    recorded instead of losing the other family's figures."""
+    if not keep_going:
+        return run()
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - reported, and the other family still runs
+        traceback.print_exc()
+        print(f"{name} section failed: {type(e).__name__}: {e}", flush=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def main(argv: list[str] | None = None) -> None:
     quiet()
     args = parser().parse_args(argv)
@@ -747,13 +764,13 @@ def main(argv: list[str] | None = None) -> None:
         sdxl_share = Budget(budget.left() * 0.45 if args.family == "both" else budget.left())
         if not args.budget_s:
             sdxl_share = Budget(0)
-        out["sdxl"] = run_sdxl(args, sdxl_share)
+        out["sdxl"] = guarded("SDXL", lambda: run_sdxl(args, sdxl_share), args.family == "both")
         budget.skipped += sdxl_share.skipped
     if args.family in ("flux", "both"):
         from benchmarks.adapter_switch_flux import run_flux
 
         flux_budget = Budget(budget.left() if args.budget_s else 0)
-        out["flux"] = run_flux(args, flux_budget)
+        out["flux"] = guarded("FLUX", lambda: run_flux(args, flux_budget), args.family == "both")
         budget.skipped += flux_budget.skipped
     if budget.skipped:
         print(f"skipped for lack of time: {', '.join(budget.skipped)}")
