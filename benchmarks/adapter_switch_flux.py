@@ -316,7 +316,8 @@ def run_flux(args, budget: Budget) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     build_s = time.perf_counter() - t
-    print(f"built the FLUX transformer ({args.double}+{args.single} blocks) in {build_s:.0f} s, RSS {rss_mb():.0f} MB")
+    what = "tiny-flux" if args.quick else f"FLUX transformer ({args.double}+{args.single} blocks)"
+    print(f"built the {what} in {build_s:.0f} s, RSS {rss_mb():.0f} MB")
     layers, elems = lora_layer_elems(model)
     scale, full_mb = 1.0, 0.0
     if not args.quick:

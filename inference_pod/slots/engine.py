@@ -177,6 +177,11 @@ class SlotEngine:
         # state tensors' own memory, so a switch is a few numpy stores;
         # otherwise a staging copy uploaded once per switch.
         self._direct = self.device.type == "cpu" and rows_dtype == torch.float32
+        # On a GPU the staging arrays are pageable host memory: a non-blocking copy from pageable memory is staged
+        # by the driver before the call returns (so the next switch may overwrite the arrays at once) and ordered
+        # on the stream before the next forward, without the stream synchronisation a blocking copy adds (two per
+        # switch, each waiting for all queued GPU work).
+        self._upload_async = self.device.type == "cuda"
         self._host_index = [self._host(t, np.int64) for t in st0.index_by_k]
         self._host_rows = [self._host(t, np.float32) for t in st0.rows_by_k]
         self._host_rows_full = [self._host(t, np.float32) for t in st0.rows_full_by_k]
@@ -412,11 +417,11 @@ class SlotEngine:
                 host_rows_full[i * max_rank : (i + 1) * max_rank] = w
                 host_rows[i * rank : (i + 1) * rank] = w
             if not self._direct:
-                rows.copy_(torch.from_numpy(host_rows))
+                rows.copy_(torch.from_numpy(host_rows), non_blocking=self._upload_async)
         index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
         if not self._direct:
-            index.copy_(torch.from_numpy(host_index))
-            rows_full.copy_(torch.from_numpy(host_rows_full))
+            index.copy_(torch.from_numpy(host_index), non_blocking=self._upload_async)
+            rows_full.copy_(torch.from_numpy(host_rows_full), non_blocking=self._upload_async)
         self._active = tuple(slots_and_scales)
         slot, scale = slots_and_scales[0]
         self._epoch += 1
