@@ -31,12 +31,14 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import json
 import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +142,15 @@ class Timer:
         self.reps = reps
         self.sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.clock = time.process_time if cpu_time and device.type == "cpu" else time.perf_counter
+        self.deadline = float("inf")  # time.monotonic() after which repetitions stop (at least one always runs)
+        self.cut = 0  # measurements the time box cut short
+
+    def box(self, seconds: float) -> None:
+        """Time-box what follows: repetitions stop once `seconds` have passed (0: no limit)."""
+        self.deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
 
     def __call__(
         self,
@@ -149,8 +160,11 @@ class Timer:
         setup: Callable[[], object] | None = None,
     ) -> float:
         """Median seconds per call of fn over reps repetitions (each `inner` calls in a row)."""
-        times = []
+        times: list[float] = []
         for _ in range(reps or self.reps):
+            if times and self.expired():
+                self.cut += 1
+                break
             if setup is not None:
                 setup()
             self.sync()
@@ -201,8 +215,12 @@ def bench_diffusers(unet, timer: Timer, files: dict, sds: dict, reps: int) -> di
             unet.delete_adapters("x")
 
         for label, load in (("disk", load_disk), ("ram", load_ram)):
-            loads, deletes = [], []
+            loads: list[float] = []
+            deletes: list[float] = []
             for _ in range(reps):
+                if loads and timer.expired():
+                    timer.cut += 1
+                    break
                 loads.append(timer(load, reps=1))
                 deletes.append(timer(delete, reps=1))
             out[f"load_{label}_{rank}"] = statistics.median(loads)
@@ -253,7 +271,8 @@ def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quic
         pairs2 = [[(0, 1.0), (1, 0.5)], [(1, 0.7), (0, 0.2)]]
         for key, ps in ((f"switch_{slot_rank}", pairs), (f"switch2_{slot_rank}", pairs2)):
             out[key] = timer(lambda ps=ps, engine=engine: [engine.activate(ps[i & 1]) for i in range(2000)]) / 2000
-        # RAM -> slot
+        # RAM -> slot, beside one plain copy of the same bytes into the same kind of memory as the slots (from
+        # the same pinned buffers on a GPU: host -> device)
         for rank in (8, 64):
             if rank > slot_rank:
                 continue
@@ -263,6 +282,8 @@ def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quic
                     2, prepared[rank, next(which)]
                 )
             )
+            if slot_rank == 64:
+                out[f"memcpy_{rank}"] = memcpy_floor(timer, [prepared[rank, 0].flat, prepared[rank, 1].flat], engine)
         # disk -> slot from a prepared file, beside the raw read of the original file
         for rank in (8, 64):
             if rank > slot_rank:
@@ -301,6 +322,18 @@ def bench_engine(unet, timer: Timer, files: dict, sds: dict, workdir: Path, quic
         del engine, prepared
         gc.collect()
     return out
+
+
+def memcpy_floor(timer: Timer, srcs: list[torch.Tensor], engine: SlotEngine) -> float:
+    """One plain copy of an adapter's bytes into a buffer like the slots (huge pages on a CPU, device memory on a
+    GPU), alternating between two adapters as the RAM -> slot loads do, so neither is cache-hot."""
+    if engine.device.type == "cpu":
+        dst = host_memory.zeros(tuple(srcs[0].shape), srcs[0].dtype)
+    else:
+        dst = torch.empty(srcs[0].shape, dtype=srcs[0].dtype, device=engine.device)
+    dst.copy_(srcs[0])
+    which = iter([0, 1] * (timer.reps + 1))
+    return timer(lambda: dst.copy_(srcs[next(which)], non_blocking=srcs[0].is_pinned()))
 
 
 # -- forward overhead ----------------------------------------------------------------------------------------
@@ -502,6 +535,14 @@ def report_switching(r: dict, args) -> None:
         "  (speed-up: resident vs set_adapters; RAM vs the faster of hotswap and load+delete from RAM; "
         "disk vs load from the file + delete)"
     )
+    if "memcpy_8" in r:
+        print(
+            "one plain copy of the adapter's bytes into memory like the slots': "
+            + ", ".join(
+                f"rank {k} {fmt_t(r[f'memcpy_{k}'])} (RAM -> slot {r[f'ram_{k}_in_64'] / r[f'memcpy_{k}']:.2f}x it)"
+                for k in (8, 64)
+            )
+        )
     print(
         f"RSS over 1,000 switches (load into a slot + activate): {r['rss_before']:.0f} MB -> "
         f"{r['rss_after']:.0f} MB ({r['rss_after'] - r['rss_before']:+.1f} MB)"
@@ -547,9 +588,9 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def main(argv: list[str] | None = None) -> None:
-    quiet()
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", default="sdxl", choices=("sdxl", "flux", "both"), help="FLUX: adapter_switch_flux")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument("--reps", type=int, default=7)
@@ -569,18 +610,69 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="time the layers and forwards in process CPU time (use with --threads 1 on a shared CPU)",
     )
-    p.add_argument("--quick", action="store_true", help="the tiny pipeline's UNet (CI smoke)")
-    args = p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="the tiny models (CI smoke; the targets do not apply)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="FLUX: the whole FLUX.1 transformer (19 + 38 blocks) with real weights built on the device (~24 GB in "
+        "bf16: a GPU run); SDXL is always the full UNet unless --quick",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=0,
+        help="wall-clock budget of the whole run in seconds (0: none); sections are time-boxed in turn (fewer "
+        "repetitions, a section skipped when nothing is left) and the output says what was cut",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write every measured figure to this JSON file")
+    flux = p.add_argument_group("FLUX (--family flux|both)")
+    flux.add_argument("--rank", type=int, default=16, help="the FLUX adapters' rank")
+    flux.add_argument("--double", type=int, default=0, help="joint blocks to build (default 1; 19 with --full)")
+    flux.add_argument("--single", type=int, default=0, help="single blocks to build (default 1; 38 with --full)")
+    flux.add_argument(
+        "--full-depth-stub",
+        action="store_true",
+        help="every block at full size with zero-stride base weights (use --double 19 --single 38): switching and "
+        "copies at the real adapter size without the 24 GB of weights; no forward",
+    )
+    flux.add_argument("--img-tokens", type=int, default=0, help="forward image tokens (default 256; 4096 on cuda)")
+    flux.add_argument("--txt-tokens", type=int, default=0, help="forward text tokens (default 64; 512 on cuda)")
+    return p
+
+
+class Budget:
+    """The run's wall-clock budget: each section is time-boxed to a share of what is left."""
+
+    def __init__(self, total_s: float) -> None:
+        self.start = time.monotonic()
+        self.total = total_s
+        self.skipped: list[str] = []
+
+    def left(self) -> float:
+        return self.total - (time.monotonic() - self.start) if self.total > 0 else float("inf")
+
+    def enter(self, name: str, timer: Timer, share: float, need_s: float = 5.0) -> bool:
+        """Box the timer for this section (share of what is left); False (and noted) if under need_s is left."""
+        left = self.left()
+        if left < need_s:
+            self.skipped.append(name)
+            print(f"{name}: skipped, {max(left, 0):.0f} s of the budget left", flush=True)
+            return False
+        timer.box(0 if left == float("inf") else left * share)
+        print(f"{name} ...", flush=True)
+        return True
+
+
+def run_sdxl(args, budget: Budget) -> dict[str, float]:
     sections = set(args.sections.split(","))
     if args.batching:
         sections.add("batching")
     if args.skip_forward:
         sections.discard("forward")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     args.latent = args.latent or (128 if device.type == "cuda" else 32)
+    t = time.perf_counter()
     if args.quick:
         from inference_pod.worker.tiny_model import build_tiny_pipeline
 
@@ -589,12 +681,13 @@ def main(argv: list[str] | None = None) -> None:
         args.latent = unet.config.sample_size
     else:
         config = SDXL_UNET
-        t = time.perf_counter()
         unet = build_unet(config, device, dtype)
-        print(f"built the SDXL UNet in {time.perf_counter() - t:.0f} s, RSS {rss_mb():.0f} MB", flush=True)
+    print(
+        f"built the {'tiny' if args.quick else 'SDXL'} UNet in {time.perf_counter() - t:.0f} s, RSS {rss_mb():.0f} MB"
+    )
     n_params = sum(p.numel() for p in unet.parameters())
     timer = Timer(device, args.reps)
-    results: dict[str, float] = {}
+    results: dict[str, float] = {"build_s": time.perf_counter() - t, "params": n_params}
     sds = {(rank, i): make_lora(unet, rank, seed=10 * rank + i) for rank in (8, 64) for i in (0, 1)}
     results["n_tensors"] = len(sds[8, 0])
     with tempfile.TemporaryDirectory(prefix="loraplex-bench-") as tmp:
@@ -603,25 +696,90 @@ def main(argv: list[str] | None = None) -> None:
         for rank in (8, 64):
             files[rank] = workdir / f"lora_r{rank}.safetensors"
             save_file(sds[rank, 0], str(files[rank]))
-        if "diffusers" in sections:
-            print("diffusers ...", flush=True)
+        if "diffusers" in sections and budget.enter("diffusers", timer, 0.35):
             results.update(bench_diffusers(unet, timer, files, sds, args.reps))
             gc.collect()
-        if "engine" in sections:
-            print("engine ...", flush=True)
+        if "engine" in sections and budget.enter("engine", timer, 0.4):
             results.update(bench_engine(unet, timer, files, sds, workdir, args.quick))
     compute_timer = Timer(device, args.reps, cpu_time=args.cpu_time)
-    if "layers" in sections:
-        print("layers ...", flush=True)
+    if "layers" in sections and budget.enter("layers", compute_timer, 0.3):
         shapes = capture_target_shapes(config, args.latent, dtype)
         results.update(bench_layers(shapes, compute_timer, device, dtype, rank=8))
-    if "forward" in sections:
-        print("whole forwards ...", flush=True)
+    if "forward" in sections and budget.enter("whole forwards", compute_timer, 0.6):
         results.update(bench_forward(unet, compute_timer, sds[8, 0], args.latent, args.forward_reps))
-    if "batching" in sections:
-        print("batching ...", flush=True)
+    if "batching" in sections and budget.enter("batching", compute_timer, 0.9):
         results.update(bench_batching(unet, compute_timer, sds, args.latent, args.batch_requests, args.forward_reps))
+    results["time_box_cuts"] = timer.cut + compute_timer.cut
     report(results, args, n_params)
+    del unet
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """What the figures were measured on (printed and kept in the JSON)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"python": sys.version.split()[0], "device": str(device)}
+    for name in ("torch", "diffusers", "peft", "transformers"):
+        try:
+            env[name] = version(name)
+        except PackageNotFoundError:
+            env[name] = "-"
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    env["cpus"] = str(os.cpu_count())
+    env["torch_threads"] = str(torch.get_num_threads())
+    return env
+
+
+def guarded(name: str, run: Callable[[], dict], keep_going: bool) -> dict:
+    """Run one family's section; with keep_going (--family both, a one-shot GPU run) a failure is printed and
+    recorded instead of losing the other family's figures."""
+    if not keep_going:
+        return run()
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - reported, and the other family still runs
+        traceback.print_exc()
+        print(f"{name} section failed: {type(e).__name__}: {e}", flush=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet()
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = Budget(args.budget_s)
+    env = environment(torch.device(args.device))
+    print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    out: dict[str, object] = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.family in ("sdxl", "both"):
+        sdxl_share = Budget(budget.left() * 0.45 if args.family == "both" else budget.left())
+        if not args.budget_s:
+            sdxl_share = Budget(0)
+        out["sdxl"] = guarded("SDXL", lambda: run_sdxl(args, sdxl_share), args.family == "both")
+        budget.skipped += sdxl_share.skipped
+    if args.family in ("flux", "both"):
+        from benchmarks.adapter_switch_flux import run_flux
+
+        flux_budget = Budget(budget.left() if args.budget_s else 0)
+        out["flux"] = guarded("FLUX", lambda: run_flux(args, flux_budget), args.family == "both")
+        budget.skipped += flux_budget.skipped
+    if budget.skipped:
+        print(f"skipped for lack of time: {', '.join(budget.skipped)}")
+    out["skipped"] = budget.skipped
+    out["wall_s"] = time.monotonic() - budget.start
+    print(f"whole run {out['wall_s']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def _local(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--serve", action="store_true", help="keep serving after the demo requests")
+    p.add_argument("--flux", action="store_true", help="also a FLUX pool (tiny-flux) beside the SDXL one")
     a = p.parse_args(argv)
-    return run_local(a.workdir.resolve(), steps=a.steps, size=a.size, keep_running=a.serve)
+    return run_local(a.workdir.resolve(), steps=a.steps, size=a.size, keep_running=a.serve, flux=a.flux)
 
 
 def _worker(argv: list[str]) -> int:

@@ -46,3 +46,10 @@ def tiny_pipe():
     from inference_pod.worker.tiny_model import build_tiny_pipeline
 
     return build_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_pipe():
+    from inference_pod.worker.tiny_flux import build_tiny_flux_pipeline
+
+    return build_tiny_flux_pipeline()

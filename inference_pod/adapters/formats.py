@@ -3,11 +3,16 @@
 Accepted: diffusers/peft keys (`unet.<module>.lora_A.weight`), the older
 diffusers keys (`...to_q_lora.down.weight`) and kohya/A1111 keys
 (`lora_unet_<module_with_underscores>.lora_down.weight` + `.alpha`, SGM
-`input_blocks` names included). Conversion goes through diffusers' own
-`lora_state_dict` and its peft key converters, so every format diffusers
-accepts maps to the same module paths it would patch.
+`input_blocks` names included) for SDXL; for FLUX diffusers/peft
+(`transformer.<module>.lora_A.weight`), kohya (`lora_unet_double_blocks_0_img_attn_qkv...`, fused projections
+split by diffusers), ComfyUI (`diffusion_model.`), XLabs and the other layouts `FluxPipeline.lora_state_dict`
+reads. Conversion goes through diffusers' own `lora_state_dict` and its peft
+key converters, so every format diffusers accepts maps to the same module
+paths it would patch. A file made for the other family (its keys tell) is
+refused naming both families.
 
 Canonical form: module path (`unet.down_blocks.1....to_q`,
+`transformer.transformer_blocks.0.attn.add_q_proj`,
 `text_encoder.text_model....q_proj`) -> LoraPair(down [r, in], up [out, r],
 alpha). Only safetensors are read; pickle-based files never are.
 """
@@ -22,7 +27,10 @@ from pathlib import Path
 
 import torch
 
+from inference_pod.families import FLUX, SDXL, ModelFamily, family_of_lora_keys
+
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+FLUX_COMPONENTS = ("transformer", "text_encoder")
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -148,7 +156,18 @@ def _split_sgm(state_dict: dict[str, torch.Tensor]) -> list[dict[str, torch.Tens
     return [{k: v for k, v in state_dict.items() if k not in sgm}, sgm]
 
 
-def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> CanonicalLora:
+def check_family(keys: list[str], family: ModelFamily) -> None:
+    """Refuse a file whose keys say it was made for the other family."""
+    made_for = family_of_lora_keys(keys)
+    if made_for is not None and made_for != family:
+        example = next(k for k in keys if family_of_lora_keys([k]) == made_for)
+        raise AdapterFormatError(
+            f"this is a {made_for.label} LoRA (keys like {example.rsplit('.', 2)[0]!r}); "
+            f"this pool serves a {family.label} model"
+        )
+
+
+def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None, family: ModelFamily = SDXL) -> CanonicalLora:
     """Map any accepted key format to canonical module paths via diffusers' converters.
 
     Every LoRA layer of the file must come out the other side: a layer that
@@ -158,6 +177,9 @@ def canonicalize(state_dict: dict[str, torch.Tensor], unet_config=None) -> Canon
     for marker, why in _UNSUPPORTED_MARKERS.items():
         if any(marker in k for k in keys):
             raise AdapterFormatError(why)
+    check_family(keys, family)
+    if family == FLUX:
+        return _canonicalize_flux(state_dict)
     fmt = _detect_format(keys)
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     modules: dict[str, LoraPair] = {}
@@ -225,25 +247,101 @@ def _canonical_modules(state_dict: dict[str, torch.Tensor], unet_config=None) ->
             for ck in converted:
                 if ".lora_A." in ck:
                     alpha_by_module[ck.split(".lora_A.")[0]] = float(aval)
-        downs = {k.split(".lora_A.")[0]: v for k, v in peft_sd.items() if ".lora_A." in k}
-        ups = {k.split(".lora_B.")[0]: v for k, v in peft_sd.items() if ".lora_B." in k}
-        other = [k for k in peft_sd if ".lora_A." not in k and ".lora_B." not in k]
-        if other:
-            raise AdapterFormatError(f"unsupported keys in {comp}: {other[:3]}")
-        if set(downs) != set(ups):
-            missing = sorted(set(downs) ^ set(ups))[:3]
-            raise AdapterFormatError(f"{comp}: unpaired lora down/up weights for {missing}")
-        for mod, down in downs.items():
-            up = ups[mod]
-            if down.dim() != 2 or up.dim() != 2:
-                raise AdapterFormatError(
-                    f"{comp}.{mod}: only Linear LoRA layers are supported (got {tuple(down.shape)})"
-                )
-            if up.shape[1] != down.shape[0]:
-                raise AdapterFormatError(f"{comp}.{mod}: up {tuple(up.shape)} does not match down {tuple(down.shape)}")
-            modules[f"{comp}.{mod}"] = LoraPair(down=down, up=up, alpha=alpha_by_module.get(mod))
+        modules.update(_pairs(comp, peft_sd, alpha_by_module))
     return modules
 
 
-def load_adapter_file(path: Path, unet_config=None) -> CanonicalLora:
-    return canonicalize(read_safetensors(path), unet_config=unet_config)
+# The down weight of one FLUX LoRA layer: the SDXL formats' names plus XLabs' (`processor.qkv_lora1.down.weight`).
+_FLUX_DOWN_KEY = re.compile(
+    r"(?:lora_down|lora_A|lora\.down|_lora\d+\.down|lora_linear_layer\.down)(?:\.[^.]+)?\.weight$"
+)
+
+
+# How many modules one source LoRA layer becomes in diffusers' FLUX converters: fused q/k/v projections
+# (kohya `..._qkv`, XLabs `qkv_lora`) split into three, the single blocks' fused `linear1` into q, k, v and
+# proj_mlp; every other layer maps to one module.
+def _flux_outputs(down_key: str) -> int:
+    if "linear1" in down_key:
+        return 4
+    return 3 if "qkv" in down_key else 1
+
+
+def _canonicalize_flux(state_dict: dict[str, torch.Tensor]) -> CanonicalLora:
+    from diffusers import FluxPipeline
+
+    keys = list(state_dict)
+    fmt = "kohya" if any(".lora_down." in k for k in keys) else _detect_flux_format(keys)
+    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    expected = sum(_flux_outputs(k) for k in keys if _FLUX_DOWN_KEY.search(k))
+    # diffusers' kohya converter folds alpha into the text-encoder (`lora_te1_`) factors in place: give it copies
+    # of those (small: CLIP's attention) so the caller's tensors keep their values.
+    given = {k: v.clone() if k.startswith("lora_te") else v for k, v in state_dict.items()}
+    try:
+        sd, alphas = FluxPipeline.lora_state_dict(given, return_alphas=True)
+    except Exception as e:
+        raise AdapterFormatError(f"diffusers could not read the FLUX LoRA keys: {e}") from e
+    alphas = dict(alphas or {})
+    modules: dict[str, LoraPair] = {}
+    for comp in FLUX_COMPONENTS:
+        part = {k[len(comp) + 1 :]: v for k, v in sd.items() if k.startswith(comp + ".")}
+        if not part:
+            continue
+        if any(".lora_A." not in k and ".lora_B." not in k for k in part):
+            part = _text_encoder_to_peft(part)
+        alpha_by_module = {
+            k[len(comp) + 1 : -len(".alpha")]: float(v) for k, v in alphas.items() if k.startswith(comp + ".")
+        }
+        modules.update(_pairs(comp, part, alpha_by_module))
+    other = sorted(k for k in sd if not k.startswith(tuple(c + "." for c in FLUX_COMPONENTS)))
+    if other:
+        raise AdapterFormatError(f"LoRA layers outside the FLUX transformer and text encoder: {other[:3]}")
+    if not modules:
+        raise AdapterFormatError("no LoRA layers for the FLUX transformer or text encoder found")
+    if len(modules) != expected:
+        raise AdapterFormatError(
+            f"only {len(modules)} of the {expected} modules the file's LoRA layers stand for map to modules of "
+            "this base model (keys for another architecture, or an unsupported naming scheme)"
+        )
+    return CanonicalLora(modules=modules, source_format=fmt, nbytes=nbytes)
+
+
+def _detect_flux_format(keys: list[str]) -> str:
+    if any(".processor." in k for k in keys):
+        return "xlabs"
+    if any(".lora_A." in k or ".lora_B." in k for k in keys):
+        return "peft"
+    raise AdapterFormatError("no FLUX LoRA keys found (expected lora_A/lora_B, kohya lora_down/up or XLabs)")
+
+
+def _text_encoder_to_peft(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import StateDictType
+
+    if any(".lora_linear_layer." in k for k in d):
+        return convert_state_dict_to_peft(d)
+    return convert_state_dict_to_peft(convert_state_dict_to_diffusers(d, original_type=StateDictType.DIFFUSERS_OLD))
+
+
+def _pairs(comp: str, peft_sd: dict[str, torch.Tensor], alpha_by_module: dict[str, float]) -> dict[str, LoraPair]:
+    """peft-keyed down/up weights of one component -> canonical pairs, checked for shape and pairing."""
+    downs = {k.split(".lora_A.")[0]: v for k, v in peft_sd.items() if ".lora_A." in k}
+    ups = {k.split(".lora_B.")[0]: v for k, v in peft_sd.items() if ".lora_B." in k}
+    other = [k for k in peft_sd if ".lora_A." not in k and ".lora_B." not in k]
+    if other:
+        raise AdapterFormatError(f"unsupported keys in {comp}: {other[:3]}")
+    if set(downs) != set(ups):
+        missing = sorted(set(downs) ^ set(ups))[:3]
+        raise AdapterFormatError(f"{comp}: unpaired lora down/up weights for {missing}")
+    modules: dict[str, LoraPair] = {}
+    for mod, down in downs.items():
+        up = ups[mod]
+        if down.dim() != 2 or up.dim() != 2:
+            raise AdapterFormatError(f"{comp}.{mod}: only Linear LoRA layers are supported (got {tuple(down.shape)})")
+        if up.shape[1] != down.shape[0]:
+            raise AdapterFormatError(f"{comp}.{mod}: up {tuple(up.shape)} does not match down {tuple(down.shape)}")
+        modules[f"{comp}.{mod}"] = LoraPair(down=down, up=up, alpha=alpha_by_module.get(mod))
+    return modules
+
+
+def load_adapter_file(path: Path, unet_config=None, family: ModelFamily = SDXL) -> CanonicalLora:
+    return canonicalize(read_safetensors(path), unet_config=unet_config, family=family)

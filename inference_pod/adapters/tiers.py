@@ -20,6 +20,7 @@ from pathlib import Path
 from inference_pod.adapters.formats import AdapterFormatError, load_adapter_file
 from inference_pod.adapters.lru import BudgetExceeded, BudgetLRU
 from inference_pod.adapters.sources import AdapterSourceError, SourcePolicy, fetch_to_disk, source_key
+from inference_pod.families import SDXL, ModelFamily
 from inference_pod.slots.engine import AdapterMismatchError, PreparedAdapter, SlotEngine
 from inference_pod.slots.files import read_prepared, save_prepared
 from loraplex.api.routing_table import AdapterEntry, PathSource
@@ -100,8 +101,10 @@ class AdapterTiers:
         policy: SourcePolicy | None = None,
         retry_base_s: float = 1.0,
         retry_max_s: float = 60.0,
+        family: ModelFamily = SDXL,
     ) -> None:
         self.engine = engine
+        self.family = family
         self.policy = policy or SourcePolicy()
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         # source key -> (monotonic time before which a transient failure is not retried, its delay, reason)
@@ -236,7 +239,7 @@ class AdapterTiers:
                 entry.source, PathSource
             )
             path = fetch_to_disk(name, entry, self.disk.dir, self.budgets.max_adapter_bytes, policy=self.policy)
-            lora = load_adapter_file(path, self.unet_config)
+            lora = load_adapter_file(path, self.unet_config, family=self.family)
             if lora.nbytes > self.budgets.max_adapter_bytes:
                 raise AdapterMismatchError(f"{lora.nbytes} bytes of weights, over the limit")
             prepared = self.engine.prepare(lora)

@@ -3,7 +3,9 @@
 Seeded random low-rank factors on the UNet's attention projections (and optionally the text encoders'), written as
 real state dicts / .safetensors files in diffusers/peft, kohya, or kohya-with-SGM-block-names key format, with
 per-module ranks and alphas when asked, so one set of weights can be fed both to the slot engine and to diffusers'
-own loader.
+own loader. For FLUX (`make_flux_lora_state_dict`): the transformer's linears in diffusers/peft keys, or the
+original BFL layer names in kohya keys (`lora_unet_double_blocks_0_img_attn_qkv`: fused q/k/v, which diffusers'
+converter splits).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from inference_pod.slots.targets import TEXT_ENCODER_TARGETS, UNET_TARGETS
+from inference_pod.slots.targets import FLUX_TARGETS, TEXT_ENCODER_TARGETS, UNET_TARGETS
 
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 FORMATS = ("peft", "kohya", "sgm", "sgm-mixed")
@@ -100,4 +102,100 @@ def write_lora(path: Path, unet: nn.Module, **kwargs) -> Path:
     """`make_lora_state_dict` saved as a .safetensors file at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(make_lora_state_dict(unet, **kwargs), str(path))
+    return path
+
+
+def _flux_kohya_layers(transformer: nn.Module) -> list[tuple[str, int, int]]:
+    """(kohya layer name, in features, out features) of a FluxTransformer2DModel, in the original BFL naming.
+
+    The single blocks' fused `linear1` (q, k, v and the MLP input) is left out unless the model has FLUX.1's width:
+    diffusers' converter splits it at FLUX.1's fixed sizes (3072, 3072, 3072, 12288).
+    """
+    cfg: Any = transformer.config
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    out: list[tuple[str, int, int]] = []
+    for i, block in enumerate(transformer.transformer_blocks):  # type: ignore[union-attr,arg-type]
+        mlp = block.ff.net[2].in_features
+        for side in ("img", "txt"):
+            out += [
+                (f"double_blocks_{i}_{side}_attn_qkv", inner, 3 * inner),
+                (f"double_blocks_{i}_{side}_attn_proj", inner, inner),
+                (f"double_blocks_{i}_{side}_mlp_0", inner, mlp),
+                (f"double_blocks_{i}_{side}_mlp_2", mlp, inner),
+                (f"double_blocks_{i}_{side}_mod_lin", inner, 6 * inner),
+            ]
+    for i, block in enumerate(transformer.single_transformer_blocks):  # type: ignore[union-attr,arg-type]
+        mlp = block.proj_mlp.out_features
+        if inner == 3072:
+            out.append((f"single_blocks_{i}_linear1", inner, 3 * inner + mlp))
+        out += [
+            (f"single_blocks_{i}_linear2", inner + mlp, inner),
+            (f"single_blocks_{i}_modulation_lin", inner, 3 * inner),
+        ]
+    return out
+
+
+def _flux_xlabs_layers(transformer: nn.Module) -> list[tuple[str, int, int]]:
+    """XLabs' layers: the joint blocks' fused image (1) and text (2) q/k/v and their output projections."""
+    cfg: Any = transformer.config
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    out: list[tuple[str, int, int]] = []
+    for i in range(len(transformer.transformer_blocks)):  # type: ignore[arg-type]
+        for n in (1, 2):
+            proc = f"double_blocks.{i}.processor"
+            out += [(f"{proc}.qkv_lora{n}", inner, 3 * inner), (f"{proc}.proj_lora{n}", inner, inner)]
+    return out
+
+
+def make_flux_lora_state_dict(
+    transformer: nn.Module,
+    rank: int = 4,
+    seed: int = 0,
+    fmt: str = "peft",
+    alpha: float | None = None,
+    strength: float = 1.0,
+    suffixes: tuple[str, ...] = FLUX_TARGETS,
+    dtype: torch.dtype = torch.float32,
+    mixed_ranks: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A random FLUX LoRA state dict: fmt 'peft' (the transformer's linears ending with `suffixes`, keys
+    `transformer.<path>.lora_A.weight`), 'kohya' (every linear of the joint and single blocks in BFL naming, with
+    alphas) or 'xlabs' (the joint blocks' attention, `double_blocks.0.processor.qkv_lora1.down.weight`); `suffixes`
+    applies to 'peft' only. Factors drawn as in `make_lora_state_dict`.
+    """
+    if fmt not in ("peft", "kohya", "xlabs"):
+        raise ValueError(f"unknown FLUX LoRA format {fmt!r}")
+    if fmt == "xlabs" and alpha is not None:
+        raise ValueError("XLabs state dicts carry no alpha")
+    if fmt == "peft" and alpha is not None:
+        raise ValueError("peft state dicts carry no alpha (diffusers reads it from a config)")
+    g = torch.Generator().manual_seed(seed)
+    if fmt == "peft":
+        layers = [(p, m.in_features, m.out_features) for p, m in target_linears(transformer, suffixes)]
+    elif fmt == "xlabs":
+        layers = _flux_xlabs_layers(transformer)
+    else:
+        layers = _flux_kohya_layers(transformer)
+    sd: dict[str, torch.Tensor] = {}
+    for i, (name, n_in, n_out) in enumerate(layers):
+        r = rank - 1 if mixed_ranks and i % 2 and rank > 1 else rank
+        down = torch.randn(r, n_in, generator=g) / n_in**0.5
+        up = torch.randn(n_out, r, generator=g) * strength / r**0.5
+        if fmt == "peft":
+            sd[f"transformer.{name}.lora_A.weight"] = down.to(dtype)
+            sd[f"transformer.{name}.lora_B.weight"] = up.to(dtype)
+        elif fmt == "xlabs":
+            sd[f"{name}.down.weight"] = down.to(dtype)
+            sd[f"{name}.up.weight"] = up.to(dtype)
+        else:
+            sd[f"lora_unet_{name}.lora_down.weight"] = down.to(dtype)
+            sd[f"lora_unet_{name}.lora_up.weight"] = up.to(dtype)
+            sd[f"lora_unet_{name}.alpha"] = torch.tensor(float(alpha if alpha is not None else r))
+    return sd
+
+
+def write_flux_lora(path: Path, transformer: nn.Module, **kwargs) -> Path:
+    """`make_flux_lora_state_dict` saved as a .safetensors file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(make_flux_lora_state_dict(transformer, **kwargs), str(path))
     return path

@@ -3,8 +3,10 @@
 `loraplex local` generates a few demo adapters on disk (one in kohya format),
 writes a routing table, starts the worker and the sidecar as real processes,
 sends requests that switch between adapters through the sidecar, saves the
-PNGs and prints, per request, the adapter, the swap tier and time and the
-inference time.
+PNGs and prints, per request, the adapter, its pool, the swap tier and time
+and the inference time. With `flux` a second pool serves `tiny-flux` beside
+it (its own worker and sidecar, FLUX demo adapters): every request enters the
+first sidecar, which forwards the FLUX ones to the FLUX pool's pod.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ DEMO_ADAPTERS = (  # name, key format, rank, seed
     ("watercolor", "kohya", 8, 22),
     ("neon", "peft", 16, 33),
 )
+FLUX_DEMO_ADAPTERS = (  # name, key format, rank, seed: for the tiny-flux pool
+    ("flux-ink", "peft", 8, 44),
+    ("flux-film", "kohya", 4, 55),
+)
+SDXL_REQUESTS = ["pixel-art", "watercolor", "pixel-art", "neon", "watercolor-lora", "tiny", "pixel-art"]
+FLUX_REQUESTS = ["pixel-art", "flux-ink", "watercolor", "flux-film", "flux-ink", "tiny-flux", "pixel-art"]
 
 
 def free_port() -> int:
@@ -36,30 +44,71 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_demo_files(workdir: Path, pool: str, sidecar_url: str) -> Path:
-    """Demo adapters for the tiny model plus a routing table naming them; returns the table path."""
+@dataclass(frozen=True)
+class DemoPool:
+    name: str  # the pool's name = its base model (`tiny`, `tiny-flux`)
+    pod: str  # its one endpoint's name
+    sidecar_port: int
+    worker_port: int
+
+    @property
+    def sidecar_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+
+def _demo_adapters(workdir: Path, pool: str) -> dict[str, dict]:
+    """The pool's demo adapter files (made once, kept across runs) as routing-table entries."""
     import torch
 
-    from inference_pod.local.lora_factory import write_lora
-    from inference_pod.worker.tiny_model import build_tiny_pipeline
+    from inference_pod.local.lora_factory import write_flux_lora, write_lora
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    unet = build_tiny_pipeline().unet
-    adapters = {}
-    for name, fmt, rank, seed in DEMO_ADAPTERS:
-        path = workdir / "adapters" / f"{name}.safetensors"
-        if not path.exists():
-            write_lora(path, unet, rank=rank, seed=seed, fmt=fmt, strength=3.0)
-        adapters[name] = {"pool": pool, "source": {"type": "path", "path": str(path)}, "aliases": [f"{name}-lora"]}
-    table = {
-        "version": 1,
-        "generation": 1,
-        "pools": {pool: {"baseModel": "tiny", "endpoints": [{"name": "local-0", "url": sidecar_url}]}},
-        "adapters": adapters,
+    specs = FLUX_DEMO_ADAPTERS if pool == "tiny-flux" else DEMO_ADAPTERS
+    paths = {name: workdir / "adapters" / f"{name}.safetensors" for name, *_ in specs}
+    if not all(p.exists() for p in paths.values()):
+        if pool == "tiny-flux":
+            from inference_pod.worker.tiny_flux import build_tiny_flux_pipeline
+
+            transformer = build_tiny_flux_pipeline().transformer
+            for name, fmt, rank, seed in specs:
+                alpha = float(rank) if fmt == "kohya" else None
+                write_flux_lora(paths[name], transformer, rank=rank, seed=seed, fmt=fmt, alpha=alpha, strength=3.0)
+        else:
+            from inference_pod.worker.tiny_model import build_tiny_pipeline
+
+            unet = build_tiny_pipeline().unet
+            for name, fmt, rank, seed in specs:
+                write_lora(paths[name], unet, rank=rank, seed=seed, fmt=fmt, strength=3.0)
+    return {
+        name: {"pool": pool, "source": {"type": "path", "path": str(path)}, "aliases": [f"{name}-lora"]}
+        for name, path in paths.items()
     }
+
+
+def write_demo_files(workdir: Path, pools: list[DemoPool]) -> tuple[Path, dict[str, Path]]:
+    """Demo adapters for each pool plus the routing tables: the sidecars' (every pool) and one per worker (its own
+    pool's adapters only). Returns (sidecar table, pool -> worker table)."""
+    adapters = {pool.name: _demo_adapters(workdir, pool.name) for pool in pools}
+
+    def table(names: list[str]) -> dict:
+        by_name = {p.name: p for p in pools}
+        return {
+            "version": 1,
+            "generation": 1,
+            "pools": {
+                n: {"baseModel": n, "endpoints": [{"name": by_name[n].pod, "url": by_name[n].sidecar_url}]}
+                for n in names
+            },
+            "adapters": {k: v for n in names for k, v in adapters[n].items()},
+        }
+
     path = workdir / "routing-table.json"
-    path.write_text(json.dumps(table, indent=2))
-    return path
+    path.write_text(json.dumps(table([p.name for p in pools]), indent=2))
+    worker_tables = {}
+    for pool in pools:
+        worker_tables[pool.name] = workdir / f"routing-table-{pool.name}.json"
+        worker_tables[pool.name].write_text(json.dumps(table([pool.name]), indent=2))
+    return path, worker_tables
 
 
 @dataclass
@@ -124,37 +173,20 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through run_local's finally: the children are stopped
 
 
-def run_local(
-    workdir: Path, steps: int = 4, size: int = 64, keep_running: bool = False, requests: list[str] | None = None
-) -> int:
-    # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the worker and the sidecar too;
-    # without this the process died at once and left both running in their own sessions.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "images").mkdir(exist_ok=True)
-    (workdir / "logs").mkdir(exist_ok=True)
-    worker_port, sidecar_port = free_port(), free_port()
-    sidecar_url = f"http://127.0.0.1:{sidecar_port}"
-    print(f"loraplex local stack in {workdir}")
-    print("generating demo adapters for the tiny model ...", flush=True)
-    table = write_demo_files(workdir, "tiny", sidecar_url)
-    from loraplex.api.hopauth import write_random_key_file
-
-    # The pool key that authenticates the sidecar to its worker (and hops between sidecars): fresh per run.
-    hop_key = str(write_random_key_file(workdir / "hop-key"))
+def start_pod(pool: DemoPool, table: Path, worker_table: Path, workdir: Path, steps: int, hop_key: str) -> list[Proc]:
+    """The pool's worker and its sidecar (the sidecar recognises its own endpoint by --pod-name)."""
     worker = start(
-        "worker",
+        f"worker-{pool.name}",
         [
             "inference_pod.worker",
             "--model",
-            "tiny",
+            pool.name,
             "--port",
-            str(worker_port),
+            str(pool.worker_port),
             "--table",
-            str(table),
+            str(worker_table),
             "--disk-cache-dir",
-            str(workdir / "cache"),
+            str(workdir / "cache" / pool.name),
             "--gpu-slots",
             "2",
             "--max-rank",
@@ -164,40 +196,73 @@ def run_local(
             "--hop-key-file",
             hop_key,
         ],
-        worker_port,
+        pool.worker_port,
         workdir / "logs",
     )
     sidecar = start(
-        "sidecar",
+        f"sidecar-{pool.name}",
         [
             "inference_pod.router",
             "--host",
             "127.0.0.1",
             "--port",
-            str(sidecar_port),
+            str(pool.sidecar_port),
             "--worker-url",
             worker.url,
             "--pod-name",
-            "local-0",
+            pool.pod,
             "--table-file",
             str(table),
             "--hop-key-file",
             hop_key,
         ],
-        sidecar_port,
+        pool.sidecar_port,
         workdir / "logs",
     )
-    procs = [worker, sidecar]
+    return [worker, sidecar]
+
+
+def run_local(
+    workdir: Path,
+    steps: int = 4,
+    size: int = 64,
+    keep_running: bool = False,
+    requests: list[str] | None = None,
+    flux: bool = False,
+) -> int:
+    # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the workers and the sidecars too;
+    # without this the process died at once and left them running in their own sessions.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "images").mkdir(exist_ok=True)
+    (workdir / "logs").mkdir(exist_ok=True)
+    pools = [DemoPool("tiny", "local-0", free_port(), free_port())]
+    if flux:
+        pools.append(DemoPool("tiny-flux", "local-1", free_port(), free_port()))
+    print(f"loraplex local stack in {workdir}")
+    print(f"generating demo adapters for {' and '.join(p.name for p in pools)} ...", flush=True)
+    table, worker_tables = write_demo_files(workdir, pools)
+    from loraplex.api.hopauth import write_random_key_file
+
+    # The pool key that authenticates the sidecars to their workers (and hops between sidecars): fresh per run.
+    hop_key = str(write_random_key_file(workdir / "hop-key"))
+    procs: list[Proc] = []
     try:
-        wait_ready(worker, 300)
-        wait_ready(sidecar, 60)
-        print(f"worker {worker.url} (loopback only), sidecar {sidecar.url}\n")
-        names = requests or ["pixel-art", "watercolor", "pixel-art", "neon", "watercolor-lora", "tiny", "pixel-art"]
+        for pool in pools:  # all start at once: the workers load their models side by side
+            procs += start_pod(pool, table, worker_tables[pool.name], workdir, steps, hop_key)
+        for proc in procs:
+            wait_ready(proc, 300 if proc.name.startswith("worker") else 60)
+        entry = procs[1]  # the first pool's sidecar: every request enters there
+        for proc in procs:
+            print(f"{proc.name} {proc.url}" + (" (loopback only)" if proc.name.startswith("worker") else ""))
+        print()
+        names = requests or (FLUX_REQUESTS if flux else SDXL_REQUESTS)
         rows = []
         for i, model in enumerate(names):
             t0 = time.perf_counter()
             status, headers, body = post_generate(
-                sidecar.url,
+                entry.url,
                 {
                     "model": model,
                     "prompt": "a lighthouse at dusk",
@@ -213,10 +278,13 @@ def run_local(
                 return 1
             out = workdir / "images" / f"{i:02d}-{model}.png"
             out.write_bytes(body)
+            pod = headers.get(hdr.POD, "?")
+            pool_name = next((p.name for p in pools if p.pod == pod), "?")
             rows.append(
                 (
                     i,
                     model,
+                    f"{pool_name} ({'FLUX' if pool_name == 'tiny-flux' else 'SDXL'})",
                     headers.get(hdr.SWAP_TIER, "?"),
                     headers.get(hdr.SWAP_MS, "?"),
                     headers.get(hdr.INFERENCE_MS, "?"),
@@ -224,21 +292,21 @@ def run_local(
                     out.name,
                 )
             )
-        cols = ("#", "model", "swap tier", "swap ms", "inference ms", "total ms", "image")
+        cols = ("#", "model", "pool", "swap tier", "swap ms", "inference ms", "total ms", "image")
         widths = [max(len(str(c)), *(len(str(r[k])) for r in rows)) for k, c in enumerate(cols)]
         print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)))
         for r in rows:
             print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
         print(f"\nimages in {workdir / 'images'}")
         # The sidecar's counters, as the operator reads them: input for `loraplex plan`.
-        with urllib.request.urlopen(sidecar.url + "/v1/stats", timeout=10) as r:
+        with urllib.request.urlopen(entry.url + "/v1/stats", timeout=10) as r:
             (workdir / "stats.json").write_bytes(r.read())
         print(
             f"router stats in {workdir / 'stats.json'}  (try: loraplex plan --stats {workdir / 'stats.json'} --p95 1.2)"
         )
         if keep_running:
             print(
-                f'\nserving: curl -s {sidecar.url}/v1/generate -d \'{{"model":"pixel-art","prompt":"hi"}}\' '
+                f'\nserving: curl -s {entry.url}/v1/generate -d \'{{"model":"pixel-art","prompt":"hi"}}\' '
                 "-o out.png   (Ctrl-C stops)"
             )
             while all(p.popen.poll() is None for p in procs):

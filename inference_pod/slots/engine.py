@@ -18,6 +18,12 @@ rows of a slot: one contiguous block of r*D elements. So
 - in eager mode each layer only reads the active rows (a rank-8 adapter in
   rank-64 slots costs rank-8 compute), via views, without gathering.
 
+An adapter that targets only part of the pool's modules (an attention-only
+FLUX LoRA in a pool that also targets MLPs and modulations) is kept compact:
+its prepared copy holds only the column spans it covers (`spans`), and
+loading it is one copy per span plus one memset per gap. The layout orders
+modules by target group, so such an adapter is one or a few spans.
+
 Several adapters per request are applied as one concatenated low-rank pair
 (K*r rows, per-row scales). `slots.batching` extends the engine with a
 per-sample mode (one batch carrying requests for different adapters).
@@ -59,12 +65,15 @@ class PreparedAdapter:
     """An adapter laid out as the first `rank` rows of a slot, in the slot's dtype.
 
     `flat` is [rank, D], contiguous (pinned when the engine's device is CUDA),
-    so loading it is a single copy whatever the slots' max rank.
+    so loading it is a single copy whatever the slots' max rank. A compact
+    adapter (`spans` set) holds only the column ranges [start, end) of a slot
+    row it covers, side by side: `flat` is [rank, sum of span widths].
     """
 
     flat: torch.Tensor
     rank: int
     modules: int
+    spans: tuple[tuple[int, int], ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -168,6 +177,11 @@ class SlotEngine:
         # state tensors' own memory, so a switch is a few numpy stores;
         # otherwise a staging copy uploaded once per switch.
         self._direct = self.device.type == "cpu" and rows_dtype == torch.float32
+        # On a GPU the staging arrays are pageable host memory: a non-blocking copy from pageable memory is staged
+        # by the driver before the call returns (so the next switch may overwrite the arrays at once) and ordered
+        # on the stream before the next forward, without the stream synchronisation a blocking copy adds (two per
+        # switch, each waiting for all queued GPU work).
+        self._upload_async = self.device.type == "cuda"
         self._host_index = [self._host(t, np.int64) for t in st0.index_by_k]
         self._host_rows = [self._host(t, np.float32) for t in st0.rows_by_k]
         self._host_rows_full = [self._host(t, np.float32) for t in st0.rows_full_by_k]
@@ -217,7 +231,16 @@ class SlotEngine:
                             f"{comp}.{path} is a {type(mod).__name__}; slot LoRA wraps plain nn.Linear layers only"
                         )
                     found.append((f"{comp}.{path}", mod))
-        return found
+        # Layout order: component, then the first target suffix a module matches, then model order. Suffixes are
+        # listed by group (FLUX: attention, MLP, modulation), so an adapter that targets one group only is one
+        # contiguous span of every slot row.
+        comp_rank = {c: i for i, c in enumerate(self.components)}
+
+        def order(item: tuple[str, nn.Linear]) -> tuple[int, int]:
+            comp, path = item[0].split(".", 1)
+            return comp_rank[comp], next(i for i, s in enumerate(suffixes) if path == s or path.endswith("." + s))
+
+        return sorted(found, key=order)
 
     @staticmethod
     def _replace(pipe, name: str, new: nn.Module) -> None:
@@ -260,22 +283,47 @@ class SlotEngine:
         r = max(lora.rank, 1)
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
+        spans = self.spans_of(lora)
+        # Slot-row column -> `flat` column: the spans laid side by side (shift by each span's start).
+        shift: dict[int, int] = {}
+        width = 0
+        for start, end in spans or ((0, self.width),):
+            shift[start] = width - start
+            width += end - start
         # Pinned memory for a GPU (one DMA), huge pages for a CPU slot (one TLB-light memcpy).
-        if pin_memory:
-            flat = torch.zeros(r, self.width, dtype=self.dtype)
-        else:
-            flat = host_memory.zeros((r, self.width), self.dtype)
+        flat = torch.zeros(r, width, dtype=self.dtype) if pin_memory else host_memory.zeros((r, width), self.dtype)
+        starts = sorted(shift)
         for name, pair in lora.modules.items():
             lay = self.layouts[name]
             pr = pair.rank
-            flat[:pr, lay.a_offset : lay.a_offset + lay.in_features].copy_(pair.down)
-            flat[:pr, lay.b_offset : lay.b_offset + lay.out_features].copy_((pair.up.float() * pair.scale).t())
+            d = shift[max(st for st in starts if st <= lay.a_offset)]  # a module's A and B^T lie in one span
+            flat[:pr, d + lay.a_offset : d + lay.a_offset + lay.in_features].copy_(pair.down)
+            flat[:pr, d + lay.b_offset : d + lay.b_offset + lay.out_features].copy_((pair.up.float() * pair.scale).t())
         if not bool(torch.isfinite(flat).all()):
             # One NaN would turn every image of every request using this slot black.
             raise AdapterMismatchError("adapter weights contain NaN or infinity (or overflow the pool's dtype)")
         if pin_memory:
             flat = flat.pin_memory()
-        return PreparedAdapter(flat=flat, rank=r, modules=len(lora.modules))
+        return PreparedAdapter(flat=flat, rank=r, modules=len(lora.modules), spans=spans)
+
+    # An adapter covering at least this share of a slot row is kept whole (one copy, no gaps to clear).
+    COMPACT_BELOW = 0.9
+
+    def spans_of(self, lora: CanonicalLora) -> tuple[tuple[int, int], ...] | None:
+        """The column spans of a slot row the adapter's modules cover, merged; None when it covers (nearly) all."""
+        ranges = sorted(
+            (lay.a_offset, lay.b_offset + lay.out_features) for lay in (self.layouts[n] for n in lora.modules)
+        )
+        merged: list[list[int]] = []
+        for start, end in ranges:
+            if merged and merged[-1][1] == start:
+                merged[-1][1] = end
+            else:
+                merged.append([start, end])
+        covered = sum(e - s for s, e in merged)
+        if covered >= self.COMPACT_BELOW * self.width:
+            return None
+        return tuple((s, e) for s, e in merged)
 
     # -- slot operations (the GPU job thread) -------------------------------------------------------
 
@@ -284,9 +332,21 @@ class SlotEngine:
         return self.storage[slot, :rank]
 
     def load(self, slot: int, prepared: PreparedAdapter) -> None:
-        """Copy a prepared adapter into a slot: one contiguous copy, plus one memset of stale rows."""
+        """Copy a prepared adapter into a slot: one contiguous copy (a compact adapter: one per span and a memset
+        per gap), plus one memset of stale rows."""
         r = prepared.rank
-        self.storage[slot, :r].copy_(prepared.flat, non_blocking=prepared.flat.is_pinned())
+        rows = self.storage[slot, :r]
+        non_blocking = prepared.flat.is_pinned()
+        if prepared.spans is None:
+            rows.copy_(prepared.flat, non_blocking=non_blocking)
+        else:
+            col = end = 0
+            for start, end_ in prepared.spans:
+                rows[:, end:start].zero_()  # what a previous adapter left between the spans
+                rows[:, start:end_].copy_(prepared.flat[:, col : col + end_ - start], non_blocking=non_blocking)
+                col += end_ - start
+                end = end_
+            rows[:, end:].zero_()
         self.mark_loaded(slot, r)
 
     def mark_loaded(self, slot: int, rank: int) -> None:
@@ -357,11 +417,11 @@ class SlotEngine:
                 host_rows_full[i * max_rank : (i + 1) * max_rank] = w
                 host_rows[i * rank : (i + 1) * rank] = w
             if not self._direct:
-                rows.copy_(torch.from_numpy(host_rows))
+                rows.copy_(torch.from_numpy(host_rows), non_blocking=self._upload_async)
         index, rows_full = st0.index_by_k[k], st0.rows_full_by_k[k]
         if not self._direct:
-            index.copy_(torch.from_numpy(host_index))
-            rows_full.copy_(torch.from_numpy(host_rows_full))
+            index.copy_(torch.from_numpy(host_index), non_blocking=self._upload_async)
+            rows_full.copy_(torch.from_numpy(host_rows_full), non_blocking=self._upload_async)
         self._active = tuple(slots_and_scales)
         slot, scale = slots_and_scales[0]
         self._epoch += 1

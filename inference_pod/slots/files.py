@@ -6,6 +6,10 @@ casts before it fits a slot (`SlotEngine.prepare`). Saving the prepared
 exactly those bytes into the slot's rows (CPU) or into pinned memory and one
 copy (CUDA): no per-tensor work, no intermediate state dict.
 
+A compact adapter (one covering only some of the pool's modules) is saved
+compact, its column spans in the metadata; reading it back is one read plus
+one copy per span.
+
 A prepared file only fits engines with the same layout (base model, target
 modules, order, dtype); its metadata carries a fingerprint of that layout
 and a file for another layout is refused.
@@ -39,13 +43,31 @@ def save_prepared(engine: SlotEngine, prepared: PreparedAdapter, path: Path) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     meta = {"loraplex_layout": engine.fingerprint, "rank": str(prepared.rank), "modules": str(prepared.modules)}
+    if prepared.spans is not None:
+        meta["spans"] = json.dumps(prepared.spans)
     save_file({TENSOR: prepared.flat.cpu().contiguous()}, str(tmp), metadata=meta)
     tmp.replace(path)
     return path
 
 
-def _open(engine: SlotEngine, path: Path) -> tuple[BinaryIO, int, int]:
-    """Open and validate a prepared file; return (file positioned at the data, rank, modules).
+def _spans(engine: SlotEngine, raw: object, name: str) -> tuple[tuple[int, int], ...] | None:
+    """A compact file's column spans, checked to be ordered, disjoint and inside a slot row."""
+    if raw is None:
+        return None
+    try:
+        spans = tuple((int(a), int(b)) for a, b in json.loads(str(raw)))
+    except (ValueError, TypeError) as e:
+        raise AdapterFormatError(f"{name}: malformed spans metadata") from e
+    prev = 0
+    for a, b in spans:
+        if not prev <= a < b <= engine.width:
+            raise AdapterFormatError(f"{name}: spans metadata out of order or outside the slot row")
+        prev = b
+    return spans
+
+
+def _open(engine: SlotEngine, path: Path) -> tuple[BinaryIO, int, int, tuple[tuple[int, int], ...] | None]:
+    """Open and validate a prepared file; return (file positioned at the data, rank, modules, spans).
 
     One open and one small read before the data: this is the disk -> slot path.
     """
@@ -70,7 +92,9 @@ def _open(engine: SlotEngine, path: Path) -> tuple[BinaryIO, int, int]:
         if not isinstance(info, dict) or len(header) != 2:
             raise AdapterFormatError(f"{path.name} is not a prepared adapter file")
         rank, width = info.get("shape", [0, 0])
-        if info.get("dtype") != _DTYPES.get(engine.dtype) or width != engine.width:
+        spans = _spans(engine, meta.get("spans"), path.name)
+        want_width = engine.width if spans is None else sum(b - a for a, b in spans)
+        if info.get("dtype") != _DTYPES.get(engine.dtype) or width != want_width:
             raise AdapterMismatchError(
                 f"{path.name}: {info.get('dtype')} {info.get('shape')} does not fit "
                 f"this engine's [rank, {engine.width}] {engine.dtype} slots"
@@ -80,7 +104,7 @@ def _open(engine: SlotEngine, path: Path) -> tuple[BinaryIO, int, int]:
         start, end = info["data_offsets"]
         if start != 0 or end != rank * width * engine.storage.element_size():
             raise AdapterFormatError(f"{path.name}: tensor size does not match its shape")
-        return f, int(rank), int(meta.get("modules", 0))
+        return f, int(rank), int(meta.get("modules", 0)), spans
     except BaseException:
         f.close()
         raise
@@ -98,23 +122,30 @@ def _read_into(f: BinaryIO, dst: torch.Tensor, name: str) -> None:
 
 def read_prepared(engine: SlotEngine, path: Path) -> PreparedAdapter:
     """Read a prepared file into RAM (pinned on CUDA), e.g. to refill the RAM tier without re-preparing."""
-    f, rank, modules = _open(engine, path)
+    f, rank, modules, spans = _open(engine, path)
+    width = engine.width if spans is None else sum(b - a for a, b in spans)
     with f:
         if engine.device.type == "cuda":
-            flat = torch.empty(rank, engine.width, dtype=engine.dtype, pin_memory=True)
+            flat = torch.empty(rank, width, dtype=engine.dtype, pin_memory=True)
         else:
-            flat = host_memory.zeros((rank, engine.width), engine.dtype)
+            flat = host_memory.zeros((rank, width), engine.dtype)
         _read_into(f, flat, path.name)
-    return PreparedAdapter(flat=flat, rank=rank, modules=modules)
+    return PreparedAdapter(flat=flat, rank=rank, modules=modules, spans=spans)
 
 
 def load_prepared_file(engine: SlotEngine, slot: int, path: Path) -> int:
-    """Disk -> slot in one read: straight into the slot's rows on CPU. Returns the adapter's rank."""
+    """Disk -> slot in one read: straight into the slot's rows on CPU (a compact file: read, then one copy per
+    span). Returns the adapter's rank."""
     if engine.device.type != "cpu":
         prepared = read_prepared(engine, path)
         engine.load(slot, prepared)
         return prepared.rank
-    f, rank, _ = _open(engine, path)
+    f, rank, _, spans = _open(engine, path)
+    if spans is not None:
+        f.close()
+        prepared = read_prepared(engine, path)
+        engine.load(slot, prepared)
+        return prepared.rank
     with f:
         try:
             _read_into(f, engine.slot_rows(slot, rank), path.name)

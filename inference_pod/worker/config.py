@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from inference_pod.slots.targets import UNET_TARGETS
-
 
 @dataclass
 class Limits:
@@ -28,6 +26,7 @@ class WorkerConfig:
     model: str = "tiny"
     revision: str | None = None
     dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu
+    family: str = "auto"  # the family the pool declares; auto: whatever the model is
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8081
@@ -38,7 +37,7 @@ class WorkerConfig:
     disk_cache_mb: int = 20480
     disk_cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("LORAPLEX_CACHE", "/tmp/loraplex-cache")))
     max_adapter_mb: int = 512
-    target_modules: tuple[str, ...] = UNET_TARGETS
+    target_modules: tuple[str, ...] = ()  # (): the model family's targets (families.ModelFamily.targets)
     text_encoder_lora: bool = False
     torch_threads: int = 0  # 0: torch's default
     default_steps: int = 25
@@ -60,9 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loraplex worker", description="The diffusion worker of an inference pod.")
     d = WorkerConfig()
     lim = Limits()
-    p.add_argument("--model", default=d.model, help="'tiny', a local diffusers directory, or a hub model id")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="'tiny' (SDXL), 'tiny-flux' (FLUX), a local diffusers directory, or a hub model id; "
+        "the family (SDXL or FLUX) is read from the model",
+    )
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--family",
+        default=d.family,
+        choices=["auto", "sdxl", "flux"],
+        help="the model family the pool declares: the worker refuses to start on a model of another family",
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--host", default=d.host, help="listen address: a loopback address (behind the sidecar)")
     p.add_argument(
@@ -117,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-modules",
         default=",".join(d.target_modules),
-        help="comma-separated Linear module name suffixes that adapters may target",
+        help="comma-separated Linear module name suffixes that adapters may target (default: the model family's: "
+        "SDXL UNet attention projections; FLUX transformer attention, MLP and modulation linears)",
     )
     p.add_argument("--text-encoder-lora", action="store_true", help="also apply LoRA layers to the text encoders")
     p.add_argument(
@@ -150,6 +161,7 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
         model=a.model,
         revision=a.revision,
         dtype=a.dtype,
+        family=a.family,
         device=a.device,
         host=a.host,
         port=a.port,

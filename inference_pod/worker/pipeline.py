@@ -1,4 +1,5 @@
-"""Load the worker's base pipeline: the built-in `tiny` model, a local directory or a hub id."""
+"""Load the worker's base pipeline: the built-in `tiny` (SDXL) or `tiny-flux` (FLUX) model, a local directory or a
+hub id. The model's family (`inference_pod.families`) is read from the loaded pipeline, never from its name."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import torch
 
+from inference_pod.worker.tiny_flux import TINY_FLUX_MODEL_ID, build_tiny_flux_pipeline
 from inference_pod.worker.tiny_model import TINY_MODEL_ID, build_tiny_pipeline
+
+BUILT_IN_MODELS = (TINY_MODEL_ID, TINY_FLUX_MODEL_ID)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", 
     dt = pick_dtype(dtype, dev)
     if model == TINY_MODEL_ID:
         pipe = build_tiny_pipeline(dtype=dt)
+    elif model == TINY_FLUX_MODEL_ID:
+        pipe = build_tiny_flux_pipeline(dtype=dt)
     else:
         from diffusers import DiffusionPipeline
 

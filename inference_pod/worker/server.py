@@ -29,8 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_pod.adapters.sources import SourcePolicy
 from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets, cold_tier
+from inference_pod.families import FAMILIES, FLUX, SDXL, ModelFamily, family_of_pipeline
 from inference_pod.slots.engine import AdapterMismatchError, SlotEngine
-from inference_pod.slots.targets import TEXT_ENCODER_TARGETS
 from inference_pod.worker.config import WorkerConfig, config_from_args
 from inference_pod.worker.jobs import DeadlineExceeded, GpuJobQueue, QueueFull
 from inference_pod.worker.metrics import WorkerMetrics
@@ -57,6 +57,7 @@ class Worker:
         self.ready = False
         self.pipe: Any = None  # a diffusers pipeline once loaded
         self.engine: SlotEngine | None = None
+        self.family: ModelFamily = SDXL
         self.tiers: AdapterTiers | None = None
         self.base_names: set[str] = {cfg.model, *BASE_NAMES}
         self.aliases: dict[str, str] = {}
@@ -71,10 +72,17 @@ class Worker:
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.pipe, self.device, self.dtype = load_pipeline(cfg.model, cfg.revision, cfg.dtype, cfg.device)
-        components = ("unet", "text_encoder", "text_encoder_2") if cfg.text_encoder_lora else ("unet",)
-        target = cfg.target_modules
+        fam = self.family = family_of_pipeline(self.pipe)
+        if cfg.family not in ("auto", fam.name):
+            raise ValueError(
+                f"--model {cfg.model} is a {fam.label} model ({type(self.pipe).__name__}); the pool declares "
+                f"{FAMILIES[cfg.family].label} (spec.model.pipeline: {cfg.family})"
+            )
+        components: tuple[str, ...] = (fam.denoiser,)
+        target = cfg.target_modules or fam.targets
         if cfg.text_encoder_lora:
-            target = (*target, *TEXT_ENCODER_TARGETS)
+            components = (fam.denoiser, *fam.text_encoders)
+            target = (*target, *fam.text_encoder_targets)
         self.engine = SlotEngine(
             self.pipe,
             n_slots=cfg.gpu_slots,
@@ -100,10 +108,14 @@ class Worker:
             fetch_attempts=cfg.fetch_attempts,
             retry_within_s=cfg.limits.deadline_s,  # a retry is only worth starting while the client still waits
         )
+        unet_config = self.pipe.unet.config if fam == SDXL else None
         self.tiers = AdapterTiers(
-            self.engine, budgets, cfg.disk_cache_dir, unet_config=self.pipe.unet.config, policy=policy
+            self.engine, budgets, cfg.disk_cache_dir, unet_config=unet_config, policy=policy, family=fam
         )
-        self.native_size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        if fam == FLUX:
+            self.native_size = int(self.pipe.vae.config.sample_size)  # 1024 for FLUX.1's autoencoder
+        else:
+            self.native_size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.reload_table(force=True)
         if cfg.warmup:
             self._generate(
@@ -123,8 +135,9 @@ class Worker:
             )
         self.ready = True
         log.info(
-            "worker ready: model=%s device=%s dtype=%s slots=%d max_rank=%d slot=%.1f MB",
+            "worker ready: model=%s (%s) device=%s dtype=%s slots=%d max_rank=%d slot=%.1f MB",
             cfg.model,
+            fam.label,
             self.device,
             self.dtype,
             cfg.gpu_slots,
@@ -244,6 +257,10 @@ class Worker:
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         t0 = time.perf_counter()
+        kwargs: dict[str, Any] = {}
+        if self.family == FLUX:
+            # The T5 prompt sequence: at most what its tokenizer takes (512 for FLUX.1, 64 for tiny-flux).
+            kwargs["max_sequence_length"] = min(512, int(self.pipe.tokenizer_2.model_max_length))
         with torch.inference_mode():
             images = self.pipe(
                 prompt=req.prompt,
@@ -255,6 +272,7 @@ class Worker:
                 num_images_per_prompt=req.n,
                 generator=generator,
                 output_type="np",
+                **kwargs,
             ).images
         infer_s = time.perf_counter() - t0
         if not np.isfinite(images).all():
@@ -305,6 +323,16 @@ class Worker:
         req = parse_request(
             body, self.cfg.limits, openai=openai, default_steps=self.cfg.default_steps, default_size=self.native_size
         )
+        if self.family == FLUX:
+            multiple = self.pipe.vae_scale_factor * 2  # FLUX packs 2x2 latent patches into tokens
+            for key, value in (("width", req.width), ("height", req.height)):
+                if value % multiple:
+                    param = key if key in body else "size"
+                    raise ApiError(
+                        400,
+                        f"{param}: {key} must be a multiple of {multiple} for this FLUX model, got {value}",
+                        param=param,
+                    )
         if not openai and req.n != 1:
             raise ApiError(400, "n must be 1 for /v1/generate (use /v1/images/generations for several)", param="n")
         routed_to_base = self._apply_route_header(request, raw_body)
@@ -432,7 +460,9 @@ class Worker:
             busy_s = time.monotonic() - running.started
             if busy_s > self.cfg.limits.deadline_s:  # no job may take this long: the GPU thread is stuck
                 return web.json_response({"status": "stuck", "jobSeconds": round(busy_s, 1)}, status=503)
-        return web.json_response({"status": "ready", "model": self.cfg.model, "queue": self.jobs.depth})
+        return web.json_response(
+            {"status": "ready", "model": self.cfg.model, "family": self.family.name, "queue": self.jobs.depth}
+        )
 
     async def metrics_route(self, request: web.Request) -> web.Response:
         if self.tiers is not None:

@@ -152,6 +152,51 @@ def lora_adapter(name: str, pool: str, source: dict) -> dict:
     }
 
 
+def host_path_claim(ns: str, node: str, host_dir: Path, claim: str) -> tuple[str, list[dict]]:
+    """A PersistentVolume on `node`'s `host_dir` (hostPath) bound to the claim `ns/claim`: (PV name, manifests).
+    Pools mount such a claim as their model cache (`spec.modelCache.claimName`), so files written there on the
+    host are path sources at /models/... in the pods."""
+    pv = f"{ns}-{claim}"
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(host_dir), "type": "Directory"},
+                "claimRef": {"namespace": ns, "name": claim},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+                                ]
+                            }
+                        ]
+                    }
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": ns},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+    return pv, docs
+
+
 def conditions(obj: dict) -> dict[str, dict]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 

@@ -29,6 +29,7 @@ from tests.e2e.support import (
     diagnose,
     generate_until_ok,
     helm,
+    host_path_claim,
     http,
     kill_container,
     kubectl,
@@ -219,44 +220,7 @@ def adapter_volume(pool_ns: str, real_node: str) -> Iterator[tuple[str, str]]:
     (host_dir / "loras").mkdir(mode=0o755)
     write_lora(host_dir / "loras" / "fox.safetensors", build_tiny_pipeline().unet, rank=4, seed=7, strength=3.0)
     (host_dir / "loras" / "fox.safetensors").chmod(0o644)
-    pv = f"{pool_ns}-lora"
-    docs = [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(host_dir), "type": "Directory"},
-                "claimRef": {"namespace": pool_ns, "name": "lora"},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [real_node]}
-                                ]
-                            }
-                        ]
-                    }
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "lora", "namespace": pool_ns},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    ]
+    pv, docs = host_path_claim(pool_ns, real_node, host_dir, "lora")
     try:
         kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
         yield "lora", "loras/fox.safetensors"

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from loraplex_operator.logic.families import LABELS, family_of_model, interchangeable
 from loraplex_operator.logic.resolution import normalize_model
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -107,8 +108,15 @@ def pick_weights(files: dict[str, int | None], filename: str | None) -> tuple[st
     return None, "NoWeights", "the repository has no safetensors file"
 
 
-def check_hub_metadata(info: Any, pool_models: Iterable[str], filename: str | None = None) -> HubCheck:
-    """Decide whether `info` describes a usable LoRA for a pool serving any of `pool_models`."""
+def check_hub_metadata(
+    info: Any, pool_models: Iterable[str], filename: str | None = None, pool_family: str | None = None
+) -> HubCheck:
+    """Decide whether `info` describes a usable LoRA for a pool serving any of `pool_models`.
+
+    `pool_family` ("sdxl", "flux" or None when unknown): a LoRA whose declared bases are all of the other family is
+    refused naming both families; a FLUX.1 [dev] LoRA is accepted by a FLUX.1 [schnell] pool (same architecture).
+    """
+    pool_models = list(pool_models)
     commit = _get(info, "sha")
     if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
         return HubCheck(False, "NoCommit", "the hub did not report a commit for this revision")
@@ -119,7 +127,16 @@ def check_hub_metadata(info: Any, pool_models: Iterable[str], filename: str | No
     wanted = {normalize_model(m) for m in pool_models if m}
     if not bases:
         return HubCheck(False, "BaseModelUnknown", "the repository declares no base_model (model card or tags)", commit)
-    if wanted and not bases & wanted:
+    lora_families = {f for f in map(family_of_model, bases) if f}
+    if pool_family and lora_families and pool_family not in lora_families:
+        return HubCheck(
+            False,
+            "BaseModelFamilyMismatch",
+            f"LoRA is for {', '.join(sorted(bases))} ({'/'.join(LABELS[f] for f in sorted(lora_families))}); "
+            f"the pool serves a {LABELS[pool_family]} model ({', '.join(m for m in pool_models if m)})",
+            commit,
+        )
+    if wanted and not any(interchangeable(b, w) for b in bases for w in wanted):
         return HubCheck(
             False,
             "BaseModelMismatch",

@@ -92,6 +92,8 @@ def worker_args(spec: PoolSpec) -> list[str]:
         spec.model.revision,
         "--dtype",
         spec.model.dtype,
+        "--family",
+        spec.model.pipeline,
         "--host",
         "127.0.0.1",
         "--port",

@@ -34,6 +34,7 @@ class PoolInfo:
     # spec.adapterSources: which sources the pool admits (logic/sources.py)
     allow_private_urls: bool = False
     path_roots: tuple[str, ...] = ("/models/loras",)
+    family: str | None = None  # "sdxl", "flux", or None when neither declared nor a known base id
 
 
 @dataclass(frozen=True)

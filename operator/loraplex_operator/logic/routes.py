@@ -23,6 +23,7 @@ from loraplex.api.routing_table import (
     UrlSource,
 )
 from loraplex_operator import constants as c
+from loraplex_operator.logic.families import pool_family
 from loraplex_operator.logic.podstate import ReadyPod
 from loraplex_operator.logic.resolution import PoolInfo, assign_names, resolve_pool, sanitize_pools
 from loraplex_operator.logic.sizing import adapter_replication
@@ -44,6 +45,7 @@ def pool_info(name: str, spec: PoolSpec) -> PoolInfo:
         tuple(spec.routing.aliases),
         spec.adapter_sources.allow_private_urls,
         tuple(spec.adapter_sources.path_roots),
+        pool_family(spec.model.name, spec.model.pipeline),
     )
 
 

@@ -29,7 +29,7 @@ class _Spec(BaseModel):
 class ModelRef(_Spec):
     name: str = Field(min_length=1)
     revision: str = "main"
-    pipeline: Literal["sdxl"] = "sdxl"
+    pipeline: Literal["auto", "sdxl", "flux"] = "auto"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
 
 

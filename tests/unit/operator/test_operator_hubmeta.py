@@ -90,3 +90,43 @@ def test_unreachable_hub_is_a_retryable_error_not_a_crash(monkeypatch: pytest.Mo
         fetch_model_info("org/repo", "main", None, timeout_s=5)
     assert err.value.retryable and err.value.reason == "HubUnreachable"
     assert time.monotonic() - started < 30
+
+
+FLUX_DEV, FLUX_SCHNELL = "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"
+
+
+def flux_info(base: str = FLUX_DEV) -> ModelInfo:
+    return info(tags=["lora", "flux", f"base_model:adapter:{base}"], cardData={"base_model": base})
+
+
+def test_flux_base_ids_are_known() -> None:
+    from loraplex_operator.logic.families import family_of_model, pool_family
+
+    assert family_of_model(FLUX_DEV) == family_of_model(" Black-Forest-Labs/FLUX.1-schnell/") == "flux"
+    assert family_of_model(SDXL) == "sdxl" and family_of_model("org/unknown") is None
+    assert pool_family("org/unknown", "flux") == "flux"  # declared wins
+    assert pool_family(FLUX_DEV, "auto") == "flux" and pool_family("/models/mine", "auto") is None
+
+
+def test_flux_loras_on_flux_pools() -> None:
+    assert check_hub_metadata(flux_info(), [FLUX_DEV], pool_family="flux").ok
+    # FLUX.1 [dev] and [schnell] share the architecture: a dev LoRA on a schnell pool is served.
+    assert check_hub_metadata(flux_info(), [FLUX_SCHNELL], pool_family="flux").ok
+    check = check_hub_metadata(flux_info(), ["org/other-flux-finetune"], pool_family="flux")
+    assert not check.ok and check.reason == "BaseModelMismatch"
+
+
+@pytest.mark.parametrize(
+    "lora,pool,family,message",
+    [
+        (info(), FLUX_DEV, "flux", f"LoRA is for {SDXL} \\(SDXL\\); the pool serves a FLUX model"),
+        (flux_info(), SDXL, "sdxl", "LoRA is for black-forest-labs/flux.1-dev \\(FLUX\\); the pool serves a SDXL"),
+        (flux_info(), "/models/my-sdxl", "sdxl", "\\(FLUX\\); the pool serves a SDXL model \\(/models/my-sdxl\\)"),
+    ],
+)
+def test_a_lora_of_the_other_family_is_refused_naming_both(lora, pool, family, message) -> None:
+    import re
+
+    check = check_hub_metadata(lora, [pool], pool_family=family)
+    assert not check.ok and check.reason == "BaseModelFamilyMismatch"
+    assert re.search(message, check.message), check.message

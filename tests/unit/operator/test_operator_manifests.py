@@ -47,6 +47,7 @@ def test_deployment_has_worker_and_sidecar_with_contract_args() -> None:
     assert args[:1] == ["worker"]
     flags = dict(zip(args[1::2], args[2::2], strict=True))
     assert flags["--model"] == "stabilityai/sdxl" and flags["--revision"] == "abc"
+    assert flags["--family"] == "auto"  # the worker reads the family from the model
     assert flags["--host"] == "127.0.0.1" and flags["--port"] == "8081"
     assert flags["--disk-cache-dir"] == "/var/cache/loraplex" and flags["--hf-home"] == "/models"
     for flag in (
@@ -281,6 +282,12 @@ def test_same_spec_same_manifest_and_spec_change_rolls() -> None:
     assert changed["spec"]["template"] != json.loads(a)["spec"]["template"]
     # Replicas are not part of the pod template: scaling does not roll pods.
     assert build_deployment(OWNER, _spec(), 3)["spec"]["template"] == json.loads(a)["spec"]["template"]
+
+
+def test_a_declared_family_reaches_the_worker() -> None:
+    spec = parse_pool_spec({"model": {"name": "black-forest-labs/FLUX.1-dev", "pipeline": "flux"}})
+    args = _containers(build_deployment(OWNER, spec, 1))["worker"]["args"]
+    assert dict(zip(args[1::2], args[2::2], strict=True))["--family"] == "flux"
 
 
 def test_every_owned_object_carries_the_digest_of_what_was_applied() -> None:
