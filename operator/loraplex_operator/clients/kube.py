@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from loraplex_operator import constants as c
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+USER_AGENT = "loraplex-operator"
 
 _PLURALS = {
     "ConfigMap": "configmaps",
@@ -70,7 +72,11 @@ class Kube:
     """Blocking verbs on dicts, plus `run` to call them from the event loop."""
 
     def __init__(
-        self, configuration: client.Configuration | None = None, workers: int = 16, timeout_s: float = 30.0
+        self,
+        configuration: client.Configuration | None = None,
+        workers: int = 16,
+        timeout_s: float = 30.0,
+        user_agent: str = USER_AGENT,
     ) -> None:
         if configuration is None:
             configuration = load_configuration()
@@ -78,9 +84,12 @@ class Kube:
         # executor is tiny on small nodes).
         configuration.connection_pool_maxsize = workers
         self.api = client.ApiClient(configuration)
+        # Named in the apiserver's audit log (kopf's own requests say `kopf/<version>`).
+        self.api.user_agent = user_agent
         self.timeout_s = timeout_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self.requests = 0
+        self.requests_by_verb: Counter[str] = Counter()  # GET/POST/PATCH/PUT/DELETE: the operator's /healthz
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -116,6 +125,7 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         self.requests += 1
+        self.requests_by_verb[method] += 1
         try:
             resp = self.api.call_api(*serialized, _request_timeout=self.timeout_s)
             resp.read()
