@@ -185,6 +185,13 @@ def dump_table(table: RoutingTable) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
+def adapter_doc(entry: AdapterEntry) -> dict[str, Any]:
+    """One adapter entry as `dump_table` writes it (a JSON-ready dict)."""
+    doc = entry.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    doc.setdefault("source", {})["type"] = entry.source.type
+    return doc
+
+
 def merge_shards(shards: list[str | bytes | dict[str, Any]]) -> RoutingTable:
     """Join shard documents (each a partial table) into one validated table.
 
