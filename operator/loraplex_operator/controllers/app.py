@@ -50,7 +50,7 @@ class Operator:
         self.cfg = cfg
         self.kube = kube or Kube()
         self.writer = TableWriter(
-            self.kube,
+            self.kube.lane(4, "table"),
             demand=lambda ns: self.autoscaler.adapter_needs(ns),
             debounce_s=cfg.debounce_s,
             max_delay_s=cfg.max_delay_s,
