@@ -169,6 +169,7 @@ class TableWriter:
         """Rebuild `namespace`'s table from the cluster and write what changed."""
         kube = self.kube
         source = self.adapter_source
+        started = time.monotonic()
         pools, pods, existing = await asyncio.gather(
             kube.run(kube.list, c.API_VERSION, c.POOL_PLURAL, namespace, None, True),
             kube.run(kube.list, "v1", "pods", namespace, f"{c.LABEL_COMPONENT}=inference,{c.LABEL_POOL}", True),
@@ -189,10 +190,12 @@ class TableWriter:
         st = self._ns.get(namespace)
         if st is not None:
             st.empty = not (pools or adapters or [cm for cm in existing if not is_empty_marker(cm)])
+        read_at = time.monotonic()
         memo = self._memos.setdefault(namespace, _Memo())
         demand = self.demand(namespace)
         # Off the event loop: at tens of thousands of adapters a rebuild takes long enough to stall kopf's handlers.
         build, docs = await asyncio.to_thread(memo.build, live_pools, adapters, ready, demand)
+        built_at = time.monotonic()
         self.stats.flushes += 1
         if live_pools:
             desired = shard_configmaps(namespace, docs, live_pools)
@@ -213,13 +216,17 @@ class TableWriter:
             self.stats.deletes += 1
         if not todo.empty:
             log.info(
-                "routing table %s: %d pool(s), %d adapter(s), %d shard(s); wrote %d, deleted %d",
+                "routing table %s: %d pool(s), %d adapter(s), %d shard(s); wrote %d, deleted %d "
+                "(read %.2fs, built %.2fs, written %.2fs)",
                 namespace,
                 len(build.table.pools),
                 len(build.table.adapters),
                 len(desired),
                 len(todo.create) + len(todo.update),
                 len(todo.delete),
+                read_at - started,
+                built_at - read_at,
+                time.monotonic() - built_at,
             )
         await self._note_pool_counts(namespace, live_pools, build)
         return build
