@@ -26,6 +26,7 @@ from loraplex_operator import constants as c
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 USER_AGENT = "loraplex-operator"
+LANE_CONNECTIONS = 8  # pooled connections kept for lanes (Kube.lane) on top of the main executor's
 
 _PLURALS = {
     "ConfigMap": "configmaps",
@@ -83,7 +84,7 @@ class Kube:
             configuration = load_configuration()
         # Our own executor and connection pool, sized for bursts (the default
         # executor is tiny on small nodes).
-        configuration.connection_pool_maxsize = workers
+        configuration.connection_pool_maxsize = workers + LANE_CONNECTIONS
         self.api = client.ApiClient(configuration)
         # Named in the apiserver's audit log (kopf's own requests say `kopf/<version>`).
         self.api.user_agent = user_agent
