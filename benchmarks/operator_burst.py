@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loraplex.api.routing_table import merge_shards  # noqa: E402
+from loraplex.api.routing_table import ShardMerger  # noqa: E402
 from loraplex_operator import constants as c  # noqa: E402
 from loraplex_operator.clients.kube import Kube, KubeError, resource_path  # noqa: E402
 
@@ -74,6 +74,7 @@ class ShardWatch:
         self.docs: dict[str, str] = {}
         self.writes = self.deletes = 0
         self.changed = threading.Condition()
+        self._merger = ShardMerger()  # re-parses only changed shards: cheap at 30,000 adapters
         self._stop = threading.Event()
         initial = kube.request(
             "GET",
@@ -121,7 +122,7 @@ class ShardWatch:
         with self.changed:
             docs = list(self.docs.values())
         try:
-            return len(merge_shards(docs).adapters) if docs else 0
+            return len(self._merger.merge(docs).adapters) if docs else 0
         except ValueError:
             return 0  # a reader mid-update would keep its last good table; so do we
 

@@ -155,14 +155,14 @@ class Sidecar:
     async def _startup(self, app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         self.view = AsyncTable(self.source, loop)
-        self.view.on_change.append(lambda t: self.stats.table_loaded(t.generation))
+        self.view.on_change.append(self._table_loaded)
         self.view.on_change.append(self._remember_own_pools)
         # The first file load is synchronous I/O: keep it off the loop.
         await loop.run_in_executor(None, self.source.start)
         if self.view.table is None and self.source.table is not None:
             self.view.table = self.source.table
         if self.view.table is not None:
-            self.stats.table_loaded(self.view.table.generation)
+            self._table_loaded(self.view.table)
             self._remember_own_pools(self.view.table)
         await self.forwarder.start()
         self.session = self.forwarder.session
@@ -397,6 +397,9 @@ class Sidecar:
                 service_s,
                 overhead_s=total - upstream_s if upstream_s else None,
             )
+
+    def _table_loaded(self, table: RoutingTable) -> None:
+        self.stats.table_loaded(table.generation, len(table.adapters), self.source.last_reload_s)
 
     def _remember_own_pools(self, table: RoutingTable) -> None:
         if not (self.worker_url and self.config.pod_name):

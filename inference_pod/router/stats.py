@@ -22,7 +22,8 @@ the autoscaler's `rate x service time` does not feed on its own backlog.
       "windowSeconds": 60.0,
       "rejected": 3,                     # requests refused before a pool was known
       "table": {"loaded": true, "generation": 7, "lastReloadTime": 1712345600.0 | null,
-                "reloadErrors": 0},
+                "reloadErrors": 0, "adapters": 2000,
+                "lastReloadSeconds": 0.012 | null},   # parse + merge time of the last accepted update
       "pools": {
         "sdxl": {"requestRate": 0.5, "meanServiceSeconds": 1.9, "meanLatencySeconds": 2.3,
                  "inFlight": 2, "waiting": 0, "requests": 311, "errors": 1, "served": 120,
@@ -117,6 +118,8 @@ class _Table:
     generation: int | None = None
     last_reload: float | None = None
     errors: int = 0
+    adapters: int = 0
+    reload_s: float | None = None
 
 
 @dataclass
@@ -276,9 +279,11 @@ class RouterStats:
         self._rejected += 1
         self.m_rejected.labels(str(status)).inc()
 
-    def table_loaded(self, generation: int) -> None:
+    def table_loaded(self, generation: int, adapters: int = 0, reload_s: float | None = None) -> None:
         self._table.loaded = True
         self._table.generation = generation
+        self._table.adapters = adapters
+        self._table.reload_s = reload_s
         self._table.last_reload = self.wall()
         self.m_table_generation.set(generation)
 
@@ -346,6 +351,8 @@ class RouterStats:
                 "generation": self._table.generation,
                 "lastReloadTime": self._table.last_reload,
                 "reloadErrors": self._table.errors,
+                "adapters": self._table.adapters,
+                "lastReloadSeconds": self._table.reload_s,
             },
             "pools": pools,
             "adapters": adapters,

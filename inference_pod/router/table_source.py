@@ -9,7 +9,7 @@ after every accepted change; `AsyncTable` bridges that into an asyncio loop.
   inotify, so it works on any filesystem, including a mounted ConfigMap.
 - `ConfigMapTableSource`: lists and watches the ConfigMaps of one namespace
   labelled `loraplex.io/routing-table=true`; each holds a partial table under
-  the data key `table.json`, joined with `merge_shards` in ConfigMap-name
+  the data key `table.json`, joined (`ShardMerger`: only changed shards are re-parsed) in ConfigMap-name
   order. Watch events are coalesced (the operator writes shards in bursts),
   a 410 Gone re-lists at once, other errors re-list with backoff.
   A drop from a non-empty table to an empty one (every shard deleted,
@@ -25,11 +25,12 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from loraplex.api.names import ANNOTATION_TABLE_EMPTY, TABLE_DATA_KEY, TABLE_LABEL_SELECTOR
-from loraplex.api.routing_table import RoutingTable, TableError, merge_shards, parse_table
+from loraplex.api.routing_table import RoutingTable, ShardMerger, TableError, parse_table
 
 log = logging.getLogger("loraplex.table")
 
@@ -53,6 +54,7 @@ class TableSource:
         self._threads: list[threading.Thread] = []
         self.last_error: str | None = None
         self.refused_empty = 0  # unexplained drops to an empty table refused (each also an error: metrics)
+        self.last_reload_s: float | None = None  # parse + merge time of the last accepted update
 
     @property
     def table(self) -> RoutingTable | None:
@@ -159,11 +161,13 @@ class FileTableSource(TableSource):
         if content == self._content:
             return False
         self._content = content
+        started = time.perf_counter()
         try:
             table = parse_table(content)
         except TableError as e:
             self._reject(str(e))
             return False
+        self.last_reload_s = time.perf_counter() - started
         self._publish(table)
         return True
 
@@ -202,6 +206,7 @@ class ConfigMapTableSource(TableSource):
         self._shards: dict[str, str | None] = {}
         self._marked_empty: set[str] = set()  # shards carrying the operator's "empty on purpose" marker
         self._merged_input: tuple[list[tuple[str, str | None]], bool] | None = None
+        self._merger = ShardMerger()  # re-parses only the shards that changed
         self._dirty = threading.Event()
         self._watch: Any = None
 
@@ -263,8 +268,9 @@ class ConfigMapTableSource(TableSource):
         if missing:
             self._reject(f"ConfigMap(s) {', '.join(missing)} have no {TABLE_DATA_KEY!r} key")
             return False
+        started = time.perf_counter()
         try:
-            table = merge_shards([data for _, data in shards if data is not None])
+            table = self._merger.merge([data for _, data in shards if data is not None])
         except TableError as e:
             names = ", ".join(name for name, _ in shards)
             self._reject(f"{e} (shards in order: {names})")
@@ -279,6 +285,7 @@ class ConfigMapTableSource(TableSource):
                 "by hand? the operator restores them"
             )
             return False
+        self.last_reload_s = time.perf_counter() - started
         self._publish(table)
         return True
 

@@ -50,7 +50,7 @@ class Operator:
         self.cfg = cfg
         self.kube = kube or Kube()
         self.writer = TableWriter(
-            self.kube,
+            self.kube.lane(4, "table"),
             demand=lambda ns: self.autoscaler.adapter_needs(ns),
             debounce_s=cfg.debounce_s,
             max_delay_s=cfg.max_delay_s,
@@ -74,6 +74,7 @@ class Operator:
             else None
         )
         self._kopf_task: asyncio.Task[None] | None = None
+        self.adapter_events = 0  # LoraAdapter watch events handled (a restart's resume sees one per adapter)
         self._stop = asyncio.Event()
 
     # -- helpers used by handlers -------------------------------------------
@@ -124,6 +125,8 @@ class Operator:
             "kopf": "stopped" if dead else "running" if self._kopf_task else "waiting",
             "tableWrites": self.writer.stats.writes,
             "tableFlushes": self.writer.stats.flushes,
+            "adapterEvents": self.adapter_events,
+            "apiRequests": dict(self.kube.requests_by_verb),
         }
 
     # -- lifecycle ------------------------------------------------------------

@@ -181,6 +181,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         # every adapter on every flush (3 MB per LIST at 2,000 adapters).
         if op.writer.adapter_source is None:
             op.writer.adapter_source = lambda ns: list(adapter_snapshots.get(ns, []))
+        op.adapter_events += 1
         op.writer.mark(namespace)
 
     return registry

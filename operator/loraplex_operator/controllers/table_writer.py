@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import Kube, KubeError
+from loraplex_operator.logic.flushing import flush_due
 from loraplex_operator.logic.podstate import ReadyPod, is_pod_ready
-from loraplex_operator.logic.routes import TableBuild, build_table
+from loraplex_operator.logic.routes import BuildMemo, TableBuild, build_table
 from loraplex_operator.logic.shards import (
+    SplitMemo,
     empty_table_configmaps,
     is_empty_marker,
     plan,
@@ -41,6 +43,7 @@ class _NsState:
     first_mark: float | None = None
     last_mark: float = 0.0
     last_flush: float = 0.0
+    last_cost: float = 0.0  # seconds the last flush took (spaces the next one: logic/flushing.py)
     task: asyncio.Task[None] | None = None
     empty: bool = False  # last flush found no pool, no adapter and no table
 
@@ -81,6 +84,8 @@ class TableWriter:
         # Namespaces where a table was seen (written, listed or watched): when their last pool goes,
         # the table becomes an explicitly empty one, even if the garbage collector deleted the shards first.
         self._had_table: set[str] = set()
+        # Per namespace: what the last build and split worked out per adapter (reused while unchanged).
+        self._memos: dict[str, _Memo] = {}
 
     def table_event(self, namespace: str, name: str, deleted: bool, data: str | None) -> bool:
         """A routing-table ConfigMap changed (watch event); restore it unless we wrote exactly that. True: marked."""
@@ -114,14 +119,21 @@ class TableWriter:
         while st.dirty:
             while True:
                 now = self.clock()
-                first = st.first_mark if st.first_mark is not None else now
-                due = max(
-                    min(st.last_mark + self.debounce_s, first + self.max_delay_s), st.last_flush + self.min_interval_s
+                due = flush_due(
+                    now,
+                    st.first_mark,
+                    st.last_mark,
+                    st.last_flush,
+                    st.last_cost,
+                    self.debounce_s,
+                    self.max_delay_s,
+                    self.min_interval_s,
                 )
                 if now >= due:
                     break
                 await asyncio.sleep(due - now)
             st.dirty, st.first_mark = False, None
+            started = self.clock()
             try:
                 await self.flush(namespace)
                 retry = 0
@@ -139,8 +151,10 @@ class TableWriter:
                 st.dirty = True
                 retry = await self._backoff(namespace, st, retry, e)
             st.last_flush = self.clock()
+            st.last_cost = st.last_flush - started
         if st.empty and not st.dirty and self._ns.get(namespace) is st:
             del self._ns[namespace]  # nothing to route there any more: stop resyncing it
+            self._memos.pop(namespace, None)
 
     async def _backoff(self, namespace: str, st: _NsState, retry: int, e: Exception) -> int:
         self.stats.errors += 1
@@ -155,6 +169,7 @@ class TableWriter:
         """Rebuild `namespace`'s table from the cluster and write what changed."""
         kube = self.kube
         source = self.adapter_source
+        started = time.monotonic()
         pools, pods, existing = await asyncio.gather(
             kube.run(kube.list, c.API_VERSION, c.POOL_PLURAL, namespace, None, True),
             kube.run(kube.list, "v1", "pods", namespace, f"{c.LABEL_COMPONENT}=inference,{c.LABEL_POOL}", True),
@@ -175,10 +190,15 @@ class TableWriter:
         st = self._ns.get(namespace)
         if st is not None:
             st.empty = not (pools or adapters or [cm for cm in existing if not is_empty_marker(cm)])
-        build = build_table(live_pools, adapters, ready, self.demand(namespace))
+        read_at = time.monotonic()
+        memo = self._memos.setdefault(namespace, _Memo())
+        demand = self.demand(namespace)
+        # Off the event loop: at tens of thousands of adapters a rebuild takes long enough to stall kopf's handlers.
+        build, docs = await asyncio.to_thread(memo.build, live_pools, adapters, ready, demand)
+        built_at = time.monotonic()
         self.stats.flushes += 1
         if live_pools:
-            desired = shard_configmaps(namespace, split_table(build.table), live_pools)
+            desired = shard_configmaps(namespace, docs, live_pools)
         elif existing or namespace in self._had_table:
             # No pool left: an explicitly empty table (sidecars refuse an unexplained empty one).
             desired = empty_table_configmaps(namespace)
@@ -196,13 +216,17 @@ class TableWriter:
             self.stats.deletes += 1
         if not todo.empty:
             log.info(
-                "routing table %s: %d pool(s), %d adapter(s), %d shard(s); wrote %d, deleted %d",
+                "routing table %s: %d pool(s), %d adapter(s), %d shard(s); wrote %d, deleted %d "
+                "(read %.2fs, built %.2fs, written %.2fs)",
                 namespace,
                 len(build.table.pools),
                 len(build.table.adapters),
                 len(desired),
                 len(todo.create) + len(todo.update),
                 len(todo.delete),
+                read_at - started,
+                built_at - read_at,
+                time.monotonic() - built_at,
             )
         await self._note_pool_counts(namespace, live_pools, build)
         return build
@@ -225,6 +249,20 @@ class TableWriter:
                 except KubeError as e:
                     if e.status != 404:
                         log.warning("cannot update adapter count of pool %s/%s: %s", namespace, name, e)
+
+
+class _Memo:
+    """One namespace's build and split memos; `build` is called from one thread at a time (the flush)."""
+
+    def __init__(self) -> None:
+        self.build_memo = BuildMemo()
+        self.split_memo = SplitMemo()
+
+    def build(
+        self, pools: list[dict], adapters: list[dict], ready: dict[str, list[ReadyPod]], demand: Mapping[str, int]
+    ) -> tuple[TableBuild, list[str]]:
+        build = build_table(pools, adapters, ready, demand, memo=self.build_memo)
+        return build, split_table(build.table, memo=self.split_memo) if pools else []
 
 
 def _digest(data: str) -> str:

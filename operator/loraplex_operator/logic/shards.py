@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loraplex.api.routing_table import SCHEMA_VERSION, RoutingTable, dump_table
+from loraplex.api.routing_table import SCHEMA_VERSION, AdapterEntry, RoutingTable, adapter_doc, dump_table
 from loraplex_operator import constants as c
 from loraplex_operator.logic.manifests import owner_reference
 
@@ -46,19 +46,54 @@ def table_generation(canonical_table: str) -> int:
     return int.from_bytes(hashlib.sha256(canonical_table.encode()).digest()[:6], "big")
 
 
-def split_table(table: RoutingTable, budget: int = DEFAULT_BUDGET) -> list[str]:
-    """Shard documents (JSON strings), shard 0 first."""
-    # The table module's own canonical form, so shards hold exactly what dump_table writes.
-    whole = json.loads(dump_table(table))
-    pools, adapters = whole.get("pools", {}), whole.get("adapters", {})
-    entry_bytes = {n: len(_canonical({n: a})) for n, a in adapters.items()}
-    generation = table_generation(_canonical({"pools": pools, "adapters": adapters}))
-    pools_bytes = len(_canonical(pools))
+class SplitMemo:
+    """Each adapter's canonical JSON from the last split, reused while its entry is the same (BuildMemo keeps it so)."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, tuple[AdapterEntry, str]] = {}
+
+
+def _entry_texts(adapters: dict[str, AdapterEntry], memo: SplitMemo | None) -> dict[str, str]:
+    old = memo.texts if memo is not None else {}
+    texts: dict[str, str] = {}
+    kept: dict[str, tuple[AdapterEntry, str]] = {}
+    for name, entry in adapters.items():
+        cached = old.get(name)
+        if cached is not None and (cached[0] is entry or cached[0] == entry):
+            text = cached[1]
+        else:
+            text = _canonical(adapter_doc(entry))
+        texts[name] = text
+        kept[name] = (entry, text)
+    if memo is not None:
+        memo.texts = kept
+    return texts
+
+
+def _adapters_object(names: Sequence[str], pairs: Mapping[str, str]) -> str:
+    """`_canonical({name: entry, ...})` for sorted `names`, joined from each `"name":entry` text."""
+    return "{" + ",".join(pairs[n] for n in names) + "}"
+
+
+def split_table(table: RoutingTable, budget: int = DEFAULT_BUDGET, memo: SplitMemo | None = None) -> list[str]:
+    """Shard documents (JSON strings), shard 0 first.
+
+    The bytes are `_canonical` of each shard's document, assembled from each
+    entry's canonical text (sorted keys, so joining sorted names is the same
+    string); `memo` keeps those texts between calls.
+    """
+    pools_text = _canonical(json.loads(dump_table(RoutingTable(pools=table.pools))).get("pools", {}))
+    texts = _entry_texts(dict(table.adapters), memo)
+    names = sorted(texts)
+    pairs = {n: json.dumps(n, ensure_ascii=False) + ":" + texts[n] for n in names}  # as _canonical writes a key
+    entry_bytes = {n: len(pairs[n]) + 2 for n in names}  # len(_canonical({n: entry}))
+    generation = table_generation('{"adapters":' + _adapters_object(names, pairs) + ',"pools":' + pools_text + "}")
+    pools_bytes = len(pools_text)
     total = pools_bytes + sum(entry_bytes.values())
     n = 1
     while n * budget < total and n < MAX_SHARDS:
         n *= 2
-    hashes = {name: stable_hash(name) for name in adapters}
+    hashes = {name: stable_hash(name) for name in names}
     while True:
         sizes = [200 + (pools_bytes if i == 0 else 0) for i in range(n)]
         for name, size in entry_bytes.items():
@@ -66,16 +101,16 @@ def split_table(table: RoutingTable, budget: int = DEFAULT_BUDGET) -> list[str]:
         if max(sizes) <= budget or n >= MAX_SHARDS:
             break
         n *= 2
+    members: list[list[str]] = [[] for _ in range(n)]
+    for name in names:  # sorted, so each shard's list is too
+        members[hashes[name] % n].append(name)
     docs = []
     for i in range(n):
-        doc: dict[str, Any] = {
-            "version": SCHEMA_VERSION,
-            "adapters": {name: adapters[name] for name in sorted(adapters) if hashes[name] % n == i},
-        }
+        # Keys in sorted order, as _canonical writes them: adapters, generation, pools, version.
+        text = '{"adapters":' + _adapters_object(members[i], pairs)
         if i == 0:
-            doc["pools"] = pools
-            doc["generation"] = generation
-        text = _canonical(doc)
+            text += f',"generation":{generation},"pools":{pools_text}'
+        text += f',"version":{SCHEMA_VERSION}}}'
         if len(text.encode()) > HARD_LIMIT:
             raise ShardingError(f"shard {i} of {n} is {len(text.encode())} bytes, over {HARD_LIMIT}")
         docs.append(text)

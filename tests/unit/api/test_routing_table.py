@@ -165,3 +165,32 @@ def test_merge_shards_rejects_any_bad_shard(bad, needle: str) -> None:
     with pytest.raises(TableError) as e:
         merge_shards([{"pools": doc()["pools"]}, bad])
     assert needle in str(e.value)
+
+
+def test_shard_merger_reparses_only_changed_shards_and_still_checks_the_whole(monkeypatch) -> None:
+    import loraplex.api.routing_table as rt
+
+    d = doc()
+    pools = json.dumps({"version": 1, "generation": 2, "pools": d["pools"]})
+    a = json.dumps({"generation": 4, "adapters": {"pixel-art": d["adapters"]["pixel-art"]}})
+    b = json.dumps({"generation": 3, "adapters": {k: v for k, v in d["adapters"].items() if k != "pixel-art"}})
+    parsed: list[int] = []
+    real = rt._parse_shard
+    monkeypatch.setattr(rt, "_parse_shard", lambda shard, i: parsed.append(i) or real(shard, i))
+    merger = rt.ShardMerger()
+    assert merger.merge([pools, a, b]) == parse_table(d)
+    assert parsed == [0, 1, 2]
+    # One shard changes: only it is parsed again, and the result is the same as a fresh merge.
+    b2 = json.dumps({"adapters": {"sketch": d["adapters"]["sketch"]}})
+    fresh = merge_shards([pools, a, b2])
+    del parsed[:]
+    assert merger.merge([pools, a, b2]) == fresh
+    assert parsed == [2]
+    # A shard that names another shard's adapter again is still refused (the whole table is checked),
+    # though every shard in it was parsed before; and the reader keeps nothing of the refused merge.
+    clash = json.dumps({"adapters": {"other": {**d["adapters"]["sketch"], "aliases": ["pixel"]}}})
+    with pytest.raises(TableError, match="pixel"):
+        merger.merge([pools, a, clash])
+    with pytest.raises(TableError, match="shard 1: adapters.x.source"):
+        bad = {"adapters": {"x": {"pool": "tiny", "source": {"type": "url", "url": "ftp:"}}}}
+        merger.merge([pools, json.dumps(bad)])

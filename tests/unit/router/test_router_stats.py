@@ -73,7 +73,7 @@ def test_in_flight_service_latency_errors() -> None:
 
 def test_snapshot_shape_is_json() -> None:
     stats, _ = make()
-    stats.table_loaded(7)
+    stats.table_loaded(7, adapters=3, reload_s=0.012)
     stats.table_error()
     stats.rejected(404)
     stats.request_started("tiny", [])
@@ -96,6 +96,8 @@ def test_snapshot_shape_is_json() -> None:
         "generation": 7,
         "lastReloadTime": pytest.approx(1.7e9 + 1000),
         "reloadErrors": 1,
+        "adapters": 3,
+        "lastReloadSeconds": 0.012,
     }
     assert set(snap["pools"]["tiny"]) == {
         "requestRate",
