@@ -64,7 +64,7 @@ class HubRef:
 
 
 def _segment(value: str, what: str) -> str:
-    if not _SEGMENT.match(value) or ".." in value or "--" in value or value.endswith((".", ".git")):
+    if not _SEGMENT.fullmatch(value) or ".." in value or "--" in value or value.endswith((".", ".git")):
         raise OnDemandNameError(
             f"{what} must be 1-96 letters, digits, '-', '_' or '.', start with a letter or digit, "
             "and contain no '--' or '..'"
@@ -81,7 +81,7 @@ def parse_on_demand(name: str) -> tuple[str | None, HubRef]:
     rest, filename = name, None
     if ":" in rest:
         rest, filename = rest.split(":", 1)
-        if not _FILENAME.match(filename) or ".." in filename:
+        if not _FILENAME.fullmatch(filename) or ".." in filename:
             raise OnDemandNameError(
                 "the weight file (after ':') must be one file name of letters, digits, '-', '_' or '.' ending in "
                 "'.safetensors' (no '/', no '..')"
@@ -89,7 +89,7 @@ def parse_on_demand(name: str) -> tuple[str | None, HubRef]:
     revision = DEFAULT_REVISION
     if "@" in rest:
         rest, revision = rest.split("@", 1)
-        if not _REVISION.match(revision) or ".." in revision:
+        if not _REVISION.fullmatch(revision) or ".." in revision:
             raise OnDemandNameError(
                 "the revision (after '@') must be 1-64 letters, digits, '-', '_' or '.' (no '/', no '..')"
             )
@@ -158,7 +158,7 @@ class OpenCatalogPolicy(BaseModel):
 def check_globs(globs: tuple[str, ...], field: str) -> None:
     """Raise ValueError naming the field when a glob holds characters a hub id never has."""
     for i, g in enumerate(globs):
-        if not _GLOB.match(g):
+        if not _GLOB.fullmatch(g):
             raise ValueError(f"{field}[{i}]: a glob over hub ids: letters, digits, '-', '_', '.', '*', '?', one '/'")
 
 
