@@ -37,6 +37,8 @@ class FakeRepo:
     def commit(self, revision: str) -> str | None:
         if revision in ("main", self.sha):
             return self.sha
+        if revision in self.revisions.values():
+            return revision
         return self.revisions.get(revision)
 
 
