@@ -18,6 +18,7 @@ import http.server
 import json
 import re
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -50,7 +51,8 @@ _CDN = re.compile(r"^/cdn/([0-9a-f]{64})$")
 class FakeHub:
     """Start with `with FakeHub() as hub:`; `hub.url` is the endpoint to give the client (HF_ENDPOINT)."""
 
-    def __init__(self, token: str = "hf_test_token") -> None:
+    def __init__(self, token: str = "hf_test_token", latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s  # added to every answer: a remote hub's round trip (benchmarks)
         self.repos: dict[str, FakeRepo] = {}
         self.token = token
         self.requests: list[tuple[str, str]] = []
@@ -98,6 +100,8 @@ class FakeHub:
             self.authorized.append(authorized)
 
     def _handle(self, h: http.server.BaseHTTPRequestHandler, body: bool) -> None:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         path = urllib.parse.urlsplit(h.path).path
         authorized = h.headers.get("Authorization") == f"Bearer {self.token}"
         if m := _INFO.match(path):
