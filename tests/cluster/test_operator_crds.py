@@ -181,7 +181,7 @@ def test_open_catalog_defaults_off_and_accepts_a_policy(crds: None) -> None:
     ("policy", "field"),
     [
         ({"allowOwners": ["a/b"]}, "spec.openCatalog.allowOwners[0]"),
-        ({"denyRepos": ["../etc"]}, "spec.openCatalog.denyRepos[0]"),
+        ({"denyRepos": ["a/b/c"]}, "spec.openCatalog.denyRepos[0]"),
         ({"maxFileMB": 0}, "spec.openCatalog.maxFileMB"),
         ({"endpoint": "file:///etc/passwd"}, "spec.openCatalog.endpoint"),
     ],
