@@ -51,6 +51,11 @@ def timed(url: str, model: str, steps: int) -> tuple[float, int]:
     return time.perf_counter() - t0, r.status
 
 
+def calls(hub: FakeHub, repo: str) -> tuple[int, int]:
+    """(model info, file resolve) requests the hub got for one repo so far."""
+    return hub.count("info", repo), hub.count("resolve", repo)
+
+
 def one_download(hub: FakeHub, repo: str, commit: str) -> float:
     import huggingface_hub
 
@@ -122,30 +127,34 @@ def main() -> None:
             )
             timed(sidecar.url, "tiny", a.steps)  # warm the base model path
             reg, od, od2, dl = [], [], [], []
+            second_calls: list[tuple[int, ...]] = []
             for i in range(a.runs):
                 reg.append(timed(sidecar.url, f"registered-{i}", a.steps)[0])
                 od.append(timed(sidecar.url, f"anyone/on-demand-{i}", a.steps)[0])
+                first = calls(hub, f"anyone/on-demand-{i}")
                 od2.append(timed(sidecar.url, f"anyone/on-demand-{i}", a.steps)[0])
+                second_calls.append(
+                    tuple(x - y for x, y in zip(calls(hub, f"anyone/on-demand-{i}"), first, strict=True))
+                )
                 dl.append(one_download(hub, "org/probe", probe.sha))
         finally:
             if sidecar is not None:
                 sidecar.terminate()
             worker.terminate()
-        per_first = {
-            "registered": (hub.count("info", "org/registered-0"), hub.count("resolve", "org/registered-0")),
-            "on-demand": (hub.count("info", "anyone/on-demand-0"), hub.count("resolve", "anyone/on-demand-0")),
-        }
+        per_first = {"registered": calls(hub, "org/registered-0"), "on-demand": calls(hub, "anyone/on-demand-0")}
 
     def ms(xs: list[float]) -> float:
         return statistics.median(xs) * 1000
 
     extra = [o - r for o, r in zip(od, reg, strict=True)]
     print(f"open catalog, tiny model on CPU, hub round trip {a.hub_latency_ms:g} ms, median of {a.runs} runs")
-    calls = {k: f"{i} + {r}" for k, (i, r) in per_first.items()}
+    # The on-demand first image's calls are counted after its second image: the second adds none (checked).
+    n_calls = {k: f"{i} + {r}" for k, (i, r) in per_first.items()}
+    worst_second = max(second_calls)
     rows = [
-        ("registered hub adapter, first image", ms(reg), calls["registered"]),
-        ("on-demand adapter, first image", ms(od), calls["on-demand"]),
-        ("on-demand adapter, second image (cached)", ms(od2), "0 + 0"),
+        ("registered hub adapter, first image", ms(reg), n_calls["registered"]),
+        ("on-demand adapter, first image", ms(od), n_calls["on-demand"]),
+        ("on-demand adapter, second image (cached)", ms(od2), f"{worst_second[0]} + {worst_second[1]}"),
     ]
     print(f"{'case':44} {'ms':>9} {'vs registered':>14} {'hub info+resolve calls':>23}")
     for label, value, n_calls in rows:
