@@ -111,6 +111,7 @@ class SourcePolicy:
     retry_backoff_s: float = 0.25
     retry_within_s: float = 60.0
     ca_file: Path | None = None
+    hub_endpoint: str | None = None  # hub sources' base URL (None: huggingface_hub's, HF_ENDPOINT)
 
 
 class CaBundleError(ValueError):
@@ -171,7 +172,7 @@ def fetch_to_disk(
     if isinstance(src, UrlSource):
         _download_url_retrying(src, target, max_bytes, policy)
     elif isinstance(src, HubSource):
-        _download_hub(src, target, max_bytes)
+        _download_hub(src, target, max_bytes, policy.hub_endpoint)
     else:  # pragma: no cover - the table's discriminator admits nothing else
         raise AdapterSourceError(f"unknown source type {type(src).__name__}")
     try:
@@ -437,19 +438,26 @@ def _download_url(
         Path(tmp.name).unlink(missing_ok=True)
 
 
-def _download_hub(src: HubSource, target: Path, max_bytes: int) -> None:
+def _download_hub(src: HubSource, target: Path, max_bytes: int, endpoint: str | None = None) -> None:
     import huggingface_hub
     from huggingface_hub.utils import HfHubHTTPError
 
-    token = os.environ.get(src.token_env) if src.token_env else None
+    # No token_env: no token at all (huggingface_hub would otherwise read HF_TOKEN or a stored token by itself).
+    token: str | bool = (os.environ.get(src.token_env) or False) if src.token_env else False
+    if endpoint:
+        try:
+            check_host(urllib.parse.urlsplit(endpoint).hostname or "")
+        except EgressRefused as e:
+            raise AdapterSourceError(f"hub {src.repo}: endpoint refused: {e}", permanent=False) from e
     try:
         filename = src.filename
         if filename is None:
-            filename = _pick_file(huggingface_hub.list_repo_files(src.repo, revision=src.revision, token=token))
+            api = huggingface_hub.HfApi(endpoint=endpoint)
+            filename = _pick_file(api.list_repo_files(src.repo, revision=src.revision, token=token))
         _refuse_pickle(filename)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmpdir:
             local = huggingface_hub.hf_hub_download(
-                src.repo, filename, revision=src.revision, token=token, cache_dir=tmpdir
+                src.repo, filename, revision=src.revision, token=token, cache_dir=tmpdir, endpoint=endpoint
             )
             _check_size(Path(local), max_bytes)
             shutil.copyfile(local, target)
@@ -457,6 +465,11 @@ def _download_hub(src: HubSource, target: Path, max_bytes: int) -> None:
         raise
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
-        raise AdapterSourceError(f"hub {src.repo}@{src.revision}: {e}", permanent=status in (401, 403, 404)) from e
+        # The status only: the hub's error text is the server's bytes.
+        raise AdapterSourceError(
+            f"hub {src.repo}@{src.revision}: HTTP {status}", permanent=status in (401, 403, 404)
+        ) from e
     except Exception as e:  # network errors from the hub client come in many types
-        raise AdapterSourceError(f"hub {src.repo}@{src.revision} unreachable: {e}", permanent=False) from e
+        raise AdapterSourceError(
+            f"hub {src.repo}@{src.revision} unreachable ({type(e).__name__})", permanent=False
+        ) from e

@@ -183,7 +183,7 @@ class Forwarder:
         """Send to the chosen pod, falling back along the candidate list; (answer, attempts)."""
         by_name = {e.name: e for e in ready}
         if r.adapters:
-            key, replication = r.adapters[0], table.adapters[r.adapters[0]].replication
+            key, replication = r.adapters[0], r.entry(table, r.adapters[0]).replication
         else:  # the base model is warm everywhere: any pod is a home
             key, replication = f"pool:{r.pool}", len(ready)
         self.last_routed = time.monotonic()

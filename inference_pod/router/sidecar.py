@@ -376,7 +376,9 @@ class Sidecar:
         except ApiError as e:
             self.stats.rejected(e.status)
             raise
-        self.stats.request_started(resolved.pool, resolved.adapters)
+        # Per-adapter counters for registered adapters only: on-demand names come from clients (unbounded labels).
+        counted = [a for a in resolved.adapters if a not in resolved.on_demand]
+        self.stats.request_started(resolved.pool, counted)
         status, service_s, upstream_s = 500, None, 0.0
         try:
             deadline = t0 + self.config.request_timeout_s
@@ -391,7 +393,7 @@ class Sidecar:
             total = time.monotonic() - t0
             self.stats.request_finished(
                 resolved.pool,
-                resolved.adapters,
+                counted,
                 status,
                 total,
                 service_s,

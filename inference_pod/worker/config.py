@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from loraplex.api.open_catalog import OpenCatalogPolicy, parse_policy
+
 
 @dataclass
 class Limits:
@@ -52,6 +54,7 @@ class WorkerConfig:
     fetch_total_timeout_s: float = 600.0
     fetch_min_bytes_per_s: float = 64 * 1024
     fetch_attempts: int = 3  # tries of a URL download that failed transiently (5xx, reset, cut short)
+    open_catalog: OpenCatalogPolicy | None = None  # hub adapters served on demand (None: registered ones only)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -118,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(within the fetch's time limits and the request deadline; never for a 4xx, a timeout, the size cap or a "
         "hash/format error)",
     )
+    p.add_argument(
+        "--open-catalog",
+        default=None,
+        metavar="JSON",
+        help="serve hub adapters on demand under this policy (the pool's spec.openCatalog as JSON: allowOwners, "
+        "denyRepos, baseModels, requiredTag, maxFileBytes, useToken, TTLs, endpoint); absent or enabled=false: off",
+    )
     p.add_argument("--gpu-slots", type=int, default=d.gpu_slots)
     p.add_argument("--max-rank", type=int, default=d.max_rank)
     p.add_argument("--ram-cache-mb", type=int, default=d.ram_cache_mb)
@@ -157,7 +167,14 @@ def config_from_args(argv: list[str] | None = None) -> WorkerConfig:
             tls_context(a.adapter_ca_file)  # fail at start, not at the first download
         except CaBundleError as e:
             p.error(f"--adapter-ca-file: {e}")
+    open_catalog = None
+    if a.open_catalog:
+        try:
+            open_catalog = parse_policy(a.open_catalog)
+        except ValueError as e:
+            p.error(f"--open-catalog: {e}")
     return WorkerConfig(
+        open_catalog=open_catalog if open_catalog is not None and open_catalog.enabled else None,
         model=a.model,
         revision=a.revision,
         dtype=a.dtype,

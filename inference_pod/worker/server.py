@@ -27,6 +27,7 @@ import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inference_pod.adapters.open_catalog import OpenCatalog, OpenCatalogError
 from inference_pod.adapters.sources import SourcePolicy
 from inference_pod.adapters.tiers import AdapterError, AdapterTiers, TierBudgets, cold_tier
 from inference_pod.families import FAMILIES, FLUX, SDXL, ModelFamily, family_of_pipeline
@@ -64,6 +65,11 @@ class Worker:
         self._table_stamp: tuple[float, int] | None = None
         self._table_checked = float("-inf")
         self.hop_keys = HopKeys(cfg.hop_key_file) if cfg.hop_key_file else None
+        self.open_catalog = (
+            OpenCatalog(cfg.open_catalog, [cfg.model], cfg.max_adapter_mb << 20, timeout_s=cfg.fetch_connect_timeout_s)
+            if cfg.open_catalog is not None
+            else None
+        )
 
     # -- start-up -------------------------------------------------------------------------------------
 
@@ -107,6 +113,7 @@ class Worker:
             min_bytes_per_s=cfg.fetch_min_bytes_per_s,
             fetch_attempts=cfg.fetch_attempts,
             retry_within_s=cfg.limits.deadline_s,  # a retry is only worth starting while the client still waits
+            hub_endpoint=cfg.open_catalog.endpoint if cfg.open_catalog else None,
         )
         unet_config = self.pipe.unet.config if fam == SDXL else None
         self.tiers = AdapterTiers(
@@ -180,14 +187,16 @@ class Worker:
 
     # -- request handling ---------------------------------------------------------------------------
 
-    def _apply_route_header(self, request: web.Request, body: bytes) -> bool:
-        """Register the adapters the sidecar resolved; True when it resolved the model to the base model.
+    def _apply_route_header(self, request: web.Request, body: bytes) -> tuple[bool, dict[str, str]]:
+        """Register the adapters the sidecar resolved; (True when it resolved the model to the base model, the
+        on-demand adapters named: name -> pool, to resolve through the open catalog before use).
 
         The route names adapter sources, so it is taken only from this pod's sidecar: signed with the hop key.
         """
         raw = request.headers.get(hdr.ROUTE)
+        on_demand: dict[str, str] = {}
         if not raw:
-            return False
+            return False, on_demand
         try:
             if self.hop_keys is None:
                 raise HopAuthError("this worker has no --hop-key-file")
@@ -204,13 +213,28 @@ class Worker:
             raise ApiError(401, f"{hdr.ROUTE} refused: {e}", param=hdr.ROUTE, code="invalid_hop_signature") from None
         try:
             route = json.loads(raw)
-            for name, entry in route.get("adapters", {}).items():
-                self.register(name, AdapterEntry.model_validate(entry))
+            for name, raw_entry in route.get("adapters", {}).items():
+                entry = AdapterEntry.model_validate(raw_entry)
+                if entry.on_demand:  # only its name counts: the open catalog makes the entry (policy, hub)
+                    on_demand[name] = entry.pool
+                else:
+                    self.register(name, entry)
             if route.get("pool"):
                 self.base_names.add(route["pool"])
         except (ValueError, TypeError, AttributeError) as e:
             raise ApiError(400, f"malformed {hdr.ROUTE} header: {e}", param=hdr.ROUTE) from e
-        return "model" in route and route["model"] is None
+        return "model" in route and route["model"] is None, on_demand
+
+    async def _resolve_on_demand(self, names: dict[str, str], param: str) -> None:
+        """Resolve and register the on-demand adapters a route named (cached hub look-ups, off the loop)."""
+        for name, pool in names.items():
+            if self.open_catalog is None:
+                raise ApiError(404, f"adapter {name!r}: this pool serves no adapters on demand", param=param)
+            try:
+                entry = await asyncio.to_thread(self.open_catalog.resolve, name, pool)
+            except OpenCatalogError as e:
+                raise ApiError(e.status, f"adapter {name!r}: {e.message}", param=param, code=e.code) from None
+            self.register(name, entry)
 
     def _resolve(self, req: GenerationRequest, routed_to_base: bool = False) -> list[tuple[str, float]]:
         """The adapters a request uses, as (name, scale); empty for the base model alone."""
@@ -335,7 +359,8 @@ class Worker:
                     )
         if not openai and req.n != 1:
             raise ApiError(400, "n must be 1 for /v1/generate (use /v1/images/generations for several)", param="n")
-        routed_to_base = self._apply_route_header(request, raw_body)
+        routed_to_base, on_demand = self._apply_route_header(request, raw_body)
+        await self._resolve_on_demand(on_demand, "model" if not req.adapters else "adapters")
         self.reload_table()
         uses = self._resolve(req, routed_to_base)
         assert self.tiers is not None
@@ -436,7 +461,8 @@ class Worker:
         if self.tiers is None:
             return ApiError(503, "worker is still loading").response()
         try:
-            self._apply_route_header(request, await request.read())
+            _, on_demand = self._apply_route_header(request, await request.read())
+            await self._resolve_on_demand(on_demand, "name")
             self.reload_table()
             name = self.aliases.get(request.match_info["name"], request.match_info["name"])
             if name not in self.tiers.catalog:

@@ -57,6 +57,9 @@ class AdapterEntry(_Strict):
     # Changes whenever the bytes may have: a pinned hub commit, a sha256, a
     # file's mtime; the worker's "known bad" memory is keyed on it.
     revision: str = ""
+    # An open-catalog adapter the sidecar made up from a request's name (never in a table): the worker checks it
+    # against its pool's open-catalog policy and the hub's metadata before fetching anything.
+    on_demand: bool = Field(default=False, alias="onDemand")
 
 
 class Endpoint(_Strict):
@@ -81,6 +84,9 @@ class PoolEntry(_Strict):
     policy: Literal["cost", "rendezvous"] = "cost"
     # Candidates asked "only if idle" before the plain choice (cost policy).
     idle_probes: int = Field(default=3, ge=0, le=16, alias="idleProbes")
+    # The pool serves hub adapters on demand (spec.openCatalog.enabled): a request for an unregistered
+    # `owner/repo` name is routed here by rendezvous on the name; the pool's workers check it against the policy.
+    open_catalog: bool = Field(default=False, alias="openCatalog")
 
 
 class RoutingTable(_Strict):

@@ -73,6 +73,7 @@ CEL_CASES = [
         "scaleDownStabilizationSeconds must be at least scaleUpStabilizationSeconds",
     ),
     (_with(POOL, "spec.limits", {"maxWidth": 1020}), "maxWidth and maxHeight must be multiples of 8"),
+    (_with(POOL, "spec.openCatalog", {"enabled": True, "useToken": True}), "openCatalog.useToken needs hubTokenSecret"),
     (_with(ADAPTER, "metadata.name", "a" * 129), "an adapter name is at most 128 characters"),
     (_with(ADAPTER, "spec.aliases", ["a"]), "an alias must differ from the adapter's own name"),
     (_with(ADAPTER, "spec.pool", _DELETE), "set spec.pool or spec.baseModel"),
@@ -157,3 +158,34 @@ def test_a_ca_bundle_reference_gets_its_default_key(crds: None) -> None:
         "apply", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", "-", input=yaml.safe_dump(pool)
     ).stdout
     assert yaml.safe_load(out)["spec"]["adapterSources"]["caBundle"] == {"configMapName": "corp-ca", "key": "ca.crt"}
+
+
+def test_open_catalog_defaults_off_and_accepts_a_policy(crds: None) -> None:
+    out = kubectl(
+        "apply", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", "-", input=yaml.safe_dump(POOL)
+    ).stdout
+    oc = yaml.safe_load(out)["spec"]["openCatalog"]
+    assert oc["enabled"] is False and oc["requiredTag"] == "lora" and oc["maxFileMB"] == 512
+    policy = {
+        "enabled": True,
+        "allowOwners": ["alice", "team-*"],
+        "denyRepos": ["alice/nsfw-*"],
+        "useToken": True,
+        "endpoint": "https://hub.example.test",
+    }
+    ok, out = dry_run(_with(_with(POOL, "spec.openCatalog", policy), "spec.hubTokenSecret", {"name": "hf"}))
+    assert ok, out
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"allowOwners": ["a/b"]}, "spec.openCatalog.allowOwners[0]"),
+        ({"denyRepos": ["a/b/c"]}, "spec.openCatalog.denyRepos[0]"),
+        ({"maxFileMB": 0}, "spec.openCatalog.maxFileMB"),
+        ({"endpoint": "file:///etc/passwd"}, "spec.openCatalog.endpoint"),
+    ],
+)
+def test_a_bad_open_catalog_is_refused_naming_the_field(crds: None, policy: dict[str, Any], field: str) -> None:
+    ok, out = dry_run(_with(POOL, "spec.openCatalog", {"enabled": True, **policy}))
+    assert not ok and field in out, out

@@ -230,7 +230,7 @@ class AdapterController:
             info = await self.kube.run(self.fetch, src.repo, src.revision, token, self.hub_timeout_s)
         except HubError as e:
             return Outcome("Pending" if e.retryable else "Failed", e.reason, e.message, pool_name)
-        check = check_hub_metadata(info, [pool.base_model, *pool.aliases], src.filename, pool.family)
+        check = check_hub_metadata(info, [pool.base_model, *pool.aliases], src.filename, pool_family=pool.family)
         if not check.ok:
             return Outcome("Failed", check.reason, check.message, pool_name)
         fields: dict[str, Any] = {

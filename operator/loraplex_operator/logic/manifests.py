@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any
 
+from loraplex.api.open_catalog import dump_policy
 from loraplex_operator import constants as c
 from loraplex_operator.logic.specs import PoolSpec
 
@@ -123,6 +124,7 @@ def worker_args(spec: PoolSpec) -> list[str]:
         # The worker enforces the pool's source rules too (the operator's admission check is the first line).
         *[arg for root in spec.adapter_sources.path_roots for arg in ("--adapter-path-root", root)],
         *(["--allow-private-sources"] if spec.adapter_sources.allow_private_urls else []),
+        *(["--open-catalog", dump_policy(spec.open_catalog.policy())] if spec.open_catalog.enabled else []),
         *(
             ["--adapter-ca-file", f"{c.ADAPTER_CA_DIR}/{c.ADAPTER_CA_FILE}"]
             if spec.adapter_sources.ca_bundle is not None

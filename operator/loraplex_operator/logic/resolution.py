@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from loraplex.families import normalize_model
 from loraplex_operator.logic.specs import AdapterSpec
 
 _ADAPTER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
@@ -60,10 +61,6 @@ def sanitize_pools(pools: Iterable[PoolInfo]) -> list[PoolInfo]:
                 keep.append(alias)
         out.append(dataclasses.replace(pool, aliases=tuple(keep)))
     return out
-
-
-def normalize_model(name: str) -> str:
-    return name.strip().strip("/").lower()
 
 
 def resolve_pool(spec: AdapterSpec, pools: Mapping[str, PoolInfo]) -> Resolution:

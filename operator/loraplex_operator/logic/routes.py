@@ -152,6 +152,7 @@ def build_table(
             activation_timeout_s=pool_spec.routing.activation_timeout_seconds,
             policy=pool_spec.routing.policy,
             idle_probes=pool_spec.routing.idle_probes,
+            open_catalog=pool_spec.open_catalog.enabled,
         )
 
     candidates: dict[str, tuple[AdapterSpec, str, Any, str]] = {}

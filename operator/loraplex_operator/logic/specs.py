@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from loraplex.api.open_catalog import OpenCatalogPolicy
 from loraplex_operator.constants import DEFAULT_INFERENCE_IMAGE
 
 
@@ -102,6 +103,40 @@ class AdapterSources(_Spec):
     ca_bundle: ConfigMapKeyRef | None = None
 
 
+class OpenCatalog(_Spec):
+    """spec.openCatalog: hub adapters served on demand (the workers enforce it; see loraplex.api.open_catalog)."""
+
+    enabled: bool = False
+    allow_owners: tuple[str, ...] = ()
+    allow_repos: tuple[str, ...] = ()
+    deny_owners: tuple[str, ...] = ()
+    deny_repos: tuple[str, ...] = ()
+    base_models: tuple[str, ...] = ()
+    required_tag: str = "lora"
+    max_file_mb: int = Field(default=512, ge=1, alias="maxFileMB")
+    use_token: bool = False
+    positive_ttl_seconds: int = Field(default=3600, ge=0)
+    negative_ttl_seconds: int = Field(default=300, ge=0)
+    endpoint: str | None = None
+
+    def policy(self) -> OpenCatalogPolicy:
+        """The worker's policy document (its --open-catalog)."""
+        return OpenCatalogPolicy(
+            enabled=self.enabled,
+            allow_owners=self.allow_owners,
+            allow_repos=self.allow_repos,
+            deny_owners=self.deny_owners,
+            deny_repos=self.deny_repos,
+            base_models=self.base_models,
+            required_tag=self.required_tag,
+            max_file_bytes=self.max_file_mb << 20,
+            use_token=self.use_token,
+            positive_ttl_seconds=self.positive_ttl_seconds,
+            negative_ttl_seconds=self.negative_ttl_seconds,
+            endpoint=self.endpoint,
+        )
+
+
 class PoolSpec(_Spec):
     model: ModelRef
     image: str = DEFAULT_INFERENCE_IMAGE
@@ -124,6 +159,7 @@ class PoolSpec(_Spec):
     hub_token_secret: SecretKeyRef | None = None
     routing: Routing = Routing()
     adapter_sources: AdapterSources = AdapterSources()
+    open_catalog: OpenCatalog = OpenCatalog()
 
 
 class AdapterSource(_Spec):
