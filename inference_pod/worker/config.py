@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loraplex worker", description="The diffusion worker of an inference pod.")
     d = WorkerConfig()
     lim = Limits()
-    p.add_argument("--model", default=d.model, help="'tiny', a local diffusers directory, or a hub model id")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="'tiny' (random weights), 'drawing' (draws coloured shapes), a local diffusers directory, or a hub model id",
+    )
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")

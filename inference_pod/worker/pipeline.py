@@ -1,4 +1,4 @@
-"""Load the worker's base pipeline: the built-in `tiny` model, a local directory or a hub id."""
+"""Load the worker's base pipeline: the built-in `tiny` or `drawing` model, a local directory or a hub id."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from inference_pod.drawing.model import DRAWING_MODEL_ID, model_dir
 from inference_pod.worker.tiny_model import TINY_MODEL_ID, build_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", 
     else:
         from diffusers import DiffusionPipeline
 
+        if model == DRAWING_MODEL_ID:  # shipped in the package: a local diffusers directory
+            model = str(model_dir())
         local = Path(model)
         kwargs: dict[str, Any] = {"dtype": dt}
         if not local.exists():
