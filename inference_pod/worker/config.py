@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=d.model,
-        help="'tiny' (random weights), 'drawing' (draws coloured shapes), a local diffusers directory, or a hub model id",
+        help="'tiny' (random weights), 'drawing' (draws shapes), a local diffusers directory or a hub model id",
     )
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])
