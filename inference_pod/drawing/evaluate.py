@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe.set_adapters([style], [1.0])
         results[style] = evaluate(pipe, style, args.seeds)
         pipe.delete_adapters(style)
-    print_tables(results, {"evaluation": time.perf_counter() - t0}, "cpu", Schedule(eval_seeds=args.seeds))
+    took = {"evaluation": time.perf_counter() - t0}
+    print_tables(results, took, "cpu", Schedule(eval_seeds=args.seeds), title="evaluation time on cpu (s)")
     return 0
 
 

@@ -357,11 +357,15 @@ def archive(out: Path, target: Path | None) -> None:
     tmp.replace(target)
 
 
-def print_tables(results: dict[str, dict[str, float]], timings: dict[str, float], device, sch: Schedule) -> None:
+def print_tables(
+    results: dict[str, dict[str, float]], timings: dict[str, float], device, sch: Schedule, title: str = ""
+) -> None:
     n = len(shapes.all_captions()) * sch.eval_seeds
-    print(f"\ntraining time on {device} (s), batch {sch.batch}")
+    print(f"\n{title or f'training time on {device} (s), batch {sch.batch}'}")
     for k, v in timings.items():
         print(f"  {k:<16} {v:8.1f}")
+    if not results:
+        return
     print(f"\naccuracy judged from pixels: {n} pictures per row ({SAMPLE_STEPS} steps, guidance 5)")
     cols = ("shape", "colour", "fill", "background", "all")
     print(f"  {'model':<16}" + "".join(f"{c:>12}" for c in cols))

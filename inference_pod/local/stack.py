@@ -1,16 +1,18 @@
-"""The embedded default: a worker and its sidecar on loopback with the `tiny` model.
+"""The embedded default: a worker and its sidecar on loopback with the `drawing` model.
 
-`loraplex local` generates a few demo adapters on disk (one in kohya format),
-writes a routing table, starts the worker and the sidecar as real processes,
-sends requests that switch between adapters through the sidecar, saves the
-PNGs and prints, per request, the adapter, the swap tier and time and the
-inference time.
+`loraplex local` copies the drawing model's trained LoRAs to disk (one in kohya
+format), writes a routing table, starts the worker and the sidecar as real
+processes, sends requests that switch between adapters through the sidecar
+(prompt x adapter, two adapters in one request too), saves the PNGs and a
+labelled contact sheet of them, and prints, per request, the adapter, the swap
+tier and time and the inference time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +25,21 @@ from pathlib import Path
 
 from loraplex.api import headers as hdr
 
-DEMO_ADAPTERS = (  # name, key format, rank, seed
-    ("pixel-art", "peft", 4, 11),
-    ("watercolor", "kohya", 8, 22),
-    ("neon", "peft", 16, 33),
+MODEL = "drawing"
+DEMO_ADAPTERS = (("outline", "peft"), ("square", "kohya"), ("palette", "peft"))  # name, key format
+DEMO_PROMPTS = (
+    "a red circle on a white background",
+    "a blue triangle on a white background",
+    "a green circle on a black background",
 )
+# Contact sheet columns: label -> (request model, extra adapters).
+DEMO_COLUMNS: dict[str, tuple[str, list[str]]] = {
+    "base": (MODEL, []),
+    "outline": ("outline", []),
+    "square": ("square", []),
+    "palette": ("palette", []),
+    "square+palette": (MODEL, ["square", "palette"]),
+}
 
 
 def free_port() -> int:
@@ -37,24 +49,19 @@ def free_port() -> int:
 
 
 def write_demo_files(workdir: Path, pool: str, sidecar_url: str) -> Path:
-    """Demo adapters for the tiny model plus a routing table naming them; returns the table path."""
-    import torch
+    """The drawing model's LoRAs copied under workdir plus a routing table naming them; returns the table path."""
+    from inference_pod.drawing.model import lora_path
 
-    from inference_pod.local.lora_factory import write_lora
-    from inference_pod.worker.tiny_model import build_tiny_pipeline
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    unet = build_tiny_pipeline().unet
     adapters = {}
-    for name, fmt, rank, seed in DEMO_ADAPTERS:
+    for name, fmt in DEMO_ADAPTERS:
         path = workdir / "adapters" / f"{name}.safetensors"
-        if not path.exists():
-            write_lora(path, unet, rank=rank, seed=seed, fmt=fmt, strength=3.0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lora_path(name, fmt), path)
         adapters[name] = {"pool": pool, "source": {"type": "path", "path": str(path)}, "aliases": [f"{name}-lora"]}
     table = {
         "version": 1,
         "generation": 1,
-        "pools": {pool: {"baseModel": "tiny", "endpoints": [{"name": "local-0", "url": sidecar_url}]}},
+        "pools": {pool: {"baseModel": MODEL, "endpoints": [{"name": "local-0", "url": sidecar_url}]}},
         "adapters": adapters,
     }
     path = workdir / "routing-table.json"
@@ -125,8 +132,9 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 def run_local(
-    workdir: Path, steps: int = 4, size: int = 64, keep_running: bool = False, requests: list[str] | None = None
+    workdir: Path, steps: int = 8, size: int = 32, keep_running: bool = False, requests: list[str] | None = None
 ) -> int:
+    """The demo; `requests`: model names to send with the first prompt instead of the prompt x adapter grid."""
     # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the worker and the sidecar too;
     # without this the process died at once and left both running in their own sessions.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -137,8 +145,7 @@ def run_local(
     worker_port, sidecar_port = free_port(), free_port()
     sidecar_url = f"http://127.0.0.1:{sidecar_port}"
     print(f"loraplex local stack in {workdir}")
-    print("generating demo adapters for the tiny model ...", flush=True)
-    table = write_demo_files(workdir, "tiny", sidecar_url)
+    table = write_demo_files(workdir, MODEL, sidecar_url)
     from loraplex.api.hopauth import write_random_key_file
 
     # The pool key that authenticates the sidecar to its worker (and hops between sidecars): fresh per run.
@@ -148,7 +155,7 @@ def run_local(
         [
             "inference_pod.worker",
             "--model",
-            "tiny",
+            MODEL,
             "--port",
             str(worker_port),
             "--table",
@@ -158,7 +165,7 @@ def run_local(
             "--gpu-slots",
             "2",
             "--max-rank",
-            "16",
+            "8",
             "--default-steps",
             str(steps),
             "--hop-key-file",
@@ -192,31 +199,30 @@ def run_local(
         wait_ready(worker, 300)
         wait_ready(sidecar, 60)
         print(f"worker {worker.url} (loopback only), sidecar {sidecar.url}\n")
-        names = requests or ["pixel-art", "watercolor", "pixel-art", "neon", "watercolor-lora", "tiny", "pixel-art"]
+        if requests:
+            cells = [(DEMO_PROMPTS[0], name, name, []) for name in requests]
+        else:
+            cells = [(p, label, m, extra) for p in DEMO_PROMPTS for label, (m, extra) in DEMO_COLUMNS.items()]
         rows = []
-        for i, model in enumerate(names):
+        pngs: dict[tuple[str, str], bytes] = {}
+        for i, (prompt, label, model, extra) in enumerate(cells):
+            body: dict = {"model": model, "prompt": prompt, "seed": 1000, "steps": steps, "width": size}
+            body["height"] = size
+            if extra:
+                body["adapters"] = [{"name": n} for n in extra]
             t0 = time.perf_counter()
-            status, headers, body = post_generate(
-                sidecar.url,
-                {
-                    "model": model,
-                    "prompt": "a lighthouse at dusk",
-                    "seed": 7,
-                    "steps": steps,
-                    "width": size,
-                    "height": size,
-                },
-            )
+            status, headers, png = post_generate(sidecar.url, body)
             total_ms = (time.perf_counter() - t0) * 1e3
             if status != 200:
-                print(f"request {i} ({model}) failed: {status} {body[:300]!r}")
+                print(f"request {i} ({label}) failed: {status} {png[:300]!r}")
                 return 1
-            out = workdir / "images" / f"{i:02d}-{model}.png"
-            out.write_bytes(body)
+            out = workdir / "images" / f"{i:02d}-{label.replace('+', '-')}.png"
+            out.write_bytes(png)
+            pngs[(prompt, label)] = png
             rows.append(
                 (
                     i,
-                    model,
+                    label,
                     headers.get(hdr.SWAP_TIER, "?"),
                     headers.get(hdr.SWAP_MS, "?"),
                     headers.get(hdr.INFERENCE_MS, "?"),
@@ -230,6 +236,13 @@ def run_local(
         for r in rows:
             print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
         print(f"\nimages in {workdir / 'images'}")
+        from inference_pod.drawing.sheet import contact_sheet, save_png
+
+        prompts = list(dict.fromkeys(c[0] for c in cells))
+        labels = list(dict.fromkeys(c[1] for c in cells))
+        sheet = workdir / "contact-sheet.png"
+        sheet.write_bytes(save_png(contact_sheet(prompts, labels, pngs)))
+        print(f"contact sheet (prompt x adapter) in {sheet}")
         # The sidecar's counters, as the operator reads them: input for `loraplex plan`.
         with urllib.request.urlopen(sidecar.url + "/v1/stats", timeout=10) as r:
             (workdir / "stats.json").write_bytes(r.read())
@@ -238,8 +251,8 @@ def run_local(
         )
         if keep_running:
             print(
-                f'\nserving: curl -s {sidecar.url}/v1/generate -d \'{{"model":"pixel-art","prompt":"hi"}}\' '
-                "-o out.png   (Ctrl-C stops)"
+                f"\nserving: curl -s {sidecar.url}/v1/generate "
+                f'-d \'{{"model":"square","prompt":"{DEMO_PROMPTS[0]}"}}\' -o out.png   (Ctrl-C stops)'
             )
             while all(p.popen.poll() is None for p in procs):
                 time.sleep(1)
