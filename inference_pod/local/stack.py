@@ -199,6 +199,7 @@ def run_local(
         wait_ready(worker, 300)
         wait_ready(sidecar, 60)
         print(f"worker {worker.url} (loopback only), sidecar {sidecar.url}\n")
+        cells: list[tuple[str, str, str, list[str]]]  # prompt, label, request model, extra adapters
         if requests:
             cells = [(DEMO_PROMPTS[0], name, name, []) for name in requests]
         else:
