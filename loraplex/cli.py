@@ -64,11 +64,12 @@ def _local(argv: list[str]) -> int:
     from inference_pod.local.stack import run_local
 
     p = argparse.ArgumentParser(
-        prog="loraplex local", description="The local stack: tiny model, demo adapters, worker + sidecar on loopback."
+        prog="loraplex local",
+        description="The local stack: the drawing model, its LoRAs, worker + sidecar on loopback.",
     )
     p.add_argument("--workdir", type=Path, default=Path("out/local"))
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--serve", action="store_true", help="keep serving after the demo requests")
     p.add_argument("--flux", action="store_true", help="also a FLUX pool (tiny-flux) beside the SDXL one")
     a = p.parse_args(argv)
@@ -110,7 +111,7 @@ def _plan(argv: list[str]) -> int:
 
 
 COMMANDS = {
-    "local": (_local, "run the local stack (tiny model, demo adapters, worker + sidecar on loopback)"),
+    "local": (_local, "run the local stack (drawing model, its LoRAs, worker + sidecar on loopback)"),
     "generate": (_generate, "send a generation request and save the PNG"),
     "worker": (_worker, "run the diffusion worker"),
     "sidecar": (_sidecar, "run the router sidecar (or, without --worker-url, the gateway)"),

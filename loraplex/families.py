@@ -30,6 +30,7 @@ KNOWN_BASES: dict[str, str] = {
     "stabilityai/sdxl-turbo": SDXL,
     "stabilityai/stable-diffusion-xl-refiner-1.0": SDXL,
     "tiny": SDXL,
+    "drawing": SDXL,
     "tiny-flux": FLUX,
     **dict.fromkeys(FLUX1_BASES, FLUX),
 }

@@ -1,4 +1,4 @@
-"""The one LoRA factory: random adapters for a base model, made locally (demo, tests, benchmarks).
+"""The one LoRA factory: random adapters for a base model, made locally (tests, benchmarks).
 
 Seeded random low-rank factors on the UNet's attention projections (and optionally the text encoders'), written as
 real state dicts / .safetensors files in diffusers/peft, kohya, or kohya-with-SGM-block-names key format, with

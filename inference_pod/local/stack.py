@@ -1,18 +1,21 @@
-"""The embedded default: a worker and its sidecar on loopback with the `tiny` model.
+"""The embedded default: a worker and its sidecar on loopback with the built-in `drawing` model.
 
-`loraplex local` generates a few demo adapters on disk (one in kohya format),
-writes a routing table, starts the worker and the sidecar as real processes,
-sends requests that switch between adapters through the sidecar, saves the
-PNGs and prints, per request, the adapter, its pool, the swap tier and time
-and the inference time. With `flux` a second pool serves `tiny-flux` beside
-it (its own worker and sidecar, FLUX demo adapters): every request enters the
-first sidecar, which forwards the FLUX ones to the FLUX pool's pod.
+`loraplex local` copies the drawing model's trained LoRAs to disk (one in kohya
+format), writes a routing table, starts the worker and the sidecar as real
+processes, sends requests that switch between adapters through the sidecar
+(prompt x adapter, two adapters in one request too), saves the PNGs and a
+labelled contact sheet of them, and prints, per request, the adapter, its pool,
+the swap tier and time and the inference time. With `flux` a second pool serves
+`tiny-flux` beside it (its own worker and sidecar, FLUX demo adapters): every
+request enters the first sidecar, which forwards the FLUX ones to the FLUX
+pool's pod.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,17 +28,26 @@ from pathlib import Path
 
 from loraplex.api import headers as hdr
 
-DEMO_ADAPTERS = (  # name, key format, rank, seed
-    ("pixel-art", "peft", 4, 11),
-    ("watercolor", "kohya", 8, 22),
-    ("neon", "peft", 16, 33),
+MODEL = "drawing"
+DEMO_ADAPTERS = (("outline", "peft"), ("square", "kohya"), ("palette", "peft"))  # name, key format
+DEMO_PROMPTS = (
+    "a red circle on a white background",
+    "a blue triangle on a white background",
+    "a green circle on a black background",
 )
+# Contact sheet columns: label -> (request model, extra adapters).
+DEMO_COLUMNS: dict[str, tuple[str, list[str]]] = {
+    "base": (MODEL, []),
+    "outline": ("outline", []),
+    "square": ("square", []),
+    "palette": ("palette", []),
+    "square+palette": (MODEL, ["square", "palette"]),
+}
 FLUX_DEMO_ADAPTERS = (  # name, key format, rank, seed: for the tiny-flux pool
     ("flux-ink", "peft", 8, 44),
     ("flux-film", "kohya", 4, 55),
 )
-SDXL_REQUESTS = ["pixel-art", "watercolor", "pixel-art", "neon", "watercolor-lora", "tiny", "pixel-art"]
-FLUX_REQUESTS = ["pixel-art", "flux-ink", "watercolor", "flux-film", "flux-ink", "tiny-flux", "pixel-art"]
+FLUX_REQUESTS = ["flux-ink", "square", "flux-film", "flux-ink", "tiny-flux"]  # after the grid, with --flux
 
 
 def free_port() -> int:
@@ -46,7 +58,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class DemoPool:
-    name: str  # the pool's name = its base model (`tiny`, `tiny-flux`)
+    name: str  # the pool's name = its base model (`drawing`, `tiny-flux`)
     pod: str  # its one endpoint's name
     sidecar_port: int
     worker_port: int
@@ -58,27 +70,26 @@ class DemoPool:
 
 def _demo_adapters(workdir: Path, pool: str) -> dict[str, dict]:
     """The pool's demo adapter files (made once, kept across runs) as routing-table entries."""
-    import torch
-
-    from inference_pod.local.lora_factory import write_flux_lora, write_lora
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     specs = FLUX_DEMO_ADAPTERS if pool == "tiny-flux" else DEMO_ADAPTERS
     paths = {name: workdir / "adapters" / f"{name}.safetensors" for name, *_ in specs}
-    if not all(p.exists() for p in paths.values()):
-        if pool == "tiny-flux":
-            from inference_pod.worker.tiny_flux import build_tiny_flux_pipeline
+    if pool == MODEL:  # the drawing model's trained LoRAs, shipped in the package
+        from inference_pod.drawing.model import lora_path
 
-            transformer = build_tiny_flux_pipeline().transformer
-            for name, fmt, rank, seed in specs:
-                alpha = float(rank) if fmt == "kohya" else None
-                write_flux_lora(paths[name], transformer, rank=rank, seed=seed, fmt=fmt, alpha=alpha, strength=3.0)
-        else:
-            from inference_pod.worker.tiny_model import build_tiny_pipeline
+        for name, fmt in DEMO_ADAPTERS:
+            paths[name].parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lora_path(name, fmt), paths[name])
+    elif not all(p.exists() for p in paths.values()):
+        import torch
 
-            unet = build_tiny_pipeline().unet
-            for name, fmt, rank, seed in specs:
-                write_lora(paths[name], unet, rank=rank, seed=seed, fmt=fmt, strength=3.0)
+        from inference_pod.local.lora_factory import write_flux_lora
+        from inference_pod.worker.tiny_flux import build_tiny_flux_pipeline
+
+        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+        transformer = build_tiny_flux_pipeline().transformer
+        for name, fmt, rank, seed in FLUX_DEMO_ADAPTERS:
+            alpha = float(rank) if fmt == "kohya" else None
+            write_flux_lora(paths[name], transformer, rank=rank, seed=seed, fmt=fmt, alpha=alpha, strength=3.0)
     return {
         name: {"pool": pool, "source": {"type": "path", "path": str(path)}, "aliases": [f"{name}-lora"]}
         for name, path in paths.items()
@@ -224,12 +235,14 @@ def start_pod(pool: DemoPool, table: Path, worker_table: Path, workdir: Path, st
 
 def run_local(
     workdir: Path,
-    steps: int = 4,
-    size: int = 64,
+    steps: int = 8,
+    size: int = 32,
     keep_running: bool = False,
     requests: list[str] | None = None,
     flux: bool = False,
 ) -> int:
+    """The demo; `requests`: model names to send with the first prompt instead of the prompt x adapter grid (and,
+    with `flux`, the FLUX requests after it)."""
     # SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the workers and the sidecars too;
     # without this the process died at once and left them running in their own sessions.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -237,7 +250,7 @@ def run_local(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "images").mkdir(exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
-    pools = [DemoPool("tiny", "local-0", free_port(), free_port())]
+    pools = [DemoPool(MODEL, "local-0", free_port(), free_port())]
     if flux:
         pools.append(DemoPool("tiny-flux", "local-1", free_port(), free_port()))
     print(f"loraplex local stack in {workdir}")
@@ -257,33 +270,35 @@ def run_local(
         for proc in procs:
             print(f"{proc.name} {proc.url}" + (" (loopback only)" if proc.name.startswith("worker") else ""))
         print()
-        names = requests or (FLUX_REQUESTS if flux else SDXL_REQUESTS)
+        cells: list[tuple[str, str, str, list[str]]]  # prompt, label, request model, extra adapters
+        if requests:
+            cells = [(DEMO_PROMPTS[0], name, name, []) for name in requests]
+        else:
+            cells = [(p, label, m, extra) for p in DEMO_PROMPTS for label, (m, extra) in DEMO_COLUMNS.items()]
+            cells += [(DEMO_PROMPTS[0], name, name, []) for name in (FLUX_REQUESTS if flux else [])]
         rows = []
-        for i, model in enumerate(names):
+        pngs: dict[tuple[str, str], bytes] = {}  # the drawing pool's pictures: the contact sheet
+        for i, (prompt, label, model, extra) in enumerate(cells):
+            body: dict = {"model": model, "prompt": prompt, "seed": 1000, "steps": steps, "width": size}
+            body["height"] = size
+            if extra:
+                body["adapters"] = [{"name": n} for n in extra]
             t0 = time.perf_counter()
-            status, headers, body = post_generate(
-                entry.url,
-                {
-                    "model": model,
-                    "prompt": "a lighthouse at dusk",
-                    "seed": 7,
-                    "steps": steps,
-                    "width": size,
-                    "height": size,
-                },
-            )
+            status, headers, png = post_generate(entry.url, body)
             total_ms = (time.perf_counter() - t0) * 1e3
             if status != 200:
-                print(f"request {i} ({model}) failed: {status} {body[:300]!r}")
+                print(f"request {i} ({label}) failed: {status} {png[:300]!r}")
                 return 1
-            out = workdir / "images" / f"{i:02d}-{model}.png"
-            out.write_bytes(body)
+            out = workdir / "images" / f"{i:02d}-{label.replace('+', '-')}.png"
+            out.write_bytes(png)
             pod = headers.get(hdr.POD, "?")
             pool_name = next((p.name for p in pools if p.pod == pod), "?")
+            if pool_name == MODEL:
+                pngs[(prompt, label)] = png
             rows.append(
                 (
                     i,
-                    model,
+                    label,
                     f"{pool_name} ({'FLUX' if pool_name == 'tiny-flux' else 'SDXL'})",
                     headers.get(hdr.SWAP_TIER, "?"),
                     headers.get(hdr.SWAP_MS, "?"),
@@ -298,6 +313,13 @@ def run_local(
         for r in rows:
             print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
         print(f"\nimages in {workdir / 'images'}")
+        from inference_pod.drawing.sheet import contact_sheet, save_png
+
+        prompts = list(dict.fromkeys(prompt for prompt, _ in pngs))
+        labels = list(dict.fromkeys(label for _, label in pngs))
+        sheet = workdir / "contact-sheet.png"
+        sheet.write_bytes(save_png(contact_sheet(prompts, labels, pngs)))
+        print(f"contact sheet (prompt x adapter) in {sheet}")
         # The sidecar's counters, as the operator reads them: input for `loraplex plan`.
         with urllib.request.urlopen(entry.url + "/v1/stats", timeout=10) as r:
             (workdir / "stats.json").write_bytes(r.read())
@@ -306,8 +328,8 @@ def run_local(
         )
         if keep_running:
             print(
-                f'\nserving: curl -s {entry.url}/v1/generate -d \'{{"model":"pixel-art","prompt":"hi"}}\' '
-                "-o out.png   (Ctrl-C stops)"
+                f"\nserving: curl -s {entry.url}/v1/generate "
+                f'-d \'{{"model":"square","prompt":"{DEMO_PROMPTS[0]}"}}\' -o out.png   (Ctrl-C stops)'
             )
             while all(p.popen.poll() is None for p in procs):
                 time.sleep(1)

@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=d.model,
-        help="'tiny' (SDXL), 'tiny-flux' (FLUX), a local diffusers directory, or a hub model id; "
-        "the family (SDXL or FLUX) is read from the model",
+        help="'tiny' (SDXL, random weights), 'tiny-flux' (FLUX, random weights), 'drawing' (SDXL, draws shapes), "
+        "a local diffusers directory, or a hub model id; the family (SDXL or FLUX) is read from the model",
     )
     p.add_argument("--revision", default=None, help="hub revision (pin a commit in production)")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "float16", "bfloat16"])

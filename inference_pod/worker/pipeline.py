@@ -1,5 +1,6 @@
-"""Load the worker's base pipeline: the built-in `tiny` (SDXL) or `tiny-flux` (FLUX) model, a local directory or a
-hub id. The model's family (`inference_pod.families`) is read from the loaded pipeline, never from its name."""
+"""Load the worker's base pipeline: the built-in `tiny` (SDXL), `tiny-flux` (FLUX) or `drawing` (SDXL, draws shapes)
+model, a local directory or a hub id. The model's family (`inference_pod.families`) is read from the loaded pipeline,
+never from its name."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 import torch
 
+from inference_pod.drawing.model import DRAWING_MODEL_ID, model_dir
 from inference_pod.worker.tiny_flux import TINY_FLUX_MODEL_ID, build_tiny_flux_pipeline
 from inference_pod.worker.tiny_model import TINY_MODEL_ID, build_tiny_pipeline
 
-BUILT_IN_MODELS = (TINY_MODEL_ID, TINY_FLUX_MODEL_ID)
+BUILT_IN_MODELS = (TINY_MODEL_ID, TINY_FLUX_MODEL_ID, DRAWING_MODEL_ID)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", 
     else:
         from diffusers import DiffusionPipeline
 
+        if model == DRAWING_MODEL_ID:  # shipped in the package: a local diffusers directory
+            model = str(model_dir())
         local = Path(model)
         kwargs: dict[str, Any] = {"dtype": dt}
         if not local.exists():

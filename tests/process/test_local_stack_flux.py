@@ -15,15 +15,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_local_stack_serves_sdxl_and_flux_pools(tmp_path: Path, capsys) -> None:
     work = tmp_path / "local"
-    names = ["pixel-art", "flux-ink", "flux-film-lora", "tiny-flux", "watercolor"]
+    names = ["square", "flux-ink", "flux-film-lora", "tiny-flux", "outline"]
     assert run_local(work, steps=1, requests=names, flux=True) == 0
     out = capsys.readouterr().out
     rows = {line.split()[1]: line for line in out.splitlines() if line[:1].isdigit()}
     assert set(rows) == set(names), out
     for name in ("flux-ink", "flux-film-lora", "tiny-flux"):
         assert "tiny-flux (FLUX)" in rows[name], out
-    for name in ("pixel-art", "watercolor"):
-        assert "tiny (SDXL)" in rows[name], out
+    for name in ("square", "outline"):
+        assert "drawing (SDXL)" in rows[name], out
     images = sorted((work / "images").iterdir())
     assert len(images) == len(names) and all(p.read_bytes().startswith(PNG_MAGIC) for p in images)
     # An adapter changes the image: the FLUX adapter and the FLUX base model differ.

@@ -12,7 +12,8 @@ from loraplex.sim.cli import main as sim_main
 
 def test_local_stack_saves_stats_that_plan_reads(tmp_path: Path, capsys) -> None:
     work = tmp_path / "local"
-    assert run_local(work, requests=["pixel-art", "tiny", "pixel-art"]) == 0
+    assert run_local(work, requests=["outline", "drawing", "outline"]) == 0
+    assert (work / "contact-sheet.png").read_bytes().startswith(b"\x89PNG")  # the demo's picture, beside its table
     stats = work / "stats.json"
     assert stats.exists()
     capsys.readouterr()
@@ -22,8 +23,8 @@ def test_local_stack_saves_stats_that_plan_reads(tmp_path: Path, capsys) -> None
             {
                 "apiVersion": "loraplex.io/v1alpha1",
                 "kind": "BaseModelPool",
-                "metadata": {"name": "tiny"},
-                "spec": {"model": {"name": "tiny"}},
+                "metadata": {"name": "drawing"},
+                "spec": {"model": {"name": "drawing"}},
             }
         )
     )
