@@ -225,6 +225,9 @@ class RouterStats:
             pc = self._pools[pool] = _PoolCounters(
                 WindowCounter(self.window_s), WindowCounter(self.window_s), WindowCounter(self.window_s)
             )
+            # The pool's gauges exist from its first request on, at 0: a dashboard shows 0, not "no data".
+            self.m_in_flight.labels(pool)
+            self.m_waiting.labels(pool)
         return pc
 
     def _adapter(self, pool: str, adapter: str) -> _AdapterCounters:
