@@ -134,6 +134,7 @@ class Sidecar:
         self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
         self._worker_ready: tuple[float, bool] = (0.0, False)
         self._resident: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+        self._worker_metrics_cache: tuple[float, bytes] = (float("-inf"), b"")
         # Pools whose endpoints listed this pod in a table seen so far (kept while the pool exists).
         self._own_pools: frozenset[str] = frozenset()
         source.add_error_listener(self._on_table_error)
@@ -329,20 +330,36 @@ class Sidecar:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _worker_metrics(self) -> bytes:
-        """The worker's /metrics text (at most WORKER_METRICS_MAX_BYTES), or b"" when it did not answer in time."""
+        """The worker's /metrics text (at most WORKER_METRICS_MAX_BYTES), or b"" when it did not answer in time.
+
+        Cached for a second: /metrics is open, and a client polling it must not turn into load on the worker.
+        """
+        checked, body = self._worker_metrics_cache
+        now = time.monotonic()
+        if now - checked < 1.0:
+            return body
+        body = await self._read_worker_metrics()
+        self._worker_metrics_cache = (time.monotonic(), body)
+        return body
+
+    async def _read_worker_metrics(self) -> bytes:
         try:
             assert self.session is not None and self.worker_url is not None
             timeout = aiohttp.ClientTimeout(total=WORKER_METRICS_TIMEOUT_S)
             async with self.session.get(self.worker_url + "/metrics", timeout=timeout) as r:
                 if r.status != 200:
                     return b""
-                body = await r.content.read(WORKER_METRICS_MAX_BYTES + 1)
+                chunks, size = [], 0
+                async for chunk in r.content.iter_chunked(64 << 10):
+                    size += len(chunk)
+                    if size > WORKER_METRICS_MAX_BYTES:
+                        log.warning("the worker's /metrics is over %d bytes; left out", WORKER_METRICS_MAX_BYTES)
+                        return b""
+                    chunks.append(chunk)
         except (aiohttp.ClientError, TimeoutError):
             return b""
-        if len(body) > WORKER_METRICS_MAX_BYTES:
-            log.warning("the worker's /metrics is over %d bytes; left out of this scrape", WORKER_METRICS_MAX_BYTES)
-            return b""
-        return body if body.endswith(b"\n") else b""
+        body = b"".join(chunks)
+        return body if body.endswith(b"\n") else b""  # a cut-off exposition would spoil the whole scrape
 
     # -- public API ----------------------------------------------------------
 

@@ -200,6 +200,7 @@ def test_every_dashboard_and_alert_query_answers(stack: Stack) -> None:
     bad = {n: r.get("lastError") for n, r in evaluated.items() if r["health"] != "ok"}
     assert not bad, bad
 
+    assert stack.query("loraplex_router_worker_metrics_up == 1") and stack.query("loraplex_router_ready == 1")
     # The labels a dashboard groups by are there: the router's pool, the worker's from the target.
     assert {s["metric"].get("pool") for s in stack.query("loraplex_worker_ready")} == {"tiny"}
     tiers = {s["metric"]["tier"] for s in stack.query("loraplex_worker_adapter_lookups_total")}
