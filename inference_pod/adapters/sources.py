@@ -33,6 +33,7 @@ from typing import Any
 from inference_pod.adapters.formats import AdapterFormatError, check_safetensors_header
 from loraplex.api.routing_table import AdapterEntry, HubSource, PathSource, UrlSource
 from loraplex.egress import EgressRefused, check_host
+from loraplex.progress import DirectoryProgress, Progress
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +381,7 @@ def _download_url(
             if expected is not None and expected > max_bytes:
                 raise AdapterSourceError(f"download is {expected} bytes, over the limit of {max_bytes} bytes")
             total = 0
+            progress = Progress(f"adapter download {shown}", total=expected)
             while True:
                 now = time.monotonic()
                 if now >= deadline:
@@ -401,6 +403,8 @@ def _download_url(
                     raise AdapterSourceError(f"download exceeds the limit of {max_bytes} bytes")
                 digest.update(chunk)
                 tmp.write(chunk)
+                progress.update(total)
+            progress.finish(total)
             if expected is not None and total != expected:
                 # A transfer cut short says nothing about the adapter: try again (now, then later).
                 raise AdapterSourceError(
@@ -455,7 +459,10 @@ def _download_hub(src: HubSource, target: Path, max_bytes: int, endpoint: str | 
             api = huggingface_hub.HfApi(endpoint=endpoint)
             filename = _pick_file(api.list_repo_files(src.repo, revision=src.revision, token=token))
         _refuse_pickle(filename)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmpdir:
+        with (
+            tempfile.TemporaryDirectory(dir=target.parent) as tmpdir,
+            DirectoryProgress(Path(tmpdir), f"adapter download hub {src.repo}@{src.revision}/{filename}"),
+        ):
             local = huggingface_hub.hf_hub_download(
                 src.repo, filename, revision=src.revision, token=token, cache_dir=tmpdir, endpoint=endpoint
             )

@@ -48,7 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inference_pod.router.auth import TokenFile
 from inference_pod.router.forwarding import Forwarder, respond, service_seconds
 from inference_pod.router.request import resolve_request, route_header, validate_generation
-from inference_pod.router.stats import RouterStats
+from inference_pod.router.stats import DEFAULT_MAX_ADAPTER_SERIES, RouterStats
 from inference_pod.router.table_source import (
     AsyncTable,
     ConfigMapTableSource,
@@ -65,6 +65,8 @@ from loraplex.logs import setup_logging
 log = logging.getLogger("loraplex.sidecar")
 
 GENERATION_PATHS = ("/v1/generate", "/v1/images/generations")
+WORKER_METRICS_TIMEOUT_S = 3.0
+WORKER_METRICS_MAX_BYTES = 4 << 20
 OPEN_PATHS = frozenset({"/v1/stats", "/v1/load", "/metrics", "/healthz", "/readyz"})
 ROUTING_POLICIES = ("cost", "rendezvous")
 
@@ -87,6 +89,7 @@ class SidecarConfig:
     routing_policy: str | None = None  # None: each pool's `policy` from the routing table
     load_poll_s: float = 1.0  # how often peers' loads are read while routing (0: only from their answers)
     stats_window_s: float = 60.0
+    metrics_max_adapters: int = DEFAULT_MAX_ADAPTER_SERIES  # (pool, adapter) pairs with a series of their own
     resident_limit: int = 1000  # adapter names per /v1/stats (the worker's /v1/resident); counts stay exact
     log_level: str | None = None  # None: $LORAPLEX_LOG_LEVEL, else INFO
 
@@ -105,7 +108,12 @@ class Sidecar:
     def __init__(self, config: SidecarConfig, source: TableSource, stats: RouterStats | None = None) -> None:
         self.config = config
         self.source = source
-        self.stats = stats or RouterStats(pod=config.pod_name, mode=config.mode, window_s=config.stats_window_s)
+        self.stats = stats or RouterStats(
+            pod=config.pod_name,
+            mode=config.mode,
+            window_s=config.stats_window_s,
+            max_adapter_series=config.metrics_max_adapters,
+        )
         self.tokens = TokenFile(config.auth_tokens_file) if config.auth_tokens_file else None
         self.worker_url = config.worker_url.rstrip("/") if config.worker_url else None
         self.hop_keys = HopKeys(config.hop_key_file) if config.hop_key_file else None
@@ -126,6 +134,7 @@ class Sidecar:
         self.session: aiohttp.ClientSession | None = None  # for the local worker's /readyz
         self._worker_ready: tuple[float, bool] = (0.0, False)
         self._resident: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+        self._worker_metrics_cache: tuple[float, bytes] = (float("-inf"), b"")
         # Pools whose endpoints listed this pod in a table seen so far (kept while the pool exists).
         self._own_pools: frozenset[str] = frozenset()
         source.add_error_listener(self._on_table_error)
@@ -220,10 +229,14 @@ class Sidecar:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def _readiness(self) -> tuple[bool, RoutingTable | None, bool | None]:
+        """(ready, the table, whether the local worker is ready: None in gateway mode)."""
         table = self.view.table if self.view else None
         worker_ok = await self._local_worker_ready() if self.worker_url else None
-        ready = table is not None and worker_ok is not False
+        return table is not None and worker_ok is not False, table, worker_ok
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, table, worker_ok = await self._readiness()
         body = {
             "status": "ready" if ready else "not ready",
             "mode": self.config.mode,
@@ -308,7 +321,45 @@ class Sidecar:
             pass  # an unreachable peer keeps its last report until that ages out
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.stats.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """This sidecar's metrics, then (pod mode) its worker's: the worker listens on loopback only."""
+        ready, _, _ = await self._readiness()
+        self.stats.m_ready.set(1 if ready else 0)
+        worker = await self._worker_metrics() if self.worker_url else b""
+        self.stats.m_worker_metrics_up.set(1 if worker else 0)
+        body = generate_latest(self.stats.registry) + worker
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _worker_metrics(self) -> bytes:
+        """The worker's /metrics text (at most WORKER_METRICS_MAX_BYTES), or b"" when it did not answer in time.
+
+        Cached for a second: /metrics is open, and a client polling it must not turn into load on the worker.
+        """
+        checked, body = self._worker_metrics_cache
+        now = time.monotonic()
+        if now - checked < 1.0:
+            return body
+        body = await self._read_worker_metrics()
+        self._worker_metrics_cache = (time.monotonic(), body)
+        return body
+
+    async def _read_worker_metrics(self) -> bytes:
+        try:
+            assert self.session is not None and self.worker_url is not None
+            timeout = aiohttp.ClientTimeout(total=WORKER_METRICS_TIMEOUT_S)
+            async with self.session.get(self.worker_url + "/metrics", timeout=timeout) as r:
+                if r.status != 200:
+                    return b""
+                chunks, size = [], 0
+                async for chunk in r.content.iter_chunked(64 << 10):
+                    size += len(chunk)
+                    if size > WORKER_METRICS_MAX_BYTES:
+                        log.warning("the worker's /metrics is over %d bytes; left out", WORKER_METRICS_MAX_BYTES)
+                        return b""
+                    chunks.append(chunk)
+        except (aiohttp.ClientError, TimeoutError):
+            return b""
+        body = b"".join(chunks)
+        return body if body.endswith(b"\n") else b""  # a cut-off exposition would spoil the whole scrape
 
     # -- public API ----------------------------------------------------------
 
@@ -558,8 +609,16 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
         help="seconds between reads of the peers' loads while routing by cost (0: only from their answers)",
     )
     p.add_argument("--stats-window", type=float, default=d.stats_window_s, help="seconds of the request-rate window")
+    p.add_argument(
+        "--metrics-max-adapters",
+        type=int,
+        default=d.metrics_max_adapters,
+        help="(pool, adapter) pairs with a /metrics series of their own; the rest count as adapter=_other",
+    )
     p.add_argument("--log-level", default=None, help="default: $LORAPLEX_LOG_LEVEL, else INFO")
     a = p.parse_args(argv)
+    if a.metrics_max_adapters < 0:
+        p.error("--metrics-max-adapters must be 0 or more")
     if a.worker_url and not a.pod_name:
         p.error("--pod-name (or $POD_NAME) is required with --worker-url")
     return SidecarConfig(
@@ -579,6 +638,7 @@ def parse_args(argv: list[str] | None) -> SidecarConfig:
         routing_policy=a.routing_policy,
         load_poll_s=a.load_poll_interval,
         stats_window_s=a.stats_window,
+        metrics_max_adapters=a.metrics_max_adapters,
         log_level=a.log_level,
     )
 

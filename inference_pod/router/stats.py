@@ -44,6 +44,14 @@ worker's `GET /v1/resident` (null when the worker did not answer):
 
 `waiting` counts requests held by the activator for a pool with no ready
 endpoint (they are also in `inFlight`); `errors` counts 5xx answers.
+
+`/metrics` follows the Prometheus conventions (docs/metrics.md lists every
+series). Its labels are bounded: `pool` and `code` by the table and HTTP,
+`outcome` by the forwarder. `adapter` is client-driven in number, so only the
+first `max_adapter_series` (pool, adapter) pairs this sidecar sees get a
+series of their own; the rest are counted under `adapter="_other"`. A pair
+keeps its series for the sidecar's life (counters never jump or vanish), and
+`/v1/stats` still has every adapter for the operator.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DEFAULT_WINDOW_S = 60.0
+DEFAULT_MAX_ADAPTER_SERIES = 100
+OTHER_ADAPTERS = "_other"  # the adapter label of every pair past the cap
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
 
@@ -132,6 +142,7 @@ class RouterStats:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    max_adapter_series: int = DEFAULT_MAX_ADAPTER_SERIES
 
     def __post_init__(self) -> None:
         self._started = self.clock()
@@ -139,15 +150,19 @@ class RouterStats:
         self._adapters: dict[str, _AdapterCounters] = {}
         self._rejected = 0
         self._table = _Table()
+        self._adapter_series: set[tuple[str, str]] = set()
         r = self.registry
         self.m_requests = Counter(
-            "loraplex_router_requests", "Client requests by pool and status code", ["pool", "code"], registry=r
+            "loraplex_router_requests_total", "Client requests by pool and status code", ["pool", "code"], registry=r
         )
         self.m_adapter_requests = Counter(
-            "loraplex_router_adapter_requests", "Client requests by adapter", ["pool", "adapter"], registry=r
+            "loraplex_router_adapter_requests_total",
+            "Client requests by adapter (the first max_adapter_series pairs; the rest as adapter=_other)",
+            ["pool", "adapter"],
+            registry=r,
         )
         self.m_rejected = Counter(
-            "loraplex_router_rejected", "Requests refused before a pool was known", ["code"], registry=r
+            "loraplex_router_rejected_requests_total", "Requests refused before a pool was known", ["code"], registry=r
         )
         self.m_latency = Histogram(
             "loraplex_router_request_duration_seconds",
@@ -169,27 +184,40 @@ class RouterStats:
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
-        self.m_in_flight = Gauge("loraplex_router_in_flight", "Requests in flight", ["pool"], registry=r)
+        self.m_in_flight = Gauge("loraplex_router_in_flight_requests", "Requests in flight", ["pool"], registry=r)
         self.m_waiting = Gauge(
-            "loraplex_router_waiting", "Requests held for a pool with no ready endpoint", ["pool"], registry=r
+            "loraplex_router_waiting_requests", "Requests held for a pool with no ready endpoint", ["pool"], registry=r
         )
         self.m_served = Counter(
-            "loraplex_router_served", "Requests forwarded here by a peer and served locally", ["pool"], registry=r
+            "loraplex_router_peer_requests_total",
+            "Requests forwarded here by a peer and served locally",
+            ["pool"],
+            registry=r,
         )
         self.m_own_fallback = Counter(
-            "loraplex_router_served_without_table_endpoint",
+            "loraplex_router_served_without_table_endpoint_total",
             "Requests served by this pod's own worker while the table named no ready endpoint for its pool",
             ["pool"],
             registry=r,
         )
         self.m_attempts = Counter(
-            "loraplex_router_upstream_attempts", "Upstream attempts by outcome", ["pool", "outcome"], registry=r
+            "loraplex_router_upstream_attempts_total", "Upstream attempts by outcome", ["pool", "outcome"], registry=r
         )
         self.m_table_generation = Gauge(
             "loraplex_router_table_generation", "Generation of the routing table", registry=r
         )
+        self.m_ready = Gauge(
+            "loraplex_router_ready",
+            "1 when this sidecar is ready: table loaded and, in a pod, its worker ready",
+            registry=r,
+        )
+        self.m_worker_metrics_up = Gauge(
+            "loraplex_router_worker_metrics_up",
+            "1 when the worker's metrics were read and appended to this scrape (pod mode)",
+            registry=r,
+        )
         self.m_table_errors = Counter(
-            "loraplex_router_table_reload_errors", "Routing table updates rejected as malformed", registry=r
+            "loraplex_router_table_reload_errors_total", "Routing table updates rejected as malformed", registry=r
         )
 
     # -- recording -------------------------------------------------------
@@ -200,6 +228,9 @@ class RouterStats:
             pc = self._pools[pool] = _PoolCounters(
                 WindowCounter(self.window_s), WindowCounter(self.window_s), WindowCounter(self.window_s)
             )
+            # The pool's gauges exist from its first request on, at 0: a dashboard shows 0, not "no data".
+            self.m_in_flight.labels(pool)
+            self.m_waiting.labels(pool)
         return pc
 
     def _adapter(self, pool: str, adapter: str) -> _AdapterCounters:
@@ -207,6 +238,16 @@ class RouterStats:
         if ac is None or ac.pool != pool:
             ac = self._adapters[adapter] = _AdapterCounters(pool, WindowCounter(self.window_s))
         return ac
+
+    def _adapter_label(self, pool: str, name: str) -> str:
+        """`name`, or OTHER_ADAPTERS once max_adapter_series other pairs have a series."""
+        key = (pool, name)
+        if key in self._adapter_series:
+            return name
+        if len(self._adapter_series) < self.max_adapter_series:
+            self._adapter_series.add(key)
+            return name
+        return OTHER_ADAPTERS
 
     def request_started(self, pool: str, adapters: Iterable[str] = ()) -> None:
         """A client request for `pool` (and these canonical adapters) arrived here."""
@@ -223,7 +264,7 @@ class RouterStats:
             ac.in_flight += 1
             ac.last_request = wall
             ac.arrivals.add(now)
-            self.m_adapter_requests.labels(pool, name).inc()
+            self.m_adapter_requests.labels(pool, self._adapter_label(pool, name)).inc()
 
     def request_finished(
         self,

@@ -1,4 +1,13 @@
-"""Prometheus metrics of the diffusion worker, on a registry of its own."""
+"""Prometheus metrics of the diffusion worker, on a registry of its own.
+
+Names follow the Prometheus conventions: `loraplex_worker_` prefix, base
+units in the name (`_seconds`, `_bytes`), counters end in `_total` (the
+client adds it on exposition). Labels are bounded: `endpoint` (2 values),
+`status` (HTTP codes the worker answers), `tier` (gpu, ram, disk, source).
+No adapter names: a pod may see thousands; per-adapter traffic is the
+router's `loraplex_router_adapter_requests_total`, capped there. The full
+list, with the queries that use them, is docs/metrics.md.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +22,17 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "loraplex_worker_requests", "Generation requests by outcome", ["endpoint", "status"], registry=r
+            "loraplex_worker_requests_total", "Generation requests by outcome", ["endpoint", "status"], registry=r
         )
         self.latency = Histogram(
-            "loraplex_worker_request_seconds",
-            "End-to-end request latency",
+            "loraplex_worker_request_duration_seconds",
+            "End-to-end request latency at the worker",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
-            "loraplex_worker_queue_seconds", "Time waiting for the GPU", buckets=_LATENCY_BUCKETS, registry=r
+            "loraplex_worker_queue_wait_seconds", "Time waiting for the GPU", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.inference = Histogram(
             "loraplex_worker_inference_seconds", "Diffusion time per job", buckets=_LATENCY_BUCKETS, registry=r
@@ -36,9 +45,18 @@ class WorkerMetrics:
             registry=r,
         )
         self.cache_hits = Counter(
-            "loraplex_worker_adapter_lookups", "Adapter lookups by the tier that served them", ["tier"], registry=r
+            "loraplex_worker_adapter_lookups_total",
+            "Adapter lookups by the tier that served them",
+            ["tier"],
+            registry=r,
         )
         self.queue_depth = Gauge("loraplex_worker_queue_depth", "Jobs waiting or running", registry=r)
+        self.queue_capacity = Gauge(
+            "loraplex_worker_queue_capacity", "Most jobs waiting or running before a 429", registry=r
+        )
+        self.ready = Gauge(
+            "loraplex_worker_ready", "1 when the model is loaded and the GPU job is not stuck", registry=r
+        )
         self.resident = Gauge("loraplex_worker_resident_adapters", "Adapters held per tier", ["tier"], registry=r)
         self.tier_bytes = Gauge("loraplex_worker_adapter_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.bad_adapters = Gauge("loraplex_worker_bad_adapters", "Adapters remembered as bad", registry=r)

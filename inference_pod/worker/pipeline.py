@@ -4,6 +4,7 @@ never from its name."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from inference_pod.drawing.model import DRAWING_MODEL_ID, model_dir
 from inference_pod.worker.tiny_flux import TINY_FLUX_MODEL_ID, build_tiny_flux_pipeline
 from inference_pod.worker.tiny_model import TINY_MODEL_ID, build_tiny_pipeline
+from loraplex.progress import DirectoryProgress
 
 BUILT_IN_MODELS = (TINY_MODEL_ID, TINY_FLUX_MODEL_ID, DRAWING_MODEL_ID)
 
@@ -31,6 +33,13 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested != "auto":
         return _DTYPES[requested]
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def hub_cache_dir(repo_id: str) -> Path:
+    """Where huggingface_hub keeps a model repo's files (HF_HUB_CACHE / HF_HOME honoured)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
 
 
 def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
@@ -53,14 +62,20 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "auto", 
             if dt == torch.float16:
                 kwargs["variant"] = "fp16"
         log.info("loading base model %s (revision %s, %s)", model, revision, dt)
-        try:
-            pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
-        except (OSError, ValueError) as e:
-            if "variant" not in kwargs:
-                raise
-            log.info("no fp16 variant (%s); loading the default weights", e)
-            kwargs.pop("variant")
-            pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+        # A first start downloads several GB into the HF cache: say how far it is.
+        what = f"base model {model} download"
+        downloading: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if local.exists() else DirectoryProgress(hub_cache_dir(model), what)
+        )
+        with downloading:
+            try:
+                pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+            except (OSError, ValueError) as e:
+                if "variant" not in kwargs:
+                    raise
+                log.info("no fp16 variant (%s); loading the default weights", e)
+                kwargs.pop("variant")
+                pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
         pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
     return pipe, dev, dt

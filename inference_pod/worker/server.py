@@ -55,6 +55,7 @@ class Worker:
         self.cfg = cfg
         self.metrics = WorkerMetrics()
         self.jobs = GpuJobQueue(cfg.limits.queue_size)
+        self.metrics.queue_capacity.set(cfg.limits.queue_size + 1)  # the queue plus the running job
         self.ready = False
         self.pipe: Any = None  # a diffusers pipeline once loaded
         self.engine: SlotEngine | None = None
@@ -478,19 +479,24 @@ class Worker:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    def _readiness(self) -> dict[str, Any]:
+        """The /readyz document; `status` is "ready", "loading" or "stuck"."""
         if not self.ready:
-            return web.json_response({"status": "loading"}, status=503)
+            return {"status": "loading"}
         running = self.jobs.running
         if running is not None and running.started is not None:
             busy_s = time.monotonic() - running.started
             if busy_s > self.cfg.limits.deadline_s:  # no job may take this long: the GPU thread is stuck
-                return web.json_response({"status": "stuck", "jobSeconds": round(busy_s, 1)}, status=503)
-        return web.json_response(
-            {"status": "ready", "model": self.cfg.model, "family": self.family.name, "queue": self.jobs.depth}
-        )
+                return {"status": "stuck", "jobSeconds": round(busy_s, 1)}
+        return {"status": "ready", "model": self.cfg.model, "family": self.family.name, "queue": self.jobs.depth}
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        doc = self._readiness()
+        return web.json_response(doc, status=200 if doc["status"] == "ready" else 503)
 
     async def metrics_route(self, request: web.Request) -> web.Response:
+        self.metrics.ready.set(1 if self._readiness()["status"] == "ready" else 0)
+        self.metrics.queue_depth.set(self.jobs.depth)
         if self.tiers is not None:
             self._refresh_gauges()
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

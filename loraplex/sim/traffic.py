@@ -23,7 +23,9 @@ per-adapter request rate, e.g.
     sum by (pool, adapter) (rate(loraplex_router_adapter_requests_total[5m]))
 
 Each sample is a rate over its step: the step's count is a Poisson draw of
-rate x step, replayed at uniform times. Without an `adapter` label (a
+rate x step, replayed at uniform times. Each sidecar gives a series of its
+own to its first 100 (pool, adapter) pairs only (`--metrics-max-adapters`);
+the rest arrive as one adapter named `_other` (docs/metrics.md). Without an `adapter` label (a
 pool-level rate only), adapters are synthesised with Zipf popularity.
 """
 

@@ -163,7 +163,9 @@ def start_process(
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
         full_env.update(env)
-    name = Path(cmd[0]).name if len(cmd) < 3 else f"{Path(cmd[0]).name}-{cmd[2].rsplit('.', 1)[-1]}"
+    name = Path(cmd[0]).name
+    if len(cmd) >= 3 and cmd[1] == "-m":  # python -m package.module: name the log after the module
+        name = f"{name}-{cmd[2].rsplit('.', 1)[-1]}"
     fd, log_path = tempfile.mkstemp(prefix=f"loraplex-{name}-{port}-", suffix=".log", dir=log_dir)
     log_file = os.fdopen(fd, "wb")
     proc = subprocess.Popen(

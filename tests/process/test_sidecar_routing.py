@@ -423,6 +423,9 @@ def test_models_stats_metrics(stack: Stack) -> None:
     text = get(stack.url("pod-2") + "/metrics").body.decode()
     assert 'loraplex_router_requests_total{code="200",pool="tiny"}' in text
     assert "loraplex_router_table_generation" in text
+    # Ready; the echo worker serves no /metrics, so the sidecar says its part was left out.
+    assert "\nloraplex_router_ready 1.0\n" in text and "\nloraplex_router_worker_metrics_up 0.0\n" in text
+    assert "loraplex_worker_" not in text
 
 
 def test_retry_on_retryable_status_only(stack: Stack) -> None:

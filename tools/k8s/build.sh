@@ -26,6 +26,9 @@ SRC="$CACHE/src"
 STAMPS="$BIN/.stamps"
 
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=../progress.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../progress.sh"
+PROGRESS_PREFIX="[k8s-build]"
 die() { printf '[k8s-build] ERROR: %s\n' "$*" >&2; exit 1; }
 
 
@@ -226,24 +229,47 @@ build_k8s() {
       -o "$BIN/$name" "k8s.io/kubernetes/cmd/$name") || die "$name: build failed"
 }
 
+# What a first build costs on 2 cores (tools/k8s/README.md, "Measured"), said before it starts.
+typical() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kubelet) echo "several minutes" ;;
+    kube-scheduler|kubectl|kube-proxy|etcd|helm) echo "1-3 minutes" ;;
+    kwok) echo "about a minute" ;;
+  esac
+}
+
 built_any=0
+todo=()
+for n in "${ALL[@]}"; do is_built "$n" || todo+=("$n"); done
+if (( ${#todo[@]} )); then
+  log "${#todo[@]} of ${#ALL[@]} to build (${todo[*]}); the rest is cached in $BIN"
+  log "a first build downloads the Go modules (~1 GB) and compiles for tens of minutes on 2 cores"
+fi
+i=0
 for n in "${ALL[@]}"; do
+  i=$((i + 1))
   if is_built "$n"; then
-    log "ok      $n $(want "$n") (already built)"
+    progress_step "$i" "${#ALL[@]}" "$n $(want "$n") (cached)"
     continue
   fi
-  t=$(date +%s)
+  progress_step "$i" "${#ALL[@]}" "$n $(want "$n"): building (typically $(typical "$n") here; total so far $(progress_duration $(( $(date +%s) - T0 ))))"
   case "$n" in
-    etcd) build_etcd ;;
-    kwok) build_kwok ;;
-    helm) build_helm ;;
-    *) build_k8s "$n" ;;
+    etcd) progress_run "etcd" build_etcd ;;
+    kwok) progress_run "kwok" build_kwok ;;
+    helm) progress_run "helm" build_helm ;;
+    *)
+      if [[ $K8S_WRAPPER_READY == 0 ]]; then
+        # go mod tidy fetches several hundred MB of modules the first time: show the module cache growing.
+        PROGRESS_STATUS="du -sh \"$(go env GOMODCACHE)\" | cut -f1 | sed 's/^/Go module cache /'" \
+          progress_run "kubernetes $K8S_VERSION wrapper module" prepare_k8s
+      fi
+      progress_run "compiling $n" build_k8s "$n" ;;
   esac
   got=$(probe "$n")
   [[ "$got" == "$(want "$n")" ]] || die "$n: built binary reports version '$got', want '$(want "$n")'"
   stamp "$n"
   built_any=1
-  log "built   $n $got in $(( $(date +%s) - t ))s"
+  log "built   $n $got"
 done
 
 if [[ $built_any == 1 ]]; then

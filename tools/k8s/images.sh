@@ -36,6 +36,9 @@ SRC="$REPO"; TORCH=cpu-local; TAG=dev; REBUILD_BASE=0; IMPORT=auto; TARGETS=()
 
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=../progress.sh
+source "$HERE/../progress.sh"
+PROGRESS_PREFIX="[images]"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -76,8 +79,9 @@ build_base() {
   local root="$CACHE/rootfs" mirror t; mirror=$(apt_mirror); t=$(date +%s)
   log "base: debootstrap --variant=minbase bookworm from $mirror"
   rm -rf "$root"; mkdir -p "$root"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$root" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
+  PROGRESS_STATUS="du -sh '$root' | cut -f1 | sed 's/^/root filesystem /'" PROGRESS_LOG="$CACHE/debootstrap.log" \
+  progress_run "debootstrap" debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$root" "$mirror" \
     || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log \
          "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
@@ -109,7 +113,9 @@ build_app() {
   [[ -f "$CA" ]] && args+=(--secret "id=ca,src=$CA")
   [[ $what == inference ]] && args+=(--build-arg "TORCH_VARIANT=$TORCH")
   log "$what: building $ref from $SRC${TORCH:+ (TORCH_VARIANT=$TORCH for inference)}"
-  buildah bud "${args[@]}" "$SRC" >"$CACHE/build-$what.log" 2>&1 \
+  # buildah says "STEP 7/15: RUN ..." as it goes (and "Using cache" for the cached steps): quote the latest.
+  PROGRESS_STATUS="grep -a -o 'STEP [0-9]*/[0-9]*: .\{0,70\}' '$CACHE/build-$what.log' | tail -n1" \
+  PROGRESS_LOG="$CACHE/build-$what.log" progress_run "$what image" buildah bud "${args[@]}" "$SRC" \
     || { tail -40 "$CACHE/build-$what.log" >&2; die "$what: build failed (log: $CACHE/build-$what.log)"; }
   log "$what: built in $(( $(date +%s) - t ))s, $(size_of "$ref")"
 }
@@ -131,14 +137,17 @@ import_one() {
   if [[ "$(imported_id "$ref")" == "$(podman image inspect --format '{{.Id}}' "$ref")" ]]; then
     log "$ref already in containerd k8s.io (same image ID)"; return 0
   fi
-  podman save --format docker-archive "$ref" | ctr -a "$SOCK" -n k8s.io images import - >/dev/null \
-    || die "import of $ref into containerd ($SOCK) failed"
+  progress_run "import of $ref" bash -c 'podman save --format docker-archive "$1" | ctr -a "$2" -n k8s.io images import - >/dev/null' \
+    _ "$ref" "$SOCK" || die "import of $ref into containerd ($SOCK) failed"
   log "imported $ref into containerd k8s.io in $(( $(date +%s) - t ))s"
 }
 
 mkdir -p "$CACHE"
 T0=$(date +%s)
+i=0
 for t in "${TARGETS[@]}"; do
+  i=$((i + 1))
+  [[ $t == sizes ]] || progress_step "$i" "${#TARGETS[@]}" "$t image ($(progress_duration $(( $(date +%s) - T0 ))) so far)"
   case "$t" in
     base) build_base ;;
     pause) build_pause ;;

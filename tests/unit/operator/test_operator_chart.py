@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from loraplex_operator import constants as c
+from loraplex_operator.logic.manifests import pool_labels as c_pool_labels
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "loraplex"
@@ -31,6 +32,15 @@ def render(*sets: str) -> list[dict[str, Any]]:
         args += ["--set", s]
     out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+MONITORING_ON = (
+    "monitoring.podMonitor.enabled=true",
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.dashboard.enabled=true",
+)
+MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 
 def test_chart_crds_are_the_crds_directory() -> None:
@@ -66,6 +76,7 @@ def test_default_images_match_the_operator_and_dockerfiles() -> None:
             "gateway.enabled=true",
             "examplePool.enabled=true",
         ),
+        MONITORING_ON,
     ],
 )
 def test_helm_lint_is_clean(sets: tuple[str, ...]) -> None:
@@ -184,3 +195,34 @@ def test_helm_test_pod_is_kept_for_its_logs() -> None:
     hook = next(d for d in render() if d["kind"] == "Pod")["metadata"]["annotations"]
     assert "hook-succeeded" not in hook["helm.sh/hook-delete-policy"]
     assert "before-hook-creation" in hook["helm.sh/hook-delete-policy"]
+
+
+def test_monitoring_is_off_by_default() -> None:
+    docs = render()
+    assert not [d for d in docs if d["kind"] in MONITORING_KINDS]
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})]
+
+
+def test_monitoring_objects_carry_the_files_as_they_are() -> None:
+    docs = render(
+        *MONITORING_ON, "monitoring.prometheusRule.labels.release=kps", "monitoring.dashboard.namespace=grafana"
+    )
+    by_kind = {d["kind"]: d for d in docs if d["kind"] in MONITORING_KINDS}
+    assert set(by_kind) == MONITORING_KINDS
+    files = CHART / "files"
+    assert by_kind["PrometheusRule"]["spec"] == yaml.safe_load((files / "prometheus-rules.yaml").read_text())
+    assert by_kind["PrometheusRule"]["metadata"]["labels"]["release"] == "kps"
+    for kind, key in (("PodMonitor", "podMetricsEndpoints"), ("ServiceMonitor", "endpoints")):
+        spec = by_kind[kind]["spec"]
+        assert spec["namespaceSelector"] == {"any": True}
+        (endpoint,) = spec[key]
+        assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("http", "/metrics", True)
+        exprs = {e["key"]: set(e["values"]) for e in spec["selector"]["matchExpressions"]}
+        # the labels the operator puts on a pool's pods, and the gateway's
+        pod = {**c_pool_labels("tiny")}
+        assert pod[c.LABEL_NAME] in exprs[c.LABEL_NAME] and pod[c.LABEL_COMPONENT] in exprs[c.LABEL_COMPONENT]
+        assert {"loraplex", "gateway"} <= exprs[c.LABEL_NAME] | exprs[c.LABEL_COMPONENT]
+    (dash,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    assert dash["metadata"]["namespace"] == "grafana"
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dash["data"]["loraplex-pools.json"] == (files / "grafana-dashboard.json").read_text().rstrip("\n")

@@ -126,3 +126,22 @@ def test_metrics_on_private_registry() -> None:
     assert 'loraplex_router_upstream_attempts_total{outcome="retry_connect",pool="sdxl"} 1.0' in text
     assert "loraplex_router_overhead_seconds_count 1.0" in text
     assert "pixel" not in generate_latest(b.registry).decode()
+
+
+def test_adapter_series_are_capped_and_stable() -> None:
+    clock = Clock()
+    stats = RouterStats(pod="pod-0", clock=clock, wall=clock, max_adapter_series=2)
+    for name in ("a", "b", "c", "d", "a", "c"):
+        stats.request_started("sdxl", [name])
+        stats.request_finished("sdxl", [name], 200, 0.1)
+    stats.request_started("tiny", ["a"])  # a new (pool, adapter) pair past the cap
+    text = generate_latest(stats.registry).decode()
+    assert 'loraplex_router_adapter_requests_total{adapter="a",pool="sdxl"} 2.0' in text
+    assert 'loraplex_router_adapter_requests_total{adapter="b",pool="sdxl"} 1.0' in text
+    assert 'loraplex_router_adapter_requests_total{adapter="_other",pool="sdxl"} 3.0' in text
+    assert 'loraplex_router_adapter_requests_total{adapter="_other",pool="tiny"} 1.0' in text
+    assert 'adapter="c"' not in text and 'adapter="d"' not in text
+    # /v1/stats keeps every adapter for the operator
+    assert set(stats.snapshot()["adapters"]) == {"a", "b", "c", "d"}
+    # a pool's gauges exist at 0 from its first request
+    assert 'loraplex_router_waiting_requests{pool="sdxl"} 0.0' in text
