@@ -5,7 +5,7 @@
 #
 #   tools/k8s/cluster.sh up       build if needed, start, create fake GPU nodes
 #   tools/k8s/cluster.sh up --real-node   ... plus one real node (tools/k8s/real-node.sh)
-#   tools/k8s/cluster.sh down     stop everything, remove the state dir
+#   tools/k8s/cluster.sh down     stop everything, remove the state dir (component logs kept in <dir>.last-logs)
 #   tools/k8s/cluster.sh status   show processes, apiserver health, nodes
 #   tools/k8s/cluster.sh env      print `export KUBECONFIG=...` (eval it)
 #   tools/k8s/cluster.sh stop-api   stop kube-apiserver and etcd, keep their state (a control
@@ -431,7 +431,12 @@ cmd_down() {
   stop_group etcd
   remove_local_routes
   if [[ -d "$STATE" ]]; then
-    log "removing $STATE"
+    # The components' logs outlive the state: a test session that saw the apiserver go away can be read after.
+    if [[ -d "$LOGS" ]]; then
+      rm -rf "$STATE.last-logs" && mkdir -p "$STATE.last-logs"
+      find "$LOGS" -maxdepth 1 -name '*.log' ! -name 'audit*' -exec cp {} "$STATE.last-logs/" \;
+    fi
+    log "removing $STATE (logs kept in $STATE.last-logs)"
     rm -rf "$STATE"
   fi
   log "down"
