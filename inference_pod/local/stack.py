@@ -50,10 +50,19 @@ FLUX_DEMO_ADAPTERS = (  # name, key format, rank, seed: for the tiny-flux pool
 FLUX_REQUESTS = ["flux-ink", "square", "flux-film", "flux-ink", "tiny-flux"]  # after the grid, with --flux
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one handed out before: the OS may give a just-closed port to the next bind, and
+    two of the demo's servers would then collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,23 @@ class ProcessStartError(RuntimeError):
     """A process exited or did not become ready in time; the message has its log tail."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago (the OS picks it), never one this process handed out before.
+
+    The OS can give the same port to two consecutive binds once the first socket is closed: two servers started on
+    ports asked for together then collide, and a readiness probe of the one that failed to bind is answered by the
+    other (the routing tests' "served by the other pod" failures under load were exactly that)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def loopback_server_cmd(module: str, port: int | str) -> list[str]:
