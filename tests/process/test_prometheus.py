@@ -176,6 +176,13 @@ def test_every_dashboard_and_alert_query_answers(stack: Stack) -> None:
     # Two scrapes after the traffic, and a rule evaluation after them.
     scraped = time.time()
     wait_for(stack, f"timestamp(loraplex_worker_ready) > {scraped + 1.5}")
+    # A rate needs an increase between two scrapes that both saw the series; scrapes during the traffic can time out
+    # on a busy machine (the sidecar waits for its worker's part), so one more request after a scrape that saw it.
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "model": "tiny"}
+    r = post(stack.sidecar.url + "/v1/generate", body)
+    assert r.status == 200, r.body[:300]
+    scraped = time.time()
+    wait_for(stack, f"timestamp(loraplex_worker_ready) > {scraped + 1.5}")
     wait_for(stack, "loraplex:pool_requests:rate5m > 0")
     time.sleep(1.5)
 
