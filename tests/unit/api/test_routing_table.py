@@ -194,3 +194,37 @@ def test_shard_merger_reparses_only_changed_shards_and_still_checks_the_whole(mo
     with pytest.raises(TableError, match="shard 1: adapters.x.source"):
         bad = {"adapters": {"x": {"pool": "tiny", "source": {"type": "url", "url": "ftp:"}}}}
         merger.merge([pools, json.dumps(bad)])
+
+
+def test_shard_merger_fast_check_agrees_with_full_validation() -> None:
+    import loraplex.api.routing_table as rt
+
+    d = doc()
+    pools = json.dumps({"version": 1, "generation": 2, "pools": d["pools"]})
+    a = json.dumps({"adapters": {"pixel-art": d["adapters"]["pixel-art"]}})
+    b = json.dumps({"adapters": {k: v for k, v in d["adapters"].items() if k != "pixel-art"}})
+    merger = rt.ShardMerger()
+    merged = merger.merge([pools, a, b])
+    full = parse_table(d)
+    # The merger's name index (built from the shards' own) resolves every name as the full table's does.
+    for name in ("pixel-art", "pixel", "sketch", "local", "sdxl", "sdxl-base", "stabilityai/sdxl-base-1.0", "tiny"):
+        assert merged.resolve(name) == full.resolve(name)
+    with pytest.raises(KeyError):
+        merged.resolve("nope")
+    # Each rule the fast check skips on is still enforced, by the full validation, naming the field.
+    for shards, needle in [
+        # an adapter named like another shard's pool base model
+        ([pools, json.dumps({"adapters": {"tiny": d["adapters"]["local"]}})], "adapters.tiny"),
+        # an alias clashing with an adapter in another shard
+        ([pools, a, json.dumps({"adapters": {"x": {**d["adapters"]["local"], "aliases": ["pixel-art"]}}})], "pixel"),
+        # an unknown pool
+        ([pools, json.dumps({"adapters": {"y": {**d["adapters"]["local"], "pool": "ghost"}}})], "adapters.y.pool"),
+        # a pool alias used twice
+        ([json.dumps({"pools": {"p": {"aliases": ["q"]}, "q": {}}})], "pools.q"),
+    ]:
+        with pytest.raises(TableError, match=needle):
+            merger.merge(shards)
+    # The same adapter in two shards is one entry (the later shard's), as a plain join gives.
+    again = merger.merge([pools, a, b, a])
+    assert (again.adapters, again.pools) == (full.adapters, full.pools)
+    assert again.resolve("pixel") == ("sdxl", "pixel-art")
