@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers.httpclient import get
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "charts" / "loraplex" / "files" / "prometheus-rules.yaml"
@@ -70,6 +73,19 @@ def metric_names(expr: str) -> set[str]:
     return set(METRIC.findall(expr))
 
 
+def operator_records() -> set[str]:
+    """Recording rules fed by the operator's metrics (loraplex_operator_*), directly or through another such rule.
+
+    The process tier has no operator, so these answer only in the cluster tier (tests/cluster/test_operator_metrics.py).
+    """
+    found: set[str] = set()
+    for rule in recording_rules():  # a rule may use only the rules above it
+        expr = rule["expr"]
+        if any(n.startswith("loraplex_operator_") for n in metric_names(expr)) or any(r in expr for r in found):
+            found.add(rule["record"])
+    return found
+
+
 def promtool() -> str:
     """The promtool binary; a failure (not a skip) when missing: ./dev test installs it."""
     path = shutil.which("promtool")
@@ -86,3 +102,45 @@ def prometheus() -> str:
             "prometheus is not installed: `./dev test` installs it (tools/k8s/host-deps.sh monitoring, as root)"
         )
     return path
+
+
+def prometheus_config(tmp: Path, target: str, labels: dict[str, str]) -> Path:
+    """A config scraping `target` every second as the chart's monitors do (honor_labels, the target's `labels`),
+    with the chart's rule file evaluated every second."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(RULES_FILE)],
+        "scrape_configs": [
+            {"job_name": "loraplex", "honor_labels": True, "static_configs": [{"targets": [target], "labels": labels}]}
+        ],
+    }
+    path = tmp / "prometheus.yml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def prometheus_cmd(tmp: Path, config: Path, port: int) -> list[str]:
+    """The Prometheus server on loopback, its data in `tmp`."""
+    return [
+        prometheus(),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1h",
+        "--log.level=warn",
+    ]
+
+
+def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+    """The instant vector `expr` evaluates to now; raises AssertionError with Prometheus' error."""
+    r = get(prometheus_url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}), timeout=30)
+    doc = r.json()
+    assert r.status == 200 and doc["status"] == "success", f"{expr!r}: {doc.get('error', r.status)}"
+    result: list[dict[str, Any]] = doc["data"]["result"]
+    return result
+
+
+def rule_health(prometheus_url: str) -> dict[str, dict[str, Any]]:
+    """Every loaded rule by name (record or alert) with its evaluation state (health, lastError)."""
+    groups = get(prometheus_url + "/api/v1/rules", timeout=30).json()["data"]["groups"]
+    return {r["name"]: r for g in groups for r in g["rules"]}

@@ -20,6 +20,7 @@ from loraplex_operator.controllers.autoscaler import Autoscaler
 from loraplex_operator.controllers.handlers import build_registry, build_settings
 from loraplex_operator.controllers.health import HealthServer
 from loraplex_operator.controllers.leader import LeaderElector
+from loraplex_operator.controllers.metrics import exposition, metrics_registry
 from loraplex_operator.controllers.pool_controller import PoolController
 from loraplex_operator.controllers.table_writer import TableWriter
 from loraplex_operator.logic.nudge import nudge_patch
@@ -160,7 +161,8 @@ class Operator:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        health = HealthServer(self.cfg.health_host, self.cfg.health_port, self.health)
+        registry = metrics_registry(self)
+        health = HealthServer(self.cfg.health_host, self.cfg.health_port, self.health, lambda: exposition(registry))
         await health.start()
         background: list[asyncio.Task[Any]] = []
         lost = asyncio.Event()

@@ -113,6 +113,10 @@ class Autoscaler:
     def tracked(self) -> list[tuple[str, str]]:
         return list(self._pools)
 
+    def pool_sizes(self) -> list[tuple[tuple[str, str], PoolSpec, int]]:
+        """Each tracked pool's (namespace, name), spec and replicas, sorted (the operator's metrics)."""
+        return [(key, t.spec, t.replicas) for key, t in sorted(self._pools.items())]
+
     def pool_load(self, namespace: str, name: str) -> PoolLoad | None:
         t = self._pools.get((namespace, name))
         return t.load if t else None

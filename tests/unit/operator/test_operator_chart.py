@@ -215,13 +215,24 @@ def test_monitoring_objects_carry_the_files_as_they_are() -> None:
     for kind, key in (("PodMonitor", "podMetricsEndpoints"), ("ServiceMonitor", "endpoints")):
         spec = by_kind[kind]["spec"]
         assert spec["namespaceSelector"] == {"any": True}
-        (endpoint,) = spec[key]
+        endpoint, operator = spec[key]
         assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("http", "/metrics", True)
+        # the operator's /metrics on its health port, its pool labels kept
+        assert (operator["port"], operator["path"], operator["honorLabels"]) == ("health", "/metrics", True)
         exprs = {e["key"]: set(e["values"]) for e in spec["selector"]["matchExpressions"]}
         # the labels the operator puts on a pool's pods, and the gateway's
         pod = {**c_pool_labels("tiny")}
         assert pod[c.LABEL_NAME] in exprs[c.LABEL_NAME] and pod[c.LABEL_COMPONENT] in exprs[c.LABEL_COMPONENT]
-        assert {"loraplex", "gateway"} <= exprs[c.LABEL_NAME] | exprs[c.LABEL_COMPONENT]
+        assert {"loraplex", "gateway", "operator"} <= exprs[c.LABEL_NAME] | exprs[c.LABEL_COMPONENT]
+    # The operator pod, and (for the ServiceMonitor) a Service in front of its health port, match the selectors.
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")]
+    op_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert "health" in {p["name"] for ctr in deploy["spec"]["template"]["spec"]["containers"] for p in ctr["ports"]}
+    (svc,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-operator-metrics")]
+    assert svc["spec"]["selector"].items() <= op_labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "health"
+    for labels in (op_labels, svc["metadata"]["labels"]):
+        assert labels[c.LABEL_NAME] in exprs[c.LABEL_NAME] and labels[c.LABEL_COMPONENT] in exprs[c.LABEL_COMPONENT]
     (dash,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
     assert dash["metadata"]["namespace"] == "grafana"
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
