@@ -4,7 +4,7 @@ Resolves the pool (by reference or base model), checks the adapter's names
 against the namespace, and for a hub source reads the repo metadata and pins
 the revision to a commit. The outcome is the adapter's status; the table
 writer routes it from there. Anything short of Ready raises `Retry` with an
-exponential backoff: the caller (a kopf handler) reschedules, so a missing
+exponential backoff: the caller (the AdapterQueue) reschedules, so a missing
 pool, an unreachable hub or a conflicting alias heals without a crash loop.
 """
 
