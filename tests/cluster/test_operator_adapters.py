@@ -115,8 +115,8 @@ def test_unreachable_hub_is_a_condition_with_retry_not_a_crash(
     ad = get_adapter(kube, namespace, "hubby") or {}
     assert not [k for k in ad["metadata"].get("annotations") or {} if k.startswith(c.KOPF_ANNOTATION_PREFIX)]
     assert operator.handle is not None and operator.handle.alive()
-    table = routing_table(kube, namespace)
-    assert table is not None and "hubby" not in table.adapters
+    table = wait_until("the namespace's table", lambda: routing_table(kube, namespace), timeout=30)
+    assert "tiny" in table.pools and "hubby" not in table.adapters
 
 
 def test_adapter_waits_for_its_pool_then_routes(kube: Kube, operator: OperatorProcess, namespace: str) -> None:

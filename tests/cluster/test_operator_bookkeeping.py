@@ -51,7 +51,11 @@ def test_adapters_carry_no_kopf_bookkeeping_and_a_large_annotation_is_fine(
             and a["status"]["observedGeneration"] == a["metadata"]["generation"] == 2
         ),
     )
-    wait_until("the new scale routed", lambda: routing_table(kube, namespace).adapters["big"].scale == 0.5, timeout=30)
+    wait_until(
+        "the new scale routed",
+        lambda: (t := routing_table(kube, namespace)) and "big" in t.adapters and t.adapters["big"].scale == 0.5,
+        timeout=30,
+    )
     assert set(get_adapter(kube, namespace, "big")["metadata"]["annotations"]) == {"example.com/notes"}
     refused = [line for line in operator.log_tail(2000).splitlines() if namespace in line and "422" in line]
     assert not refused, refused[:3]

@@ -139,6 +139,9 @@ class AdapterController:
                 if e.status == 404:
                     return outcome  # deleted meanwhile
                 raise
+            # The caller's copy now says what was written: a reconcile of the same body before the watch event
+            # brings the new status (a wake, an edit) compares with it instead of writing the same status again.
+            body["status"] = status
             await post_failure_event(self.kube, body, c.ADAPTER_KIND, old_status, status)
         self.writer.mark(namespace)
         if outcome.phase != "Ready" or outcome.alias_conflict:

@@ -125,7 +125,10 @@ class AdapterQueue:
             finally:
                 self._active.discard(key)
                 if key in self._again:
+                    # A new spec or a wake came in meanwhile: again now, with a fresh backoff.
                     self._again.discard(key)
+                    self._attempts.pop(key, None)
+                    self._cancel_timer(key)
                     self._enqueue(key)
 
     async def _run_one(self, key: Key) -> None:

@@ -174,3 +174,16 @@ def test_an_unexpected_error_is_retried_not_fatal(exc: Exception) -> None:
         assert h.calls == [("a", 1, 0), ("a", 1, 0)] and h.q.stats()["waiting"] == 0
 
     run(scenario)
+
+
+def test_a_wake_during_a_reconcile_runs_it_again_with_a_fresh_backoff() -> None:
+    async def scenario(h: Harness) -> None:
+        h.retry_delay["a"] = 30.0
+        h.q.observe("ADDED", adapter())
+        await asyncio.sleep(0.005)  # being reconciled now
+        h.q.wake("ns")
+        await asyncio.sleep(0.1)
+        assert [attempt for _, _, attempt in h.calls] == [0, 0]
+        assert h.q.stats()["waiting"] == 1  # one timer, not one per run
+
+    run(scenario)
