@@ -31,10 +31,8 @@ FIELD_MANAGER = "loraplex-operator"
 # prefix (never in .status, which belongs to the operator's own contract).
 KOPF_ANNOTATION_PREFIX = "operator.loraplex.io"
 
-# Set by the operator on waiting adapters to make kopf run their handlers again at once.
-ANNOTATION_NUDGE = "loraplex.io/pool-changed"
-# The only annotations kept in kopf's diff base (user annotations may be large: issue #10).
-DIFFBASE_ANNOTATIONS = frozenset({ANNOTATION_NUDGE})
+# kopf's diff base annotation (under the prefix above), on pools: adapters have no kopf change handler.
+KOPF_DIFFBASE_KEY = "last-handled-configuration"
 
 # Labels on everything the operator creates.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

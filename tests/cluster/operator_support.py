@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -195,6 +196,13 @@ class OperatorProcess:
 
     def log_tail(self, lines: int = 80) -> str:
         return self.handle.log_tail(lines) if self.handle else ""
+
+
+def adapter_retries(operator: OperatorProcess, namespace: str, name: str) -> int:
+    """The highest retry the operator's log announced for an adapter (AdapterQueue: "retry N in S s"), or 0."""
+    pattern = re.compile(rf"adapter {re.escape(namespace)}/{re.escape(name)} not ready \(.*\); retry (\d+) in ")
+    found = [int(m[1]) for line in operator.log_tail(5000).splitlines() if (m := pattern.search(line))]
+    return max(found, default=0)
 
 
 # -- traffic stays on the machine -------------------------------------------------------

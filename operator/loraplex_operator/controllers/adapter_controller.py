@@ -4,7 +4,7 @@ Resolves the pool (by reference or base model), checks the adapter's names
 against the namespace, and for a hub source reads the repo metadata and pins
 the revision to a commit. The outcome is the adapter's status; the table
 writer routes it from there. Anything short of Ready raises `Retry` with an
-exponential backoff: the caller (a kopf handler) reschedules, so a missing
+exponential backoff: the caller (the AdapterQueue) reschedules, so a missing
 pool, an unreachable hub or a conflicting alias heals without a crash loop.
 """
 
@@ -139,6 +139,9 @@ class AdapterController:
                 if e.status == 404:
                     return outcome  # deleted meanwhile
                 raise
+            # The caller's copy now says what was written: a reconcile of the same body before the watch event
+            # brings the new status (a wake, an edit) compares with it instead of writing the same status again.
+            body["status"] = status
             await post_failure_event(self.kube, body, c.ADAPTER_KIND, old_status, status)
         self.writer.mark(namespace)
         if outcome.phase != "Ready" or outcome.alias_conflict:

@@ -16,14 +16,14 @@ import kopf
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.controllers.adapter_controller import AdapterController
+from loraplex_operator.controllers.adapter_queue import AdapterQueue
 from loraplex_operator.controllers.autoscaler import Autoscaler
-from loraplex_operator.controllers.handlers import build_registry, build_settings
+from loraplex_operator.controllers.handlers import AdapterIndexes, build_registry, build_settings, plain_body
 from loraplex_operator.controllers.health import HealthServer
 from loraplex_operator.controllers.leader import LeaderElector
 from loraplex_operator.controllers.metrics import exposition, metrics_registry
 from loraplex_operator.controllers.pool_controller import PoolController
 from loraplex_operator.controllers.table_writer import TableWriter
-from loraplex_operator.logic.nudge import nudge_patch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class Operator:
         )
         self.pools = PoolController(self.kube, self.writer, self.autoscaler)
         self.adapters = AdapterController(self.kube, self.writer, hub_timeout_s=cfg.hub_timeout_s)
+        self.adapter_queue = AdapterQueue(self._reconcile_adapter, self._fetch_adapter, plain_body)
+        self.adapter_indexes: AdapterIndexes | None = None  # kopf's, from its first adapter event
         self.registry = build_registry(self)
         self.settings = build_settings()
         self.elector = (
@@ -80,42 +82,32 @@ class Operator:
 
     # -- helpers used by handlers -------------------------------------------
 
-    async def nudge_adapters(self, namespace: str, pool_gone: str | None = None) -> None:
-        """Re-run adapters' handlers now rather than after their backoff.
+    def wake_adapters(self, namespace: str, pool_gone: str | None = None) -> None:
+        """Reconcile adapters now rather than after their backoff; nothing is written to wake them.
 
-        After a pool appears or changes: adapters waiting for one (Pending,
-        Failed). After a pool is deleted (`pool_gone`): the adapters it served,
-        so their status stops saying Ready.
+        After a pool appears or changes: the namespace's waiting adapters (Pending,
+        Failed, or an alias conflict). After a pool is deleted (`pool_gone`): the
+        adapters it served, so their status stops saying Ready.
         """
-        try:
-            adapters = await self.kube.run(self.kube.list, c.API_VERSION, c.ADAPTER_PLURAL, namespace, None, True)
-        except KubeError as e:
-            log.warning("cannot list adapters in %s: %s", namespace, e)
+        if pool_gone is None:
+            self.adapter_queue.wake(namespace)
             return
-        stamp = f"{pool_gone or 'pool'}@{asyncio.get_running_loop().time():.3f}"
-        for body in adapters:
-            status = body.get("status") or {}
-            if pool_gone is not None:
-                wanted = status.get("pool") == pool_gone
-            else:
-                # No status yet: kopf's create handler is coming anyway.
-                wanted = status.get("phase") in ("Pending", "Failed")
-            if not wanted:
-                continue
-            # A new stamp, and kopf's retry progress cleared: the adapter's handler runs again at
-            # once instead of after its backoff (logic/nudge.py).
-            try:
-                await self.kube.run(
-                    self.kube.merge_patch,
-                    c.API_VERSION,
-                    c.ADAPTER_PLURAL,
-                    namespace,
-                    body["metadata"]["name"],
-                    nudge_patch(body["metadata"].get("annotations"), stamp),
-                )
-            except KubeError as e:
-                if e.status != 404:
-                    log.warning("cannot nudge adapter %s/%s: %s", namespace, body["metadata"]["name"], e)
+        source = self.writer.adapter_source
+        served = [
+            s["metadata"]["name"] for s in (source(namespace) if source else []) if s["status"].get("pool") == pool_gone
+        ]
+        self.adapter_queue.wake_adapters(namespace, served)
+
+    async def _reconcile_adapter(self, body: dict[str, Any], attempt: int) -> None:
+        # Events reach the queue only through the adapter handler, which sets the indexes first.
+        assert self.adapter_indexes is not None
+        pools, claims = self.adapter_indexes.for_namespace(body["metadata"]["namespace"])
+        await self.adapters.reconcile(body, attempt, pools, claims)
+
+    async def _fetch_adapter(self, namespace: str, name: str) -> dict[str, Any] | None:
+        kube = self.kube
+        body: dict[str, Any] | None = await kube.run(kube.get, c.API_VERSION, c.ADAPTER_PLURAL, namespace, name)
+        return body
 
     def health(self) -> dict[str, Any]:
         role = "leader" if (self.elector is None or self.elector.is_leader) else "standby"
@@ -127,6 +119,7 @@ class Operator:
             "tableWrites": self.writer.stats.writes,
             "tableFlushes": self.writer.stats.flushes,
             "adapterEvents": self.adapter_events,
+            "adapterQueue": self.adapter_queue.stats(),
             "apiRequests": dict(self.kube.requests_by_verb),
         }
 
@@ -186,6 +179,7 @@ class Operator:
             background.append(asyncio.create_task(_relay(lost, stop_flag)))
             background.append(asyncio.create_task(_relay(self._stop, stop_flag)))
             background.append(asyncio.create_task(self.autoscaler.run()))
+            background.append(asyncio.create_task(self.adapter_queue.run()))
             background.append(asyncio.create_task(self.resync()))
             self._kopf_task = asyncio.create_task(
                 kopf.operator(

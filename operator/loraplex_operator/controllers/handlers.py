@@ -3,7 +3,8 @@
 Triggers map onto the one reconcile per kind:
 - BaseModelPool create/update/resume -> PoolController.reconcile
 - pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
-- LoraAdapter create/update -> AdapterController.reconcile (retried with backoff)
+- LoraAdapter (any event) -> AdapterQueue.observe -> AdapterController.reconcile when its status has not
+  observed its generation (retried with backoff by the queue; a pool created, changed or deleted wakes it)
 - any pool, adapter or pod event -> TableWriter.mark(namespace)
 - a routing-table ConfigMap deleted, edited or unlabelled by anyone else -> TableWriter.mark(namespace)
 
@@ -16,14 +17,13 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import load_configuration
-from loraplex_operator.controllers.adapter_controller import Retry
-from loraplex_operator.logic.nudge import DIFFBASE_KEY
 from loraplex_operator.logic.resolution import PoolInfo
 from loraplex_operator.logic.routes import pool_info
 from loraplex_operator.logic.specs import SpecError, parse_pool_spec
@@ -37,28 +37,21 @@ _OWNED_SELECTOR = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
 
 
 class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base without the user's annotations.
+    """kopf's diff base without the object's annotations (only pools have kopf change handlers now).
 
-    kopf stores the last handled "essence" of every object in an annotation, and by
+    kopf stores the last handled "essence" of an object in an annotation, and by
     default that essence includes all the object's annotations: one annotation of
     ~200 KB (accepted by the apiserver) then makes kopf's own patch exceed the 256 KiB
     limit on all annotations, and every event fails with a 422. No handler of ours
-    reacts to annotations, except the operator's own nudge (`ANNOTATION_NUDGE`), which
-    is kept so that a nudge is still a change to kopf.
+    reacts to annotations.
     """
 
     def build(self, *, body: Any, extra_fields: Any = None) -> Any:
         essence = super().build(body=body, extra_fields=extra_fields)
         meta = essence.get("metadata") or {}
-        annotations = meta.get("annotations")
-        if annotations is not None:
-            kept = {k: v for k, v in annotations.items() if k in c.DIFFBASE_ANNOTATIONS}
-            if kept:
-                meta["annotations"] = kept
-            else:
-                del meta["annotations"]
-            if not meta:
-                del essence["metadata"]
+        meta.pop("annotations", None)
+        if not meta:
+            essence.pop("metadata", None)
         return essence
 
 
@@ -66,7 +59,7 @@ def build_settings() -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # kopf's bookkeeping lives in annotations under our own prefix, never in .status.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
-    s.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=c.KOPF_ANNOTATION_PREFIX, key=DIFFBASE_KEY)
+    s.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=c.KOPF_ANNOTATION_PREFIX, key=c.KOPF_DIFFBASE_KEY)
     s.persistence.finalizer = f"{c.KOPF_ANNOTATION_PREFIX}/finalizer"
     # One k8s Event per handler success would be thousands in a burst; keep warnings and errors.
     s.posting.level = logging.WARNING
@@ -124,7 +117,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     async def pool_changed(namespace: str, name: str, reason: str, **_: Any) -> None:
         await op.pools.reconcile(namespace, name)
         if reason in ("create", "update"):
-            await op.nudge_adapters(namespace)
+            op.wake_adapters(namespace)
 
     @kopf.on.event(*pools, registry=registry, id="pool_event")
     async def pool_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
@@ -132,7 +125,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         if type == "DELETED":
             op.autoscaler.forget(namespace, name)
             op.pools.invalidate(namespace, name)
-            await op.nudge_adapters(namespace, pool_gone=name)
+            op.wake_adapters(namespace, pool_gone=name)
 
     @kopf.on.event("v1", "pods", labels=OWNED, registry=registry, id="pod_event")
     async def pod_event(namespace: str, labels: Any, **_: Any) -> None:
@@ -159,36 +152,42 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # -- adapters ------------------------------------------------------------
 
-    @kopf.on.create(*adapters, registry=registry, backoff=5, id="adapter_changed")
-    @kopf.on.update(*adapters, registry=registry, backoff=5, id="adapter_changed")
-    async def adapter_changed(
-        body: Any, namespace: str, retry: int, pool_infos: kopf.Index, adapter_claims: kopf.Index, **_: Any
-    ) -> None:
-        claims = _NamespaceClaims(adapter_claims, namespace)
-        try:
-            await op.adapters.reconcile(_plain(body), retry, list(pool_infos.get(namespace, [])), claims)
-        except Retry as e:
-            raise kopf.TemporaryError(str(e), delay=e.delay) from None
-
     @kopf.index(*adapters, registry=registry, id="adapter_snapshots")
     def adapter_snapshots(namespace: str, body: Any, **_: Any) -> dict[str, dict[str, Any]]:
         return {namespace: adapter_snapshot(body)}
 
+    # One handler for every adapter event: no kopf change handler (kopf would keep a diff base and progress in
+    # annotations, a second write and a third watch event per adapter); the operator's queue decides from the
+    # object itself (adapter_queue.py).
     @kopf.on.event(*adapters, registry=registry, id="adapter_event")
-    async def adapter_event(namespace: str, adapter_snapshots: kopf.Index, **_: Any) -> None:
+    async def adapter_event(
+        namespace: str,
+        type: str | None,
+        body: Any,
+        adapter_snapshots: kopf.Index,
+        pool_infos: kopf.Index,
+        adapter_claims: kopf.Index,
+        **_: Any,
+    ) -> None:
         # Handlers only run once kopf's indexes are fully populated, so from here on the
-        # index is a complete, current view: the table writer reads it instead of LISTing
-        # every adapter on every flush (3 MB per LIST at 2,000 adapters).
+        # indexes are a complete, current view: the table writer reads the snapshots instead
+        # of LISTing every adapter on every flush (3 MB per LIST at 2,000 adapters), and the
+        # adapter reconciles read the pools and the names claimed.
         if op.writer.adapter_source is None:
             op.writer.adapter_source = lambda ns: list(adapter_snapshots.get(ns, []))
+        if op.adapter_indexes is None:
+            op.adapter_indexes = AdapterIndexes(pool_infos, adapter_claims)
         op.adapter_events += 1
         op.writer.mark(namespace)
+        op.adapter_queue.observe(type, body)
 
     return registry
 
 
-# What the routing table needs of an adapter's status, and its residency (the autoscaler writes it only on change).
+# What the routing table needs of an adapter's status, its residency (the autoscaler writes it only on change), and
+# the pool it is routed to (a deleted pool wakes its adapters).
 _SNAPSHOT_STATUS = (
+    "pool",
     "resolvedRevision",
     "resolvedGeneration",
     "resolvedFilename",
@@ -232,6 +231,17 @@ def connection_info() -> kopf.ConnectionInfo:
     )
 
 
+@dataclass(frozen=True)
+class AdapterIndexes:
+    """kopf's live indexes an adapter reconcile reads: the pools, and the names adapters claim."""
+
+    pools: kopf.Index
+    claims: kopf.Index
+
+    def for_namespace(self, namespace: str) -> tuple[list[PoolInfo], Any]:  # (pools, a Mapping-like view of claims)
+        return list(self.pools.get(namespace, [])), _NamespaceClaims(self.claims, namespace)
+
+
 class _NamespaceClaims:
     """`{name: [(adapter, kind), ...]}` view of the claims index for one namespace."""
 
@@ -243,6 +253,6 @@ class _NamespaceClaims:
         return list(store) if store is not None else default
 
 
-def _plain(body: Any) -> dict[str, Any]:
+def plain_body(body: Any) -> dict[str, Any]:
     """kopf's Body is a read-only mapping view; the controllers want plain dicts."""
     return copy.deepcopy(dict(body))

@@ -4,9 +4,9 @@ Read from the operator's own state at scrape time (a custom collector), so
 nothing is updated on the hot path and a scrape always sees the current
 figures: each tracked pool's replicas against its bounds (the signal behind
 the LoraplexPoolAtMaxReplicas alert: a saturated pool the autoscaler can grow
-no further), the routing-table writer's flushes and writes, kopf's adapter
-events, the apiserver requests made by our client, the autoscaler's polls,
-and whether this replica leads.
+no further), the routing-table writer's flushes and writes, adapter events and
+the adapter reconcile queue, the apiserver requests made by our client, the
+autoscaler's polls, and whether this replica leads.
 """
 
 from __future__ import annotations
@@ -73,6 +73,21 @@ class OperatorCollector(Collector):
         events = CounterMetricFamily("loraplex_operator_adapter_events", "LoraAdapter watch events handled.")
         events.add_metric([], op.adapter_events)
         yield events
+        q = op.adapter_queue.stats()
+        queue = GaugeMetricFamily(
+            "loraplex_operator_adapter_queue_adapters",
+            "Adapters in the reconcile queue: queued, being reconciled (active), or waiting for a retry.",
+            labels=["state"],
+        )
+        for state in ("queued", "active", "waiting"):
+            queue.add_metric([state], q[state])
+        reconciles = CounterMetricFamily("loraplex_operator_adapter_reconciles", "LoraAdapter reconciles run.")
+        reconciles.add_metric([], q["reconciles"])
+        retries = CounterMetricFamily(
+            "loraplex_operator_adapter_retries", "LoraAdapter reconciles that ended short of Ready (retried later)."
+        )
+        retries.add_metric([], q["retries"])
+        yield from (queue, reconciles, retries)
 
         requests = CounterMetricFamily(
             "loraplex_operator_api_requests", "Kubernetes API requests made by the operator's client.", labels=["verb"]

@@ -67,3 +67,8 @@ def test_counters_follow_the_operator(op: Operator) -> None:
     assert s["loraplex_operator_api_requests_total", (("verb", "PATCH"),)] == 3
     assert s["loraplex_operator_autoscaler_polls_total", (("result", "ok"),)] == 9
     assert s["loraplex_operator_autoscaler_polls_total", (("result", "failed"),)] == 1
+    assert s["loraplex_operator_adapter_queue_adapters", (("state", "queued"),)] == 0
+    op.adapter_queue.observe("ADDED", {"metadata": {"namespace": "ml", "name": "a", "generation": 1}})
+    s = samples(op)
+    assert s["loraplex_operator_adapter_queue_adapters", (("state", "queued"),)] == 1
+    assert s["loraplex_operator_adapter_reconciles_total", ()] == 0
