@@ -227,7 +227,7 @@ def measure_sidecar(kube: Kube, ns: str, reloads: int, log_dir: str) -> tuple[fl
         proc.terminate()
 
 
-def run_scale(kube: Kube, n: int, clients: int, audit: Path, sidecar_reloads: int) -> ScaleResult:
+def run_scale(kube: Kube, n: int, clients: int, audit: Path, sidecar_reloads: int, restart: bool = True) -> ScaleResult:
     ns = f"bench-scale-{uuid.uuid4().hex[:5]}"
     res = ScaleResult(n)
     log_dir = tempfile.mkdtemp(prefix="loraplex-scale-")
@@ -284,22 +284,24 @@ def run_scale(kube: Kube, n: int, clients: int, audit: Path, sidecar_reloads: in
         note(f"all Ready {res.ready_s} s after the last create; writes {res.writes}")
         # A no-op restart: the same operator comes back to the same cluster.
         op.terminate()
-        offset = audit_mark(audit)
-        t0 = time.monotonic()
-        op = start_operator(ns, log_dir)
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            h = health(op.url)
-            if h.get("adapterEvents", 0) >= n and h.get("tableFlushes", 0) >= 1:
-                res.restart_resume_s = time.monotonic() - t0
-                break
-            time.sleep(0.5)
-        wait_quiet(lambda: (audit.stat().st_size, health(op.url).get("tableFlushes")), settle_s=10, timeout=300)
-        res.restart_writes = operator_writes(audit_events(audit, offset, ns))
-        res.restart_rss_mb = rss_mb(op.pid)
-        note(f"restart: resumed in {res.restart_resume_s} s, writes {res.restart_writes}")
-        op.terminate()
         op = None
+        if restart:
+            offset = audit_mark(audit)
+            t0 = time.monotonic()
+            op = start_operator(ns, log_dir)
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                h = health(op.url)
+                if h.get("adapterEvents", 0) >= n and h.get("tableFlushes", 0) >= 1:
+                    res.restart_resume_s = time.monotonic() - t0
+                    break
+                time.sleep(0.5)
+            wait_quiet(lambda: (audit.stat().st_size, health(op.url).get("tableFlushes")), settle_s=10, timeout=300)
+            res.restart_writes = operator_writes(audit_events(audit, offset, ns))
+            res.restart_rss_mb = rss_mb(op.pid)
+            note(f"restart: resumed in {res.restart_resume_s} s, writes {res.restart_writes}")
+            op.terminate()
+            op = None
         if sidecar_reloads:
             res.sidecar_rss_mb, res.sidecar_first_load_s, res.sidecar_reload_s = measure_sidecar(
                 kube, ns, sidecar_reloads, log_dir
@@ -356,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", default="2000", help="comma-separated sizes, e.g. 2000,10000,30000")
     p.add_argument("--clients", type=int, default=24, help="parallel creating threads (connections)")
     p.add_argument("--sidecar-reloads", type=int, default=5, help="shard edits timed in the sidecar (0: no sidecar)")
+    p.add_argument("--no-restart", action="store_true", help="skip the operator restart")
     a = p.parse_args(argv)
 
     import yaml
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for n in [int(x) for x in a.adapters.split(",")]:
-            r = run_scale(kube, n, a.clients, audit, a.sidecar_reloads)
+            r = run_scale(kube, n, a.clients, audit, a.sidecar_reloads, restart=not a.no_restart)
             results.append(r)
             print(json.dumps(asdict(r)), flush=True)
         print(report(results))
