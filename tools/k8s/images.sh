@@ -105,7 +105,8 @@ build_pause() {
 
 # --- operator / inference -------------------------------------------------------------
 build_app() {
-  local what=$1 ref t; ref=$(image_ref "$1"); t=$(date +%s)
+  local what=$1 ref t old new; ref=$(image_ref "$1"); t=$(date +%s)
+  old=$(podman image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)
   [[ -f "$SRC/docker/Dockerfile.$what" ]] || die "no $SRC/docker/Dockerfile.$what"
   podman image exists "$BASE_IMAGE" || build_base
   local args=(--layers -f "$SRC/docker/Dockerfile.$what" --ignorefile "$SRC/docker/Dockerfile.$what.dockerignore"
@@ -118,6 +119,12 @@ build_app() {
   PROGRESS_LOG="$CACHE/build-$what.log" progress_run "$what image" buildah bud "${args[@]}" "$SRC" \
     || { tail -40 "$CACHE/build-$what.log" >&2; die "$what: build failed (log: $CACHE/build-$what.log)"; }
   log "$what: built in $(( $(date +%s) - t ))s, $(size_of "$ref")"
+  # The image this build replaced is now untagged: remove it (and the layers only it used), or every source change
+  # leaves another 4 GB behind. Layers the new image shares stay; an image still tagged elsewhere is kept.
+  new=$(podman image inspect --format '{{.Id}}' "$ref")
+  if [[ -n "$old" && "$old" != "$new" ]] && podman rmi "$old" >/dev/null 2>&1; then
+    log "$what: removed the image it replaced (${old:0:12})"
+  fi
 }
 
 size_of() { podman image inspect --format '{{.Size}}' "$1" 2>/dev/null | awk '{printf "%.0f MB", $1/1e6}'; }
