@@ -76,7 +76,7 @@ def metric_names(expr: str) -> set[str]:
 def operator_records() -> set[str]:
     """Recording rules fed by the operator's metrics (loraplex_operator_*), directly or through another such rule.
 
-    The process tier has no operator, so these answer only in the cluster tier (tests/cluster/test_operator_metrics.py).
+    The process tier has no operator: these answer only in the cluster tier (tests/cluster/test_operator_prometheus.py).
     """
     found: set[str] = set()
     for rule in recording_rules():  # a rule may use only the rules above it

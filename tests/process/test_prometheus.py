@@ -10,7 +10,7 @@ HTTP API for:
 - every dashboard panel query (variables set to "All"): no error, not empty;
 - every recording rule, by name and by its expression: not empty (but the
   ones on the operator's metrics: no operator runs here; the cluster tier's
-  tests/cluster/test_operator_metrics.py evaluates those). Every
+  tests/cluster/test_operator_prometheus.py evaluates those). Every
   alert is `<recording rule> <op> <number>` (tests/unit/monitoring checks
   that form), so its series exist exactly when its recording rule answers;
   the alert's full expression must evaluate without error (it is empty
@@ -161,7 +161,7 @@ def test_every_dashboard_and_alert_query_answers(stack: Stack) -> None:
     for q in mon.dashboard_queries():
         if not stack.query(q.expr):
             empty.append(f"{q.where}: {q.expr}")
-    from_operator = mon.operator_records()  # no operator here: tests/cluster/test_operator_metrics.py
+    from_operator = mon.operator_records()  # no operator here: tests/cluster/test_operator_prometheus.py
     assert from_operator, "the rules file has no rule on the operator's metrics: update this test"
     for rule in mon.recording_rules():
         if rule["record"] in from_operator:

@@ -1,5 +1,5 @@
 """The operator's /metrics: what a scrape reads from its state (no apiserver needed; the HTTP side and a real
-Prometheus evaluating the rules on it are tests/cluster/test_operator_metrics.py)."""
+Prometheus evaluating the rules on it are tests/cluster/test_operator_prometheus.py)."""
 
 from __future__ import annotations
 
