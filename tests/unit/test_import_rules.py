@@ -132,7 +132,10 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
 
 
 def test_the_operator_runs_without_the_data_plane_dependencies() -> None:
-    """`pip install .[operator]` has no torch, diffusers, prometheus_client...: the operator must not need them."""
+    """`pip install .[operator]` has no torch, diffusers, PIL...: the operator must not need them.
+
+    (prometheus_client is in the operator extra: the operator serves its own /metrics.)
+    """
     blocked = [
         "torch",
         "diffusers",
@@ -140,7 +143,6 @@ def test_the_operator_runs_without_the_data_plane_dependencies() -> None:
         "peft",
         "safetensors",
         "accelerate",
-        "prometheus_client",
         "PIL",
         "numpy",
         "psutil",
