@@ -44,24 +44,24 @@ def test_reflector_lists_in_pages_watches_and_relists(crds: None, kube: Kube, na
         task = asyncio.create_task(reflector.run())
         try:
             await asyncio.wait_for(reflector.listed.wait(), 20)
-            assert sorted(events) == sorted((None, f"a{i}", None) for i in range(7))
+            assert sorted(e for e in events if e[0] is None) == sorted((None, f"a{i}", None) for i in range(7))
             assert client.requests_by_verb["GET"] == 3  # 7 objects in pages of 3
             listed = store.snapshots(namespace)
             assert all(s["metadata"]["namespace"] == namespace for s in listed)
             events.clear()
 
             # The watch: a create, a label change, a delete, in order; and it outlives the server's timeout (5 s).
-            # (The session's operator may write the new adapter's status too: more MODIFIED events, same order.)
+            # (The session's operator may write these adapters' status too: more MODIFIED events, same order.)
             await asyncio.to_thread(kube.create, adapter_body(namespace, "late", "tiny"))
             await asyncio.sleep(6)
             patch = {"metadata": {"labels": {"seen": "yes"}}}
             await asyncio.to_thread(kube.merge_patch, c.API_VERSION, c.ADAPTER_PLURAL, namespace, "late", patch)
             await asyncio.to_thread(kube.delete, c.API_VERSION, c.ADAPTER_PLURAL, namespace, "a0")
             await _until("the delete's event", lambda: ("DELETED", "a0") in [e[:2] for e in events])
-            assert events[0] == ("ADDED", "late", None)
-            labelled = events.index(("MODIFIED", "late", "yes"))
-            assert labelled < events.index(("DELETED", "a0", None))
-            assert {e[0] for e in events} == {"ADDED", "MODIFIED", "DELETED"}
+            ours = [e for e in events if e[1] == "late" or e[0] == "DELETED"]
+            assert ours[0] == ("ADDED", "late", None)
+            assert ours.index(("MODIFIED", "late", "yes")) < ours.index(("DELETED", "a0", None))
+            assert [e for e in ours if e[0] == "DELETED"] == [("DELETED", "a0", None)]
             assert "a0" not in [s["metadata"]["name"] for s in store.snapshots(namespace)]
             assert client.requests_by_verb["WATCH"] >= 2  # resumed after the server ended the first one
             assert reflector.lists == 1
