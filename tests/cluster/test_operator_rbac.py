@@ -25,6 +25,7 @@ SA_CAN = [
     ("watch", "basemodelpools.loraplex.io", None, True),
     ("patch", "basemodelpools.loraplex.io", "team-a", True),
     ("patch", "basemodelpools.loraplex.io:status", "team-a", True),
+    ("watch", "loraadapters.loraplex.io", None, True),
     ("patch", "loraadapters.loraplex.io:status", "team-a", True),
     ("patch", "basemodelpools.loraplex.io:scale", "team-a", True),
     ("update", "basemodelpools.loraplex.io:finalizers", "team-a", True),
@@ -38,6 +39,7 @@ SA_CAN = [
     ("create", "events", "team-a", True),
     # and no more:
     ("delete", "basemodelpools.loraplex.io", "team-a", False),
+    ("patch", "loraadapters.loraplex.io", "team-a", False),  # status only: nothing of ours lives in its metadata
     ("create", "basemodelpools.loraplex.io", "team-a", False),
     ("delete", "deployments.apps", "team-a", False),
     ("create", "pods", "team-a", False),

@@ -59,10 +59,14 @@ app.kubernetes.io/component: gateway
 
 {{/* The operator's permissions: exactly what it reads and writes, nothing else. */}}
 {{- define "loraplex.operatorRules" -}}
-# Its own kinds: kopf watches them and keeps its bookkeeping in annotations (patch).
+# Its own kinds. Pools: kopf keeps its bookkeeping in their annotations (patch). Adapters: only read and watched
+# (the operator writes nothing but their status).
 - apiGroups: [loraplex.io]
-  resources: [basemodelpools, loraadapters]
+  resources: [basemodelpools]
   verbs: [get, list, watch, patch]
+- apiGroups: [loraplex.io]
+  resources: [loraadapters]
+  verbs: [get, list, watch]
 - apiGroups: [loraplex.io]
   resources: [basemodelpools/status, loraadapters/status]
   verbs: [get, patch]

@@ -18,11 +18,13 @@ from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.controllers.adapter_controller import AdapterController
 from loraplex_operator.controllers.adapter_queue import AdapterQueue
 from loraplex_operator.controllers.autoscaler import Autoscaler
-from loraplex_operator.controllers.handlers import AdapterIndexes, build_registry, build_settings, plain_body
+from loraplex_operator.controllers.handlers import build_registry, build_settings, plain_body
 from loraplex_operator.controllers.health import HealthServer
 from loraplex_operator.controllers.leader import LeaderElector
 from loraplex_operator.controllers.metrics import exposition, metrics_registry
 from loraplex_operator.controllers.pool_controller import PoolController
+from loraplex_operator.controllers.reflector import Reflector
+from loraplex_operator.controllers.stores import AdapterStore, PoolStore, object_key
 from loraplex_operator.controllers.table_writer import TableWriter
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,21 @@ class Operator:
             tick_s=cfg.autoscale_tick_s,
             stats_timeout_s=cfg.stats_timeout_s,
             stats_port=cfg.stats_port,
-            adapter_source=lambda ns: self.writer.adapter_source(ns) if self.writer.adapter_source else None,
+            adapter_source=self._adapter_snapshots,
         )
         self.pools = PoolController(self.kube, self.writer, self.autoscaler)
         self.adapters = AdapterController(self.kube, self.writer, hub_timeout_s=cfg.hub_timeout_s)
         self.adapter_queue = AdapterQueue(self._reconcile_adapter, self._fetch_adapter, plain_body)
-        self.adapter_indexes: AdapterIndexes | None = None  # kopf's, from its first adapter event
+        # Our own view of every pool and adapter (kopf watches pools for their change handlers, never adapters).
+        self.pool_store = PoolStore()
+        self.adapter_store = AdapterStore()
+        watch_lane = self.kube.lane(2, "watch")  # a relist never queues behind a burst of status writes
+        self.pool_reflector = Reflector(
+            watch_lane, c.API_VERSION, c.POOL_PLURAL, cfg.namespaces, self._pool_event, self.pool_store.keys
+        )
+        self.adapter_reflector = Reflector(
+            watch_lane, c.API_VERSION, c.ADAPTER_PLURAL, cfg.namespaces, self._adapter_event, self.adapter_store.keys
+        )
         self.registry = build_registry(self)
         self.settings = build_settings()
         self.elector = (
@@ -82,27 +93,38 @@ class Operator:
 
     # -- helpers used by handlers -------------------------------------------
 
-    def wake_adapters(self, namespace: str, pool_gone: str | None = None) -> None:
-        """Reconcile adapters now rather than after their backoff; nothing is written to wake them.
+    def _adapter_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        self.adapter_events += 1
+        self.adapter_store.apply(event_type, body)
+        self.adapter_queue.observe(event_type, body)
+        if self.adapter_reflector.listed.is_set():
+            # Not while the first LIST is coming in: a flush then would write a table missing the adapters not
+            # listed yet (run() marks every namespace once the LIST is in).
+            self.writer.mark(object_key(body)[0])
 
-        After a pool appears or changes: the namespace's waiting adapters (Pending,
-        Failed, or an alias conflict). After a pool is deleted (`pool_gone`): the
-        adapters it served, so their status stops saying Ready.
+    def _pool_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Reconcile adapters now rather than after their backoff when a pool appears, changes or goes.
+
+        A new or changed pool: the namespace's waiting adapters (Pending, Failed,
+        or an alias conflict). A deleted pool: the adapters it served, so their
+        status stops saying Ready. Nothing is written to wake them.
         """
-        if pool_gone is None:
-            self.adapter_queue.wake(namespace)
+        if not self.pool_store.apply(event_type, body):
             return
-        source = self.writer.adapter_source
-        served = [
-            s["metadata"]["name"] for s in (source(namespace) if source else []) if s["status"].get("pool") == pool_gone
-        ]
-        self.adapter_queue.wake_adapters(namespace, served)
+        namespace, name = object_key(body)
+        if event_type == "DELETED":
+            self.adapter_queue.wake_adapters(namespace, self.adapter_store.served_by(namespace, name))
+        else:
+            self.adapter_queue.wake(namespace)
+
+    def _adapter_snapshots(self, namespace: str) -> list[dict[str, Any]] | None:
+        return self.adapter_store.snapshots(namespace) if self.adapter_reflector.listed.is_set() else None
 
     async def _reconcile_adapter(self, body: dict[str, Any], attempt: int) -> None:
-        # Events reach the queue only through the adapter handler, which sets the indexes first.
-        assert self.adapter_indexes is not None
-        pools, claims = self.adapter_indexes.for_namespace(body["metadata"]["namespace"])
-        await self.adapters.reconcile(body, attempt, pools, claims)
+        namespace = body["metadata"]["namespace"]
+        await self.adapters.reconcile(
+            body, attempt, self.pool_store.infos(namespace), self.adapter_store.claimants(namespace)
+        )
 
     async def _fetch_adapter(self, namespace: str, name: str) -> dict[str, Any] | None:
         kube = self.kube
@@ -119,6 +141,8 @@ class Operator:
             "tableWrites": self.writer.stats.writes,
             "tableFlushes": self.writer.stats.flushes,
             "adapterEvents": self.adapter_events,
+            "adapters": len(self.adapter_store),
+            "adapterLists": self.adapter_reflector.lists,
             "adapterQueue": self.adapter_queue.stats(),
             "apiRequests": dict(self.kube.requests_by_verb),
         }
@@ -140,6 +164,19 @@ class Operator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 5)
         return False
+
+    async def _until_listed(self, stop: asyncio.Event) -> bool:
+        """Wait for the first LIST of pools and adapters (or a stop): reconciles and tables need the whole view."""
+        reflectors = (self.pool_reflector, self.adapter_reflector)
+        listed: asyncio.Future[Any] = asyncio.gather(*(r.listed.wait() for r in reflectors))
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({listed, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not listed.done():
+            listed.cancel()
+            return False
+        log.info("listed %d pool(s) and %d adapter(s)", len(self.pool_store), len(self.adapter_store))
+        return True
 
     async def resync(self) -> None:
         """Periodic full pass: re-check every pool and rewrite any table someone edited."""
@@ -172,12 +209,20 @@ class Operator:
                 background.append(asyncio.create_task(self.elector.keep(lost.set)))
             if not await self.wait_for_crds():
                 return 0
+            stop_flag = asyncio.Event()  # our stop, or the lease lost
+            background.append(asyncio.create_task(_relay(lost, stop_flag)))
+            background.append(asyncio.create_task(_relay(self._stop, stop_flag)))
+            background.append(asyncio.create_task(self.pool_reflector.run()))
+            background.append(asyncio.create_task(self.adapter_reflector.run()))
+            if not await self._until_listed(stop_flag):
+                return 1 if lost.is_set() else 0
+            # Every namespace's table once, from the complete view (a table edited while we were away, or stale).
+            self.writer.adapter_source = self.adapter_store.snapshots
+            for namespace in {ns for ns, _ in (*self.adapter_store.keys(), *self.pool_store.keys())}:
+                self.writer.mark(namespace)
             # kopf takes over SIGTERM/SIGINT from here on; our stop flag covers lease loss.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            stop_flag = asyncio.Event()
-            background.append(asyncio.create_task(_relay(lost, stop_flag)))
-            background.append(asyncio.create_task(_relay(self._stop, stop_flag)))
             background.append(asyncio.create_task(self.autoscaler.run()))
             background.append(asyncio.create_task(self.adapter_queue.run()))
             background.append(asyncio.create_task(self.resync()))

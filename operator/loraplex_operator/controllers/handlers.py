@@ -1,13 +1,13 @@
-"""kopf wiring: settings, indexes and handlers. Every handler only delegates.
+"""kopf wiring: settings and handlers. Every handler only delegates.
 
 Triggers map onto the one reconcile per kind:
 - BaseModelPool create/update/resume -> PoolController.reconcile
 - pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
-- LoraAdapter (any event) -> AdapterQueue.observe -> AdapterController.reconcile when its status has not
-  observed its generation (retried with backoff by the queue; a pool created, changed or deleted wakes it)
-- any pool, adapter or pod event -> TableWriter.mark(namespace)
+- any pool or pod event -> TableWriter.mark(namespace)
 - a routing-table ConfigMap deleted, edited or unlabelled by anyone else -> TableWriter.mark(namespace)
 
+LoraAdapters are not kopf's: the operator's own reflector and store feed
+its adapter queue and the routing table (app.py, reflector.py, stores.py).
 No handler needs a finalizer (owner references and the level-triggered
 table cover deletion), so deleting a pool or adapter never waits for the
 operator to be running.
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from loraplex_operator import constants as c
 from loraplex_operator.clients.kube import load_configuration
-from loraplex_operator.logic.resolution import PoolInfo
-from loraplex_operator.logic.routes import pool_info
-from loraplex_operator.logic.specs import SpecError, parse_pool_spec
 
 if TYPE_CHECKING:
     from loraplex_operator.controllers.app import Operator
@@ -79,11 +75,10 @@ def build_settings() -> kopf.OperatorSettings:
 
 
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
-    # Explicit ids: they name kopf's annotations and the kwargs indexes arrive as
-    # (the default id of a nested function would be "build_registry.<locals>.fn").
+    # Explicit ids: they name kopf's annotations (the default id of a nested function would be
+    # "build_registry.<locals>.fn").
     registry = kopf.OperatorRegistry()
     pools = (c.GROUP, c.VERSION, c.POOL_PLURAL)
-    adapters = (c.GROUP, c.VERSION, c.ADAPTER_PLURAL)
 
     # -- credentials: the same ones as our own client (kube.load_configuration) --
 
@@ -91,33 +86,13 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info()
 
-    # -- indexes (kopf keeps them current from its watch streams) ------------
-
-    @kopf.index(*pools, registry=registry, id="pool_infos")
-    def pool_infos(namespace: str, name: str, spec: Any, **_: Any) -> dict[str, PoolInfo]:
-        try:
-            return {namespace: pool_info(name, parse_pool_spec(dict(spec)))}
-        except SpecError:
-            return {}
-
-    @kopf.index(*adapters, registry=registry, id="adapter_claims")
-    def adapter_claims(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
-        claims: dict[tuple[str, str], tuple[str, str]] = {}
-        for alias in spec.get("aliases") or []:
-            if isinstance(alias, str):
-                claims[(namespace, alias)] = (name, "alias")
-        claims[(namespace, name)] = (name, "primary")
-        return claims
-
     # -- pools ---------------------------------------------------------------
 
     @kopf.on.resume(*pools, registry=registry, backoff=5, id="pool_changed")
     @kopf.on.create(*pools, registry=registry, backoff=5, id="pool_changed")
     @kopf.on.update(*pools, registry=registry, backoff=5, id="pool_changed")
-    async def pool_changed(namespace: str, name: str, reason: str, **_: Any) -> None:
+    async def pool_changed(namespace: str, name: str, **_: Any) -> None:
         await op.pools.reconcile(namespace, name)
-        if reason in ("create", "update"):
-            op.wake_adapters(namespace)
 
     @kopf.on.event(*pools, registry=registry, id="pool_event")
     async def pool_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
@@ -125,7 +100,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         if type == "DELETED":
             op.autoscaler.forget(namespace, name)
             op.pools.invalidate(namespace, name)
-            op.wake_adapters(namespace, pool_gone=name)
 
     @kopf.on.event("v1", "pods", labels=OWNED, registry=registry, id="pod_event")
     async def pod_event(namespace: str, labels: Any, **_: Any) -> None:
@@ -150,62 +124,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             data = (body.get("data") or {}).get(c.TABLE_DATA_KEY)
             op.writer.table_event(namespace, name, type == "DELETED", data)
 
-    # -- adapters ------------------------------------------------------------
-
-    @kopf.index(*adapters, registry=registry, id="adapter_snapshots")
-    def adapter_snapshots(namespace: str, body: Any, **_: Any) -> dict[str, dict[str, Any]]:
-        return {namespace: adapter_snapshot(body)}
-
-    # One handler for every adapter event: no kopf change handler (kopf would keep a diff base and progress in
-    # annotations, a second write and a third watch event per adapter); the operator's queue decides from the
-    # object itself (adapter_queue.py).
-    @kopf.on.event(*adapters, registry=registry, id="adapter_event")
-    async def adapter_event(
-        namespace: str,
-        type: str | None,
-        body: Any,
-        adapter_snapshots: kopf.Index,
-        pool_infos: kopf.Index,
-        adapter_claims: kopf.Index,
-        **_: Any,
-    ) -> None:
-        # Handlers only run once kopf's indexes are fully populated, so from here on the
-        # indexes are a complete, current view: the table writer reads the snapshots instead
-        # of LISTing every adapter on every flush (3 MB per LIST at 2,000 adapters), and the
-        # adapter reconciles read the pools and the names claimed.
-        if op.writer.adapter_source is None:
-            op.writer.adapter_source = lambda ns: list(adapter_snapshots.get(ns, []))
-        if op.adapter_indexes is None:
-            op.adapter_indexes = AdapterIndexes(pool_infos, adapter_claims)
-        op.adapter_events += 1
-        op.writer.mark(namespace)
-        op.adapter_queue.observe(type, body)
-
     return registry
-
-
-# What the routing table needs of an adapter's status, its residency (the autoscaler writes it only on change), and
-# the pool it is routed to (a deleted pool wakes its adapters).
-_SNAPSHOT_STATUS = (
-    "pool",
-    "resolvedRevision",
-    "resolvedGeneration",
-    "resolvedFilename",
-    "resident",
-    "residentPods",
-    "residentSummary",
-)
-
-
-def adapter_snapshot(body: Any) -> dict[str, Any]:
-    """What the routing table needs of an adapter (routes.build_table's input) and its residency, as a plain dict."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    snap: dict[str, Any] = {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "generation", "deletionTimestamp") if k in meta},
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": {k: copy.deepcopy(status[k]) for k in _SNAPSHOT_STATUS if k in status},
-    }
-    return snap
 
 
 def connection_info() -> kopf.ConnectionInfo:
@@ -229,28 +148,6 @@ def connection_info() -> kopf.ConnectionInfo:
         certificate_path=config.cert_file,
         private_key_path=config.key_file,
     )
-
-
-@dataclass(frozen=True)
-class AdapterIndexes:
-    """kopf's live indexes an adapter reconcile reads: the pools, and the names adapters claim."""
-
-    pools: kopf.Index
-    claims: kopf.Index
-
-    def for_namespace(self, namespace: str) -> tuple[list[PoolInfo], Any]:  # (pools, a Mapping-like view of claims)
-        return list(self.pools.get(namespace, [])), _NamespaceClaims(self.claims, namespace)
-
-
-class _NamespaceClaims:
-    """`{name: [(adapter, kind), ...]}` view of the claims index for one namespace."""
-
-    def __init__(self, index: kopf.Index, namespace: str) -> None:
-        self.index, self.namespace = index, namespace
-
-    def get(self, name: str, default: Any = ()) -> Any:
-        store = self.index.get((self.namespace, name))
-        return list(store) if store is not None else default
 
 
 def plain_body(body: Any) -> dict[str, Any]:

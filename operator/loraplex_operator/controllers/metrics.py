@@ -72,7 +72,19 @@ class OperatorCollector(Collector):
 
         events = CounterMetricFamily("loraplex_operator_adapter_events", "LoraAdapter watch events handled.")
         events.add_metric([], op.adapter_events)
-        yield events
+        known = GaugeMetricFamily(
+            "loraplex_operator_objects", "Objects in the operator's own view, by kind.", labels=["kind"]
+        )
+        known.add_metric(["LoraAdapter"], len(op.adapter_store))
+        known.add_metric(["BaseModelPool"], len(op.pool_store))
+        lists = CounterMetricFamily(
+            "loraplex_operator_lists",
+            "Full LISTs of a kind by the operator's reflectors (one at start; more means a watch expired).",
+            labels=["kind"],
+        )
+        lists.add_metric(["LoraAdapter"], op.adapter_reflector.lists)
+        lists.add_metric(["BaseModelPool"], op.pool_reflector.lists)
+        yield from (events, known, lists)
         q = op.adapter_queue.stats()
         queue = GaugeMetricFamily(
             "loraplex_operator_adapter_queue_adapters",

@@ -72,3 +72,19 @@ def test_counters_follow_the_operator(op: Operator) -> None:
     s = samples(op)
     assert s["loraplex_operator_adapter_queue_adapters", (("state", "queued"),)] == 1
     assert s["loraplex_operator_adapter_reconciles_total", ()] == 0
+
+
+def test_objects_known_follow_the_reflectors_events(op: Operator) -> None:
+    def adapter(name: str) -> dict:
+        return {"metadata": {"namespace": "ml", "name": name, "generation": 1}, "spec": {}}
+
+    for name in ("a", "b"):
+        op._adapter_event(None, adapter(name))  # listed
+    op._pool_event(None, {"metadata": {"namespace": "ml", "name": "sdxl"}, "spec": {"model": {"name": "sdxl"}}})
+    s = samples(op)
+    assert s["loraplex_operator_objects", (("kind", "LoraAdapter"),)] == 2
+    assert s["loraplex_operator_objects", (("kind", "BaseModelPool"),)] == 1
+    assert s["loraplex_operator_adapter_events_total", ()] == 2
+    op._adapter_event("DELETED", adapter("a"))
+    assert samples(op)["loraplex_operator_objects", (("kind", "LoraAdapter"),)] == 1
+    assert samples(op)["loraplex_operator_lists_total", (("kind", "LoraAdapter"),)] == 0

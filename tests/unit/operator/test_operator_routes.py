@@ -241,7 +241,7 @@ def test_configmaps_are_owned_by_every_pool(owners: list[str]) -> None:
 
 
 def test_adapter_snapshots_route_exactly_like_full_objects() -> None:
-    from loraplex_operator.controllers.handlers import adapter_snapshot
+    from loraplex_operator.controllers.stores import adapter_snapshot
 
     full = [hub_adapter("papercut"), adapter("pixel", aliases=["px"]), adapter("gone")]
     full[0]["status"].update({"phase": "Ready", "conditions": [{"type": "Ready"}], "requestRate": 1.0})
