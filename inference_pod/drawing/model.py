@@ -20,18 +20,18 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 LORA_STYLES = ("outline", "square", "palette")
 
 
-def model_dir() -> Path:
-    """The shipped diffusers directory of the drawing model."""
-    return WEIGHTS_DIR / "model"
+def model_dir(root: Path = WEIGHTS_DIR) -> Path:
+    """The diffusers directory of the drawing model (the shipped one unless `root` names another training's)."""
+    return root / "model"
 
 
-def lora_path(style: str, fmt: str = "peft") -> Path:
+def lora_path(style: str, fmt: str = "peft", root: Path = WEIGHTS_DIR) -> Path:
     """A shipped LoRA file: fmt 'peft' (diffusers/peft keys) or 'kohya' (kohya keys, SGM block names)."""
     if style not in LORA_STYLES:
         raise ValueError(f"unknown drawing LoRA {style!r}")
     if fmt not in ("peft", "kohya"):
         raise ValueError(f"unknown LoRA format {fmt!r}")
-    return WEIGHTS_DIR / "loras" / (f"{style}.safetensors" if fmt == "peft" else f"{style}.kohya.safetensors")
+    return root / "loras" / (f"{style}.safetensors" if fmt == "peft" else f"{style}.kohya.safetensors")
 
 
 def make_scheduler():
