@@ -185,7 +185,10 @@ def test_a_sidecar_routes_from_the_operators_table(
     try:
 
         def models() -> set[str]:
-            return {m["id"] for m in json.loads(http_get(sidecar.url + "/v1/models")[1])["data"]}
+            # /healthz is up before the first table load; until then /v1/models answers 503 table_not_loaded.
+            status, body = http_get(sidecar.url + "/v1/models")
+            assert status == 200, f"/v1/models answered {status}"
+            return {m["id"] for m in json.loads(body)["data"]}
 
         wait_until("the sidecar serves the operator's table", lambda: {"tiny", "tiny-sdxl", "pixel", "px"} <= models())
         kube.create(adapter_manifest("later", namespace))
