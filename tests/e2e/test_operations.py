@@ -73,9 +73,13 @@ def test_autoscaler_follows_load_on_real_sidecars(
     release: tuple[str, str], pool_ns: str, real_node: str, inference_image: str
 ) -> None:
     """Sustained load raises the pool 1 -> 2 through the scale subresource, from what the real sidecars'
-    /v1/stats report; when the load stops it goes back to 1 after the (shortened) scale-down window."""
+    /v1/stats report; when the load stops it goes back to 1 after the (shortened) scale-down window.
+
+    targetUtilization 1.0: the test's own first request, in flight at a poll, asks for exactly one pod
+    (at the default 0.7 one request in flight is ceil(1 / 0.7) = 2, and the pool rose before the load
+    began); three clients at once still ask for more than the two allowed."""
     ns = pool_ns
-    pool = tiny_pool("tiny", real_node, inference_image, replicas=1, autoscaling=autoscaling())
+    pool = tiny_pool("tiny", real_node, inference_image, replicas=1, autoscaling=autoscaling(targetUtilization=1.0))
     pool["spec"].update({"minReplicas": 1, "maxReplicas": 2})
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pool))
     wait_ready_pods(ns, "tiny", 1, timeout=360)
