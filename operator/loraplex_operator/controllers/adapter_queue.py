@@ -1,6 +1,6 @@
-"""LoraAdapter reconciles: a work queue fed by kopf's watch events (I/O around logic/adapter_work.py).
+"""LoraAdapter reconciles: a work queue fed by the adapter reflector's events (I/O around logic/adapter_work.py).
 
-kopf hands every adapter event to `observe` (its `on.event`; kopf has no change
+The operator's reflector hands every adapter event to `observe` (kopf has no
 handler for adapters, so it keeps no diff base or progress on them and writes
 nothing). An adapter whose status has not observed its spec's generation is
 queued; `workers` tasks reconcile queued adapters, each adapter by one task at
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from loraplex_operator.controllers.adapter_controller import Retry
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 Reconcile = Callable[[dict[str, Any], int], Awaitable[None]]
 Fetch = Callable[[str, str], Awaitable[dict[str, Any] | None]]
-Copy = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class AdapterQueue:
@@ -36,13 +35,11 @@ class AdapterQueue:
         self,
         reconcile: Reconcile,
         fetch: Fetch,
-        copy_body: Copy,
         workers: int = 16,
         first_retry_s: float = 5.0,
     ) -> None:
         self._reconcile = reconcile
         self._fetch = fetch
-        self._copy = copy_body
         self.workers = workers
         self.first_retry_s = first_retry_s
         self._bodies: dict[Key, dict[str, Any]] = {}  # the newest body of each adapter with work pending
@@ -58,21 +55,22 @@ class AdapterQueue:
 
     # -- fed by kopf's events and the pool handlers (no I/O) ---------------------
 
-    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """One watch event. The queue keeps `body` itself (the reflector's, fresh from JSON, held by nobody else)."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
         if event_type == "DELETED":
             self.forget(key)
         elif needs_reconcile(body):
-            self._bodies[key] = self._copy(body)
+            self._bodies[key] = body
             self._attempts.pop(key, None)  # a new spec starts a new backoff
             self._cancel_timer(key)
             self._enqueue(key)
         elif key in self._bodies:
-            self._bodies[key] = self._copy(body)  # a retry works on the newest status
+            self._bodies[key] = body  # a retry works on the newest status
         elif is_waiting(body):
             # First sight of a waiting adapter (the operator started): retry it, as kopf resumed its handler.
-            self._bodies[key] = self._copy(body)
+            self._bodies[key] = body
             self._schedule(key, self.first_retry_s)
 
     def wake(self, namespace: str) -> None:

@@ -18,7 +18,7 @@ from loraplex_operator.clients.kube import Kube, KubeError
 from loraplex_operator.controllers.adapter_controller import AdapterController
 from loraplex_operator.controllers.adapter_queue import AdapterQueue
 from loraplex_operator.controllers.autoscaler import Autoscaler
-from loraplex_operator.controllers.handlers import build_registry, build_settings, plain_body
+from loraplex_operator.controllers.handlers import build_registry, build_settings
 from loraplex_operator.controllers.health import HealthServer
 from loraplex_operator.controllers.leader import LeaderElector
 from loraplex_operator.controllers.metrics import exposition, metrics_registry
@@ -52,12 +52,18 @@ class Operator:
     def __init__(self, cfg: OperatorConfig, kube: Kube | None = None) -> None:
         self.cfg = cfg
         self.kube = kube or Kube()
+        # Our own view of every pool and adapter (kopf watches pools for their change handlers, never adapters).
+        # Nothing reads it before the first LIST is in: run() starts the table's marks, the queue, the autoscaler
+        # and kopf only then.
+        self.pool_store = PoolStore()
+        self.adapter_store = AdapterStore()
         self.writer = TableWriter(
             self.kube.lane(4, "table"),
             demand=lambda ns: self.autoscaler.adapter_needs(ns),
             debounce_s=cfg.debounce_s,
             max_delay_s=cfg.max_delay_s,
         )
+        self.writer.adapter_source = self.adapter_store.snapshots  # no LIST of every adapter per flush
         self.autoscaler = Autoscaler(
             self.kube,
             poke_pool=lambda ns, n: self.pools.poke(ns, n),
@@ -65,14 +71,11 @@ class Operator:
             tick_s=cfg.autoscale_tick_s,
             stats_timeout_s=cfg.stats_timeout_s,
             stats_port=cfg.stats_port,
-            adapter_source=self._adapter_snapshots,
+            adapter_source=self.adapter_store.snapshots,
         )
         self.pools = PoolController(self.kube, self.writer, self.autoscaler)
         self.adapters = AdapterController(self.kube, self.writer, hub_timeout_s=cfg.hub_timeout_s)
-        self.adapter_queue = AdapterQueue(self._reconcile_adapter, self._fetch_adapter, plain_body)
-        # Our own view of every pool and adapter (kopf watches pools for their change handlers, never adapters).
-        self.pool_store = PoolStore()
-        self.adapter_store = AdapterStore()
+        self.adapter_queue = AdapterQueue(self._reconcile_adapter, self._fetch_adapter)
         watch_lane = self.kube.lane(2, "watch")  # a relist never queues behind a burst of status writes
         self.pool_reflector = Reflector(
             watch_lane, c.API_VERSION, c.POOL_PLURAL, cfg.namespaces, self._pool_event, self.pool_store.keys
@@ -103,22 +106,26 @@ class Operator:
             self.writer.mark(object_key(body)[0])
 
     def _pool_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """Reconcile adapters now rather than after their backoff when a pool appears, changes or goes.
+        """Any pool event marks its table; a deleted pool is forgotten by the autoscaler and the pool controller.
 
-        A new or changed pool: the namespace's waiting adapters (Pending, Failed,
-        or an alias conflict). A deleted pool: the adapters it served, so their
-        status stops saying Ready. Nothing is written to wake them.
+        Adapters are reconciled now rather than after their backoff when what they
+        see of a pool changes: a new or changed pool wakes the namespace's waiting
+        adapters (Pending, Failed, or an alias conflict), a deleted pool the
+        adapters it served, so their status stops saying Ready. Nothing is written
+        to wake them.
         """
+        namespace, name = object_key(body)
+        if self.pool_reflector.listed.is_set():  # run() marks every namespace once the first LIST is in
+            self.writer.mark(namespace)
+        if event_type == "DELETED":
+            self.autoscaler.forget(namespace, name)
+            self.pools.invalidate(namespace, name)
         if not self.pool_store.apply(event_type, body):
             return
-        namespace, name = object_key(body)
         if event_type == "DELETED":
             self.adapter_queue.wake_adapters(namespace, self.adapter_store.served_by(namespace, name))
         else:
             self.adapter_queue.wake(namespace)
-
-    def _adapter_snapshots(self, namespace: str) -> list[dict[str, Any]] | None:
-        return self.adapter_store.snapshots(namespace) if self.adapter_reflector.listed.is_set() else None
 
     async def _reconcile_adapter(self, body: dict[str, Any], attempt: int) -> None:
         namespace = body["metadata"]["namespace"]
@@ -217,7 +224,6 @@ class Operator:
             if not await self._until_listed(stop_flag):
                 return 1 if lost.is_set() else 0
             # Every namespace's table once, from the complete view (a table edited while we were away, or stale).
-            self.writer.adapter_source = self.adapter_store.snapshots
             for namespace in {ns for ns, _ in (*self.adapter_store.keys(), *self.pool_store.keys())}:
                 self.writer.mark(namespace)
             # kopf takes over SIGTERM/SIGINT from here on; our stop flag covers lease loss.

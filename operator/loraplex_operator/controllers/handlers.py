@@ -3,11 +3,12 @@
 Triggers map onto the one reconcile per kind:
 - BaseModelPool create/update/resume -> PoolController.reconcile
 - pods and Deployments of a pool (any event) -> a debounced poke of that reconcile
-- any pool or pod event -> TableWriter.mark(namespace)
+- any pod event -> TableWriter.mark(namespace)
 - a routing-table ConfigMap deleted, edited or unlabelled by anyone else -> TableWriter.mark(namespace)
 
-LoraAdapters are not kopf's: the operator's own reflector and store feed
-its adapter queue and the routing table (app.py, reflector.py, stores.py).
+Every pool and adapter event also reaches the operator's own reflectors and
+stores, which feed the adapter queue, the routing table and the pools' other
+bookkeeping (app.py, reflector.py, stores.py); kopf has no adapter handler.
 No handler needs a finalizer (owner references and the level-triggered
 table cover deletion), so deleting a pool or adapter never waits for the
 operator to be running.
@@ -15,7 +16,6 @@ operator to be running.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -94,13 +94,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     async def pool_changed(namespace: str, name: str, **_: Any) -> None:
         await op.pools.reconcile(namespace, name)
 
-    @kopf.on.event(*pools, registry=registry, id="pool_event")
-    async def pool_event(namespace: str, name: str, type: str | None, **_: Any) -> None:
-        op.writer.mark(namespace)
-        if type == "DELETED":
-            op.autoscaler.forget(namespace, name)
-            op.pools.invalidate(namespace, name)
-
     @kopf.on.event("v1", "pods", labels=OWNED, registry=registry, id="pod_event")
     async def pod_event(namespace: str, labels: Any, **_: Any) -> None:
         pool = labels.get(c.LABEL_POOL)
@@ -148,8 +141,3 @@ def connection_info() -> kopf.ConnectionInfo:
         certificate_path=config.cert_file,
         private_key_path=config.key_file,
     )
-
-
-def plain_body(body: Any) -> dict[str, Any]:
-    """kopf's Body is a read-only mapping view; the controllers want plain dicts."""
-    return copy.deepcopy(dict(body))

@@ -61,7 +61,6 @@ class Reflector:
         self.watch_timeout_s = watch_timeout_s
         self.listed = asyncio.Event()
         self.lists = 0  # full LISTs done (1 per scope at start, +1 for each expired watch)
-        self.events = 0  # watch events handed on (bookmarks not counted)
         self._scopes_listed = 0
 
     async def run(self) -> None:
@@ -136,10 +135,6 @@ class Reflector:
         self.kube.requests_by_verb["WATCH"] += 1
         self.kube.requests += 1
 
-        def deliver(event_type: str, obj: dict[str, Any]) -> None:
-            self.events += 1
-            self.on_event(event_type, obj)
-
         def finish(result: str | BaseException) -> None:
             if done.done():
                 return
@@ -155,7 +150,7 @@ class Reflector:
                     obj = event.get("raw_object") or event.get("object") or {}
                     latest = (obj.get("metadata") or {}).get("resourceVersion") or latest
                     if event["type"] != "BOOKMARK":
-                        loop.call_soon_threadsafe(deliver, event["type"], obj)
+                        loop.call_soon_threadsafe(self.on_event, event["type"], obj)
                 result: str | BaseException = latest
             except client.ApiException as e:
                 result = Expired() if e.status == 410 else e

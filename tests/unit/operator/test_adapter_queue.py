@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any
 
 import pytest
@@ -39,7 +38,7 @@ class Harness:
         self.running: set[str] = set()
         self.overlap = False
         self.store: dict[str, dict[str, Any]] = {}
-        self.q = AdapterQueue(self.reconcile, self.fetch, copy.deepcopy, workers=workers, first_retry_s=0.05)
+        self.q = AdapterQueue(self.reconcile, self.fetch, workers=workers, first_retry_s=0.05)
 
     async def reconcile(self, body: dict[str, Any], attempt: int) -> None:
         name = body["metadata"]["name"]
