@@ -34,6 +34,17 @@ BLUE_CIRCLE = "a blue circle on a white background"
 SEED = 1000
 
 
+def shipped_max_rank() -> int:
+    """The largest rank among the shipped LoRAs (outline's is larger than the others'): the pool's slot size."""
+    from safetensors import safe_open
+
+    ranks = []
+    for style in LORA_STYLES:
+        with safe_open(str(lora_path(style)), "pt") as st:
+            ranks.append(int(st.metadata()["rank"]))
+    return max(ranks)
+
+
 @dataclass
 class Stack:
     sidecar: ProcHandle
@@ -99,7 +110,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "--hop-key-file",
                 key,
                 "--max-rank",
-                "8",
+                str(shipped_max_rank()),
             ],
             wport,
             ready_path=None,

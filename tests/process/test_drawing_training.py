@@ -63,3 +63,23 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None
     trained = sorted(n for n in a if not n.startswith("model/text_encoder"))
     assert len(trained) == len(a) - 2
     assert sorted(_same(a, c)) == trained
+
+
+def test_one_lora_trained_on_a_model_from_before(tmp_path: Path) -> None:
+    """--from-model trains only the named LoRAs, on the given model's weights, with the schedule's plan for each."""
+    from inference_pod.drawing.train import QUICK
+
+    base, out = tmp_path / "base", tmp_path / "outline"
+    _finish(_train(base, 7))
+    cmd = [sys.executable, "-m", "inference_pod.drawing.train", "--quick", "--no-eval", "--device", "cpu"]
+    cmd += ["--threads", "1", "--seed", "7", "--from-model", str(base / "model"), "--styles", "outline"]
+    _finish(subprocess.Popen([*cmd, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    assert sorted(f.name for f in out.rglob("*") if f.is_file()) == ["outline.kohya.safetensors", "outline.safetensors"]
+    steps, rank, _ = QUICK.lora_plan("outline")
+    assert rank != QUICK.lora_rank  # the quick schedule overrides outline's rank, so this checks the override is used
+    with safe_open(str(out / "loras" / "outline.safetensors"), "pt") as st:
+        assert st.metadata()["rank"] == str(rank)
+        downs = [k for k in st.keys() if "lora_A" in k]  # noqa: SIM118
+        assert downs and all(st.get_tensor(k).shape[0] == rank for k in downs)
+    with safe_open(str(base / "loras" / "outline.safetensors"), "pt") as st:
+        assert st.metadata()["rank"] == str(rank)  # a full run trains the same plan

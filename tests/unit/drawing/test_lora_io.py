@@ -8,6 +8,7 @@ import torch
 from inference_pod.adapters.formats import load_adapter_file
 from inference_pod.drawing.lora_io import peft_to_kohya
 from inference_pod.drawing.model import LORA_STYLES, lora_path, model_dir
+from inference_pod.drawing.train import SCHEDULES
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def test_both_formats_read_as_the_same_lora(style: str, unet_config) -> None:
     peft = load_adapter_file(lora_path(style, "peft"), unet_config)
     kohya = load_adapter_file(lora_path(style, "kohya"), unet_config)
     assert peft.source_format == "peft" and kohya.source_format == "kohya"
-    assert set(peft.modules) == set(kohya.modules) and peft.rank == kohya.rank == 8
+    # The rank the schedule that trained the shipped files gives this style (outline's is larger).
+    assert set(peft.modules) == set(kohya.modules) and peft.rank == kohya.rank == SCHEDULES["cpu"].lora_plan(style)[1]
     for path, pair in peft.modules.items():
         other = kohya.modules[path]
         assert torch.equal(pair.down, other.down) and torch.equal(pair.up, other.up)
