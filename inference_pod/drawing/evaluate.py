@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from inference_pod.drawing.model import LORA_STYLES, WEIGHTS_DIR, lora_path, model_dir
+from inference_pod.drawing.model import LORA_STYLES, WEIGHTS_DIR, load_trained, lora_path, model_dir
 from inference_pod.drawing.train import Schedule, evaluate, print_tables
 
 
@@ -27,10 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir(args.weights)), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_trained(model_dir(args.weights))
     t0 = time.perf_counter()
     results = {"base": evaluate(pipe, None, args.seeds)}
     for style in LORA_STYLES:

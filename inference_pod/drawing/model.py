@@ -34,6 +34,15 @@ def lora_path(style: str, fmt: str = "peft", root: Path = WEIGHTS_DIR) -> Path:
     return root / "loras" / (f"{style}.safetensors" if fmt == "peft" else f"{style}.kohya.safetensors")
 
 
+def load_trained(directory: Path, device: torch.device | str = "cpu"):
+    """A trained drawing model's diffusers directory as an fp32 pipeline (its fp16 files widened), quiet."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(directory), dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def make_scheduler():
     """Euler with trailing timesteps: a few steps start from pure noise (the SDXL betas, as `tiny` has)."""
     from diffusers import EulerDiscreteScheduler

@@ -30,7 +30,7 @@ import torch
 from inference_pod.drawing import shapes
 from inference_pod.drawing.judge import judge
 from inference_pod.drawing.lora_io import peft_to_kohya, unet_lora_state_dict
-from inference_pod.drawing.model import DRAWING_CONFIG, SAMPLE_STEPS, make_scheduler, time_ids
+from inference_pod.drawing.model import DRAWING_CONFIG, SAMPLE_STEPS, load_trained, make_scheduler, time_ids
 from inference_pod.slots.targets import UNET_TARGETS
 
 
@@ -233,6 +233,61 @@ def evaluate(pipe, style: str | None, seeds: int) -> dict[str, float]:
     return {k: v / n for k, v in hits.items()}
 
 
+def train_base(
+    sch: Schedule,
+    plain: torch.Tensor,
+    styled: dict[str, torch.Tensor],
+    caption_idx: torch.Tensor,
+    captions: list[str],
+    device: torch.device,
+    seed: int,
+    timings: dict[str, float],
+):
+    """Phases 1 and 2: the VAE, then the UNet, from the architecture's seeded weights.
+
+    Returns (pipe, latent scaling, caption embeddings), the weights rounded to fp16 as they ship."""
+    from inference_pod.worker.tiny_model import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(DRAWING_CONFIG)
+    pipe.scheduler = make_scheduler()
+    pipe.to(device)
+    for enc in (pipe.text_encoder, pipe.text_encoder_2):
+        enc.requires_grad_(False)
+
+    print(f"== vae ({sch.vae_steps} steps, batch {sch.batch}, on {device})", flush=True)
+    t0 = time.perf_counter()
+    train_vae(pipe.vae, torch.cat([plain, *styled.values()]), sch.vae_steps, sch.batch, device, seed + 1)
+    timings["vae"] = time.perf_counter() - t0
+
+    mean, std = encode(pipe.vae, plain, device)
+    scaling = float(1.0 / mean.std())
+    pipe.vae.register_to_config(scaling_factor=scaling)
+    embeds = caption_embeddings(pipe, captions, device)
+
+    print(f"== unet ({sch.unet_steps} steps)", flush=True)
+    t0 = time.perf_counter()
+    train_unet(
+        pipe.unet,
+        list(pipe.unet.parameters()),
+        (mean, std),
+        caption_idx,
+        embeds,
+        scaling,
+        sch.unet_steps,
+        sch.batch,
+        sch.unet_lr,
+        device,
+        seed + 2,
+        "unet",
+    )
+    timings["unet"] = time.perf_counter() - t0
+
+    # What ships is fp16: round the weights now so the evaluation judges the shipped model.
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.to(torch.float16).to(torch.float32)
+    return pipe, scaling, embeds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inference_pod.drawing.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
@@ -277,8 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import StableDiffusionXLPipeline  # noqa: F401 (import cost outside the timings)
     from peft import LoraConfig
 
-    from inference_pod.worker.tiny_model import build_tiny_pipeline
-
     sch = QUICK if args.quick else SCHEDULES[args.schedule]
     full = sch
     if args.probe:
@@ -292,58 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
 
     scenes = shapes.random_scenes(sch.scenes, args.seed)
-    styled = {s: images_tensor([shapes.restyle(x, s) for x in scenes]) for s in shapes.STYLES}
     captions = [shapes.caption(*c) for c in shapes.all_captions()]
     index = {c: i for i, c in enumerate(captions)}
     caption_idx = torch.tensor([index[s.caption] for s in scenes])
+    # A full run's VAE learns every style's pictures; a LoRA-only run renders just the ones it trains.
+    rendered = shapes.STYLES if args.from_model is None else styles
+    styled = {s: images_tensor([shapes.restyle(x, s) for x in scenes]) for s in rendered}
 
     if args.from_model is not None:
-        from diffusers import DiffusionPipeline
-
         # The files are fp16; in fp32 they are the very weights a full run trains its LoRAs on (it rounds them).
-        pipe = DiffusionPipeline.from_pretrained(str(args.from_model), dtype=torch.float32).to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_trained(args.from_model, device)
         scaling = float(pipe.vae.config.scaling_factor)
         embeds = caption_embeddings(pipe, captions, device)
     else:
-        pipe = build_tiny_pipeline(DRAWING_CONFIG)
-        pipe.scheduler = make_scheduler()
-        pipe.to(device)
-        for enc in (pipe.text_encoder, pipe.text_encoder_2):
-            enc.requires_grad_(False)
-        plain = images_tensor(scenes)
-
-        print(f"== vae ({sch.vae_steps} steps, batch {sch.batch}, on {device})", flush=True)
-        t0 = time.perf_counter()
-        train_vae(pipe.vae, torch.cat([plain, *styled.values()]), sch.vae_steps, sch.batch, device, args.seed + 1)
-        timings["vae"] = time.perf_counter() - t0
-
-        mean, std = encode(pipe.vae, plain, device)
-        scaling = float(1.0 / mean.std())
-        pipe.vae.register_to_config(scaling_factor=scaling)
-        embeds = caption_embeddings(pipe, captions, device)
-
-        print(f"== unet ({sch.unet_steps} steps)", flush=True)
-        t0 = time.perf_counter()
-        train_unet(
-            pipe.unet,
-            list(pipe.unet.parameters()),
-            (mean, std),
-            caption_idx,
-            embeds,
-            scaling,
-            sch.unet_steps,
-            sch.batch,
-            sch.unet_lr,
-            device,
-            args.seed + 2,
-            "unet",
+        pipe, scaling, embeds = train_base(
+            sch, images_tensor(scenes), styled, caption_idx, captions, device, args.seed, timings
         )
-        timings["unet"] = time.perf_counter() - t0
-
-        # What ships is fp16: round the weights now so the evaluation judges the shipped model.
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.to(torch.float16).to(torch.float32)
     pipe.unet.requires_grad_(False)
     if args.probe:
         lora_steps = sum(full.lora_plan(s)[0] for s in styles)
